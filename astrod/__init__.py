@@ -1,0 +1,5 @@
+"""astrod: unattended calibration and live stacking for the observatory PC."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
