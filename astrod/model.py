@@ -7,11 +7,19 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float32]
+
+
+# FrameMeta fields that a path rule (built-in dialect or the user's [headers] folders) may fill.
+SETTABLE_RULE_FIELDS = frozenset({
+    "kind", "exposure", "gain", "offset", "temperature", "set_temperature", "binning", "filter", "camera",
+    "serial", "object", "readout_mode", "bayer",
+})
 
 
 class FrameKind(enum.Enum):
@@ -75,9 +83,9 @@ class FrameMeta:
     def is_colour(self) -> bool:
         return self.bayer is not None and self.planes == 1
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict (enum as its value, datetime as ISO 8601 UTC)."""
-        out: dict[str, object] = {}
+        out: dict[str, Any] = {}
         for name in self.__slots__:  # type: ignore[attr-defined]
             value = getattr(self, name)
             if isinstance(value, enum.Enum):

@@ -1,0 +1,150 @@
+"""Command-line front: ``astrod inspect|config|demo ...``. Each command returns its exit status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from astrod import __version__
+from astrod.config import EX_CONFIG, Config, load_config
+from astrod.errors import AstrodError, ConfigError
+
+Command = Callable[[argparse.Namespace], int]
+
+INSPECT_FIELDS = ("path", "kind", "exposure", "gain", "offset", "temperature", "set_temperature", "filter",
+                  "camera", "binning", "bayer", "object", "date_obs", "width", "height")
+
+
+def _inspect_record(path: Path, config: Config) -> dict[str, Any]:
+    from astrod.io.frames import read_meta
+    from astrod.io.headers import rules_from_config
+
+    try:
+        meta = read_meta(path, rename=config.headers.rename, rules=rules_from_config(config.headers))
+    except AstrodError as err:
+        return {"path": str(path), "error": str(err)}
+    record: dict[str, Any] = {"path": str(path)}
+    full = meta.as_dict()
+    for name in INSPECT_FIELDS[1:]:
+        record[name] = full[name]
+    record["kind_reason"] = meta.kind_reason
+    extra = ("serial", "iso", "readout_mode", "bayer_offset", "ra", "dec", "pier_side", "planes", "stack_count")
+    record.update({k: full[k] for k in extra})
+    return record
+
+
+def _expand(paths: Sequence[str]) -> list[Path]:
+    from astrod.io.frames import is_frame_name
+
+    out: list[Path] = []
+    for name in paths:
+        p = Path(name)
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_frame_name(f)))
+        else:
+            out.append(p)
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return "x".join(str(v) for v in value)
+    return str(value)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    config = _config_or_exit(args.config)
+    records = [_inspect_record(p, config) for p in _expand(args.files)]
+    if args.json:
+        json.dump(records, sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        cols = ("path", "kind", "exposure", "gain", "offset", "temperature", "set_temperature", "filter",
+                "camera", "binning", "bayer", "object", "date_obs")
+        heads = ("file", "kind", "exp", "gain", "offset", "temp", "set", "filter", "camera", "bin", "bayer",
+                 "object", "date-obs")
+        rows: list[tuple[str, ...]] = [heads]
+        for r in records:
+            if "error" in r:
+                continue
+            cells = [_fmt(r[c]) for c in cols]
+            cells[0] = Path(cells[0]).name
+            rows.append(tuple(cells))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(heads))]
+        for row in rows:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        for r in records:
+            if "error" in r:
+                print(f"error: {r['error']}", file=sys.stderr)
+    return 1 if any("error" in r for r in records) or not records else 0
+
+
+def _config_or_exit(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        raise SystemExit(EX_CONFIG) from err
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(problem)
+        return EX_CONFIG
+    where = args.config or "defaults (no config file)"
+    print(f"config OK: {where}; state {config.state_dir()}, library {config.library_dir()}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from astrod.demo import run_demo
+
+    return run_demo(workdir=Path(args.workdir) if args.workdir else None, keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="astrod", description="Unattended calibration and live stacking.")
+    parser.add_argument("--version", action="version", version=f"astrod {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("inspect", help="print the normalised metadata of frames")
+    p.add_argument("files", nargs="+", help="frame files or folders")
+    p.add_argument("--json", action="store_true", help="one JSON object per file")
+    p.add_argument("--config", help="config file (header renames and folder rules)")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("config", help="configuration tools")
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    c = csub.add_parser("check", help="validate a config file; prints every problem, exits 78 if any")
+    c.add_argument("--config", help="config file (default: none, all defaults)")
+    c.set_defaults(func=cmd_config_check)
+
+    p = sub.add_parser("demo", help="run the built-in demo on synthetic frames")
+    p.add_argument("--workdir", help="folder for the demo observatory (default: a new temporary folder)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from astrod.service.logging import configure_logging
+
+    args = build_parser().parse_args(argv)
+    configure_logging()
+    func: Command = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130

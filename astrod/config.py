@@ -1,0 +1,326 @@
+"""Configuration: TOML (tomli) into frozen dataclasses, in a visible sequence: load, override, validate.
+
+Every option has a default, so astrod runs with no file at all. Validation collects every problem (unknown
+keys with a did-you-mean, wrong types, bad paths, numbers out of range) and reports them together, one line
+each with the TOML key path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli
+
+from astrod.errors import ConfigError
+from astrod.model import SETTABLE_RULE_FIELDS
+
+EX_CONFIG = 78  # sysexits.h: configuration error
+
+
+def _opt(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+         choices: tuple[str, ...] | None = None, path_kind: str | None = None) -> Any:
+    """A config field with its documentation and limits (read by the validator and the example test)."""
+    meta = {"help": help, "min": min, "max": max, "choices": choices, "path_kind": path_kind}
+    if isinstance(default, list | dict):
+        factory = default.copy
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, slots=True)
+class PathsConfig:
+    watch: tuple[Path, ...] = _opt((Path("capture"),), "folders watched for new frames (recursively)",
+                                   path_kind="dir")
+    output: Path = _opt(Path("stacks"), "where session stacks, previews and reports are written",
+                        path_kind="dir")
+    state: Path | None = _opt(None, "state folder (journal, checkpoints); default $XDG_STATE_HOME/astrod",
+                              path_kind="dir")
+    library: Path | None = _opt(None, "master library folder; default $XDG_DATA_HOME/astrod/library",
+                                path_kind="dir")
+
+
+@dataclass(frozen=True, slots=True)
+class WatchConfig:
+    stable_seconds: float = _opt(5.0, "a file whose size and mtime did not change for this long is finished "
+                                      "(fallback for network shares and pollers)", min=0.1, max=3600)
+    polling: bool = _opt(False, "poll the folders instead of inotify (network shares)")
+    poll_interval: float = _opt(2.0, "seconds between polls when polling", min=0.1, max=600)
+    ignore: tuple[str, ...] = _opt(("*.tmp", "*.part", ".*", "*~"), "file name patterns never processed")
+
+
+@dataclass(frozen=True, slots=True)
+class FolderRuleConfig:
+    pattern: str = _opt("", "glob on the file's full path, e.g. '*/Lights/Ha/*'")
+    set: Mapping[str, str] = _opt({}, "fields to fill where the header lacks them, e.g. {kind='light', "
+                                      "filter='Ha'}")
+
+
+@dataclass(frozen=True, slots=True)
+class HeadersConfig:
+    rename: Mapping[str, str] = _opt({}, "header keyword renames, e.g. {MYEXPO='EXPTIME'}")
+    folders: tuple[FolderRuleConfig, ...] = _opt((), "per-folder defaults ([[headers.folders]] tables)")
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryConfig:
+    min_frames: int = _opt(5, "a master from fewer frames is still written but marked LOW_N", min=1, max=10000)
+    combine: str = _opt("sigma_clip", "how masters are combined", choices=("sigma_clip", "median", "mean",
+                                                                          "minmax"))
+    kappa: float = _opt(3.0, "sigma-clip threshold for masters", min=0.5, max=20)
+    temperature_bucket: float = _opt(1.0, "set temperatures within this many °C share a master", min=0.1,
+                                     max=20)
+    temperature_tolerance: float = _opt(1.0, "first temperature tolerance when matching, °C", min=0.0, max=20)
+    temperature_max: float = _opt(5.0, "widest temperature tolerance when matching (warns), °C", min=0.0,
+                                  max=50)
+    flat_max_age_days: float = _opt(30.0, "flats older than this many nights are not used", min=0, max=3650)
+    dark_optimisation: bool = _opt(False, "scale darks to minimise the calibrated frame's noise")
+    memory_cap_mb: int = _opt(2048, "peak memory of a master build, MiB", min=64, max=1_048_576)
+
+
+@dataclass(frozen=True, slots=True)
+class StackConfig:
+    kappa: float = _opt(3.0, "online rejection threshold, sigma", min=0.5, max=20)
+    weighting: str = _opt("snr", "frame weights", choices=("none", "snr", "fwhm"))
+    transform: str = _opt("similarity", "registration model", choices=("similarity", "affine", "homography"))
+    min_stars: int = _opt(8, "matched stars needed to register a frame", min=3, max=1000)
+    final_rejection: str = _opt("none", "full re-integration when a session closes",
+                                choices=("none", "winsorized", "sigma", "linear_fit"))
+    preview_every_frames: int = _opt(5, "refresh the preview after this many frames", min=1, max=10000)
+    preview_every_seconds: float = _opt(60.0, "or after this many seconds", min=1, max=86400)
+
+
+@dataclass(frozen=True, slots=True)
+class QualityConfig:
+    max_fwhm_ratio: float = _opt(1.6, "reject a frame whose FWHM exceeds the session's best by this ratio",
+                                 min=1.0, max=10)
+    min_star_ratio: float = _opt(0.4, "reject a frame with fewer stars than this fraction of the reference",
+                                 min=0.0, max=1.0)
+    max_eccentricity: float = _opt(0.7, "reject trailed frames above this eccentricity", min=0.0, max=1.0)
+    max_background_ratio: float = _opt(2.5, "reject a frame whose background jumps by this ratio (clouds)",
+                                       min=1.0, max=100)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    idle_minutes: float = _opt(30.0, "close a session after this long without a new light", min=0.1,
+                               max=1440)
+    pointing_radius_arcmin: float = _opt(30.0, "lights without OBJECT join a session within this radius",
+                                         min=0.1, max=600)
+    checkpoint_every: int = _opt(1, "checkpoint the stack after this many frames", min=1, max=1000)
+
+
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    latitude: float | None = _opt(None, "site latitude, degrees north (for the end of night)", min=-90,
+                                  max=90)
+    longitude: float | None = _opt(None, "site longitude, degrees east", min=-180, max=180)
+    elevation: float = _opt(0.0, "site elevation, metres", min=-500, max=9000)
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = _opt("info", "log level", choices=("debug", "info", "warning", "error"))
+    format: str = _opt("auto", "auto: JSON under systemd or when not on a terminal, else coloured",
+                       choices=("auto", "json", "console"))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    headers: HeadersConfig = field(default_factory=HeadersConfig)
+    library: LibraryConfig = field(default_factory=LibraryConfig)
+    stack: StackConfig = field(default_factory=StackConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    session: SessionConfig = field(default_factory=SessionConfig)
+    site: SiteConfig = field(default_factory=SiteConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def state_dir(self, env: Mapping[str, str] | None = None) -> Path:
+        e = os.environ if env is None else env
+        if self.paths.state is not None:
+            return self.paths.state
+        base = Path(e.get("XDG_STATE_HOME") or Path(e.get("HOME", "~")) / ".local" / "state")
+        return Path(os.path.expanduser(base)) / "astrod"
+
+    def library_dir(self, env: Mapping[str, str] | None = None) -> Path:
+        e = os.environ if env is None else env
+        if self.paths.library is not None:
+            return self.paths.library
+        base = Path(e.get("XDG_DATA_HOME") or Path(e.get("HOME", "~")) / ".local" / "share")
+        return Path(os.path.expanduser(base)) / "astrod" / "library"
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is tuple:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin in (Mapping, dict):
+        return "table"
+    if dataclasses.is_dataclass(tp):
+        return "table"
+    return {Path: "path", str: "string", float: "number", int: "integer", bool: "boolean"}.get(tp, str(tp))
+
+
+class _Builder:
+    """Turns parsed TOML into config dataclasses, collecting every problem instead of stopping at the first."""
+
+    def __init__(self, base: Path) -> None:
+        self.problems: list[str] = []
+        self.base = base
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"{key}: {message}")
+
+    def build(self, cls: type[Any], data: Mapping[str, Any], prefix: str) -> Any:
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            path = f"{prefix}.{key}" if prefix else key
+            if key not in fields:
+                close = difflib.get_close_matches(key, list(fields), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                self.problem(path, f"unknown key{hint}")
+                continue
+            converted = self.convert(hints[key], value, path, fields[key].metadata)
+            if converted is not _INVALID:
+                kwargs[key] = converted
+        return cls(**kwargs)
+
+    def convert(self, tp: Any, value: Any, path: str, meta: Mapping[str, Any]) -> Any:
+        origin = typing.get_origin(tp)
+        if origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            return self.convert(args[0], value, path, meta)
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                self.problem(path, f"expected a table, got {type(value).__name__}")
+                return _INVALID
+            return self.build(typing.cast(type[Any], tp), value, path)
+        if origin is tuple:
+            (item,) = typing.get_args(tp)[:1]
+            items = value if isinstance(value, list) else None
+            if items is None:
+                self.problem(path, f"expected a list of {_type_name(item)}, got {type(value).__name__}")
+                return _INVALID
+            out = [self.convert(item, v, f"{path}[{i}]", meta) for i, v in enumerate(items)]
+            return _INVALID if any(o is _INVALID for o in out) else tuple(out)
+        if origin in (Mapping, dict) or tp is Mapping:
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                self.problem(path, "expected a table of strings")
+                return _INVALID
+            return dict(value)
+        return self.scalar(tp, value, path, meta)
+
+    def scalar(self, tp: Any, value: Any, path: str, meta: Mapping[str, Any]) -> Any:
+        if tp is bool:
+            if not isinstance(value, bool):
+                self.problem(path, f"expected true or false, got {value!r}")
+                return _INVALID
+            return value
+        if tp in (int, float):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            ok = ok or (tp is float and isinstance(value, float))
+            if not ok:
+                self.problem(path, f"expected {_type_name(tp)}, got {value!r}")
+                return _INVALID
+            lo, hi = meta.get("min"), meta.get("max")
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                self.problem(path, f"{value} is out of range [{lo}, {hi}]")
+                return _INVALID
+            return tp(value)
+        if tp is str:
+            if not isinstance(value, str):
+                self.problem(path, f"expected a string, got {value!r}")
+                return _INVALID
+            choices = meta.get("choices")
+            if choices and value not in choices:
+                close = difflib.get_close_matches(value, choices, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                self.problem(path, f"{value!r} is not one of {', '.join(choices)}{hint}")
+                return _INVALID
+            return value
+        if tp is Path:
+            if not isinstance(value, str) or not value or "\x00" in value:
+                self.problem(path, f"expected a path string, got {value!r}")
+                return _INVALID
+            p = Path(os.path.expanduser(value))
+            if not p.is_absolute():
+                p = self.base / p
+            if meta.get("path_kind") == "dir" and p.exists() and not p.is_dir():
+                self.problem(path, f"{p} exists and is not a folder")
+                return _INVALID
+            return p
+        raise TypeError(f"unsupported config type {tp!r} at {path}")  # a bug in the dataclasses, not input
+
+
+_INVALID = object()
+
+
+def parse_config(text: str, *, base: Path, source: str = "<config>") -> Config:
+    """Parse TOML text into a Config, relative paths resolved against ``base``; ConfigError lists every problem."""
+    try:
+        data = tomli.loads(text)
+    except tomli.TOMLDecodeError as err:
+        raise ConfigError([f"{source}: not valid TOML: {err}"]) from err
+    builder = _Builder(base)
+    config: Config = builder.build(Config, data, "")
+    config = _check_cross_fields(config, builder)
+    if builder.problems:
+        raise ConfigError(builder.problems)
+    return config
+
+
+def _check_cross_fields(config: Config, builder: _Builder) -> Config:
+    if config.library.temperature_max < config.library.temperature_tolerance:
+        builder.problem("library.temperature_max", "must be at least library.temperature_tolerance")
+    for i, rule in enumerate(config.headers.folders):
+        if not rule.pattern:
+            builder.problem(f"headers.folders[{i}].pattern", "missing")
+        for key in rule.set:
+            if key not in SETTABLE_RULE_FIELDS:
+                close = difflib.get_close_matches(key, sorted(SETTABLE_RULE_FIELDS), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                builder.problem(f"headers.folders[{i}].set.{key}", f"not a field a folder rule can set{hint}")
+    if (config.site.latitude is None) != (config.site.longitude is None):
+        builder.problem("site", "latitude and longitude go together")
+    return config
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """The config from ``path`` (None: all defaults, relative paths against the working folder)."""
+    if path is None:
+        return Config(paths=PathsConfig(watch=(Path.cwd() / "capture",), output=Path.cwd() / "stacks"))
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError([f"{p}: cannot read: {err.strerror or err}"]) from err
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"{p}: not UTF-8 text: {err}"]) from err
+    return parse_config(text, base=p.resolve().parent, source=str(p))
+
+
+def iter_options(cls: type[Any] = Config, prefix: str = "") -> list[tuple[str, dataclasses.Field[Any]]]:
+    """Every leaf option as (dotted key path, field), for docs and the example-coverage test."""
+    out: list[tuple[str, dataclasses.Field[Any]]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.extend(iter_options(typing.cast(type[Any], tp), key))
+        else:
+            out.append((key, f))
+    return out

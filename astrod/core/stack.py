@@ -1,0 +1,536 @@
+"""Incremental (live) stacking with online κσ rejection, and full-rejection re-integration by row bands.
+
+Live stack
+    `Stacker` keeps per-pixel running statistics, so its memory is O(pixels) and frame 500 costs what
+    frame 5 costs: a weighted mean and weighted sum of squared deviations (West's 1979 incremental form of
+    Welford's algorithm), the number of frames used and the number of rejections. Once a pixel has
+    ``min_frames_for_rejection`` accepted samples, a new sample further than κσ from the running mean is
+    rejected. The update is one fused numba kernel over rows, in place on the state arrays.
+
+    Accumulators are float32. The running mean is updated by ``mean += (x - mean)·w/W``, so each step only
+    rounds to half an ulp of the mean, with random sign: after N frames the rounding error is about
+    √N·ulp(mean)/6, e.g. 0.02 ADU for N = 5000 at a 60 000 ADU star core, far below the stack noise there.
+    float32 keeps the state at 12 bytes per pixel and plane (mean, M2, uint16 count, uint16 rejected) plus a
+    float32 weight sum when frames are weighted: 313–418 MB for a 26 MP mono stack, where float64 sums would
+    add another 104–208 MB to a pipeline that must stay under 1 GB. `integrate_bands` accumulates in
+    float64 per pixel, so a final stack loses nothing either way.
+
+    Samples that are NaN, or masked out, do not count: warped frames carry NaN outside their coverage
+    (see `astrod.core.warp`), so no separate coverage mask needs to be allocated.
+
+    Online rejection cannot reject anything in the first frames. `integrate_bands` re-integrates the
+    registered frames with full rejection (sigma clipping, winsorized sigma clipping, linear fit clipping),
+    a band of rows at a time under a memory cap; the caller supplies the band reader, core does no I/O.
+
+Normalisation maps a frame onto the reference frame's background and noise, ``x' = x·scale + offset``
+(see `normalisation`), so a changing sky neither biases the mean nor inflates σ for the rejection.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numba
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+Weighting = Literal["none", "snr", "fwhm"]
+Rejection = Literal["none", "sigma", "winsorized", "linear_fit"]
+
+_MAX_COUNT = 65535  # per-pixel counters are uint16
+_STATE_FORMAT = 1
+_REJECTION_CODES: dict[str, int] = {"none": 0, "sigma": 1, "winsorized": 2, "linear_fit": 3}
+
+
+@dataclass(frozen=True, slots=True)
+class AddResult:
+    """What one `Stacker.add` did: samples used and rejected (counted over every plane), frames so far."""
+
+    accepted: int
+    rejected: int
+    frames: int
+
+    @property
+    def rejected_fraction(self) -> float:
+        total = self.accepted + self.rejected
+        return self.rejected / total if total else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class StackResult:
+    """A stacked image with its per-pixel frame counts and rejection counts.
+
+    ``image`` is float32 with the stack's shape, NaN where no frame contributed; ``count`` and ``rejected``
+    are uint16 maps of the same shape.
+    """
+
+    image: FloatArray
+    count: npt.NDArray[np.uint16]
+    rejected: npt.NDArray[np.uint16]
+    frames: int
+    rejection: str
+    kappa_low: float
+    kappa_high: float
+
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers for the caller: normalisation and weights
+
+
+def normalisation(background: float, noise: float, ref_background: float, ref_noise: float,
+                  ) -> tuple[float, float]:
+    """``(offset, scale)`` mapping a frame onto the reference: ``x' = x·scale + offset``.
+
+    Equivalent to ``x' = (x - background)·(ref_noise / noise) + ref_background``: the frame's sky lands on
+    the reference sky and its noise on the reference noise (additive + scale normalisation).
+    """
+    values = (background, noise, ref_background, ref_noise)
+    if not all(math.isfinite(v) for v in values) or noise <= 0.0 or ref_noise <= 0.0:
+        raise ValueError(f"normalisation needs finite values and positive noise, got {values}")
+    scale = ref_noise / noise
+    return ref_background - background * scale, scale
+
+
+def snr_weight(*, signal: float, noise: float, ref_signal: float, ref_noise: float) -> float:
+    """Weight ∝ SNR², relative to the reference frame (1.0 for a frame as good as the reference).
+
+    After `normalisation` every frame has the reference noise, so inverse-variance weighting of the
+    normalised frames is weighting by the square of the frame's signal-to-noise ratio.
+    """
+    values = (signal, noise, ref_signal, ref_noise)
+    if not all(math.isfinite(v) and v > 0.0 for v in values):
+        raise ValueError(f"snr_weight needs positive finite values, got {values}")
+    return ((signal / noise) / (ref_signal / ref_noise)) ** 2
+
+
+def fwhm_weight(*, fwhm: float, ref_fwhm: float) -> float:
+    """Weight ∝ 1/FWHM², relative to the reference: a point source's peak SNR falls as its area grows."""
+    if not (math.isfinite(fwhm) and math.isfinite(ref_fwhm) and fwhm > 0.0 and ref_fwhm > 0.0):
+        raise ValueError(f"fwhm_weight needs positive finite FWHMs, got {fwhm}, {ref_fwhm}")
+    return (ref_fwhm / fwhm) ** 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# online accumulation
+
+
+@numba.njit(parallel=True, cache=True, fastmath=False)
+def _accumulate(frame: FloatArray, mask: npt.NDArray[np.uint8], use_mask: bool, weight: float,
+                offset: float, scale: float, kappa: float, min_n: int, mean: FloatArray, m2: FloatArray,
+                wsum: FloatArray, use_wsum: bool, count: npt.NDArray[np.uint16],
+                rejected: npt.NDArray[np.uint16], row_accepted: npt.NDArray[np.int64],
+                row_rejected: npt.NDArray[np.int64]) -> None:  # pragma: no cover - compiled
+    rows, cols = frame.shape
+    mask_rows = mask.shape[0]
+    kappa2 = kappa * kappa
+    for r in numba.prange(rows):
+        mr = r % mask_rows
+        n_acc = 0
+        n_rej = 0
+        for c in range(cols):
+            x = frame[r, c]
+            if not math.isfinite(x):
+                continue
+            if use_mask and mask[mr, c] == 0:
+                continue
+            v = np.float64(x) * scale + offset
+            n = np.int64(count[r, c])
+            mu = np.float64(mean[r, c])
+            s = np.float64(m2[r, c])
+            if use_wsum:
+                w_tot = np.float64(wsum[r, c])
+            else:
+                w_tot = np.float64(n)
+            d = v - mu
+            if n >= min_n:
+                # weighted variance with the n/(n-1) small-sample correction
+                var = s / w_tot * n / (n - 1)
+                if d * d > kappa2 * var:
+                    if rejected[r, c] < 65535:
+                        rejected[r, c] += 1
+                    n_rej += 1
+                    continue
+            w_new = w_tot + weight
+            mu_new = mu + d * (weight / w_new)
+            s += weight * d * (v - mu_new)
+            mean[r, c] = mu_new
+            m2[r, c] = s
+            if use_wsum:
+                wsum[r, c] = w_new
+            count[r, c] = n + 1
+            n_acc += 1
+        row_accepted[r] = n_acc
+        row_rejected[r] = n_rej
+
+
+def _plane_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(planes, height, width) of a mono (H, W) or colour (P, H, W) stack shape."""
+    if len(shape) == 2:
+        return 1, int(shape[0]), int(shape[1])
+    if len(shape) == 3:
+        return int(shape[0]), int(shape[1]), int(shape[2])
+    raise ValueError(f"stack shape must be (H, W) or (planes, H, W), got {shape}")
+
+
+class Stacker:
+    """Live weighted-mean stack with online κσ rejection; state is plain numpy arrays.
+
+    ``shape`` is (H, W) for mono or (planes, H, W) for colour; each plane is stacked and rejected
+    independently. ``weighting`` records how the caller weights frames; with ``"none"`` every weight must
+    be 1 and no per-pixel weight sum is stored (the frame count is the weight sum). ``kappa=math.inf``
+    disables rejection.
+    """
+
+    def __init__(self, shape: tuple[int, ...], *, kappa: float = 3.0, min_frames_for_rejection: int = 5,
+                 weighting: Weighting = "none") -> None:
+        _plane_shape(shape)
+        if not kappa > 0.0:
+            raise ValueError(f"kappa must be positive, got {kappa}")
+        if min_frames_for_rejection < 2:
+            raise ValueError(f"min_frames_for_rejection must be at least 2, got {min_frames_for_rejection}")
+        if weighting not in ("none", "snr", "fwhm"):
+            raise ValueError(f"unknown weighting {weighting!r}")
+        self._shape = tuple(int(s) for s in shape)
+        self._kappa = float(kappa)
+        self._min_n = int(min_frames_for_rejection)
+        self._weighting: Weighting = weighting
+        self._frames = 0
+        self._mean = np.zeros(self._shape, dtype=np.float32)
+        self._m2 = np.zeros(self._shape, dtype=np.float32)
+        self._wsum: FloatArray | None = (
+            None if weighting == "none" else np.zeros(self._shape, dtype=np.float32))
+        self._count = np.zeros(self._shape, dtype=np.uint16)
+        self._rejected = np.zeros(self._shape, dtype=np.uint16)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def frames(self) -> int:
+        """Frames added so far."""
+        return self._frames
+
+    @property
+    def kappa(self) -> float:
+        return self._kappa
+
+    @property
+    def min_frames_for_rejection(self) -> int:
+        return self._min_n
+
+    @property
+    def weighting(self) -> Weighting:
+        return self._weighting
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the state arrays."""
+        total = self._mean.nbytes + self._m2.nbytes + self._count.nbytes + self._rejected.nbytes
+        return total + (self._wsum.nbytes if self._wsum is not None else 0)
+
+    def add(self, frame: npt.NDArray[np.floating], weight: float = 1.0, *,
+            mask: npt.NDArray[np.bool_] | npt.NDArray[np.uint8] | None = None,
+            norm: tuple[float, float] = (0.0, 1.0)) -> AddResult:
+        """Add one registered frame (same shape as the stack; NaN = not covered).
+
+        ``mask`` (H, W) or the stack's shape, true/non-zero where the frame counts; ``norm`` is
+        ``(offset, scale)`` from `normalisation`, applied as ``x·scale + offset``. The frame is not modified.
+        """
+        if frame.shape != self._shape:
+            raise ValueError(f"frame shape {frame.shape} does not match the stack shape {self._shape}")
+        if not (math.isfinite(weight) and weight > 0.0):
+            raise ValueError(f"weight must be positive and finite, got {weight}")
+        if self._wsum is None and weight != 1.0:
+            raise ValueError(f"weighting is 'none' but weight is {weight}; create the Stacker weighted")
+        offset, scale = float(norm[0]), float(norm[1])
+        if not (math.isfinite(offset) and math.isfinite(scale) and scale > 0.0):
+            raise ValueError(f"norm must be a finite offset and a positive scale, got {norm}")
+        if self._frames >= _MAX_COUNT:
+            raise ValueError(f"the stack already holds {_MAX_COUNT} frames, the most a uint16 count can hold")
+        planes, height, width = _plane_shape(self._shape)
+        rows = planes * height
+        data = np.ascontiguousarray(frame, dtype=np.float32).reshape(rows, width)
+        if mask is None:
+            mask2d = np.ones((1, 1), dtype=np.uint8)
+        else:
+            if mask.shape not in ((height, width), self._shape):
+                raise ValueError(f"mask shape {mask.shape} must be {(height, width)} or {self._shape}")
+            # bool and uint8 masks are viewed, not copied
+            plain = mask.dtype in (np.uint8, np.bool_)
+            mask2d = np.ascontiguousarray(mask if plain else mask != 0).view(np.uint8).reshape(-1, width)
+        wsum = self._wsum if self._wsum is not None else np.zeros((1, 1), dtype=np.float32)
+        row_acc = np.empty(rows, dtype=np.int64)
+        row_rej = np.empty(rows, dtype=np.int64)
+        _accumulate(data, mask2d, mask is not None, float(weight), offset, scale, self._kappa, self._min_n,
+                    self._mean.reshape(rows, width), self._m2.reshape(rows, width),
+                    wsum.reshape(rows, width) if self._wsum is not None else wsum, self._wsum is not None,
+                    self._count.reshape(rows, width), self._rejected.reshape(rows, width), row_acc, row_rej)
+        self._frames += 1
+        return AddResult(accepted=int(row_acc.sum()), rejected=int(row_rej.sum()), frames=self._frames)
+
+    def finalize(self, *, fill: float = math.nan) -> StackResult:
+        """The current stack: the weighted mean (``fill`` where no frame counted), with copies of the maps."""
+        image = np.where(self._count > 0, self._mean, np.float32(fill)).astype(np.float32, copy=False)
+        return StackResult(image=image, count=self._count.copy(), rejected=self._rejected.copy(),
+                           frames=self._frames, rejection="online-sigma", kappa_low=self._kappa,
+                           kappa_high=self._kappa)
+
+    def sigma(self) -> FloatArray:
+        """Per-pixel weighted standard deviation of the accepted samples (NaN below two samples)."""
+        n = self._count.astype(np.float32)
+        w_tot = self._wsum if self._wsum is not None else n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            var = self._m2 / w_tot * (n / (n - 1))
+        var[self._count < 2] = np.nan
+        return np.sqrt(var, out=var)
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, npt.NDArray[np.generic]]:
+        """The whole state as numpy arrays (np.savez-able, no pickling needed).
+
+        Large arrays are read-only views of the live state, not copies: save them before the next `add`.
+        """
+        out: dict[str, npt.NDArray[np.generic]] = {
+            "format": np.array(_STATE_FORMAT, dtype=np.int64),
+            "shape": np.array(self._shape, dtype=np.int64),
+            "kappa": np.array(self._kappa, dtype=np.float64),
+            "min_frames_for_rejection": np.array(self._min_n, dtype=np.int64),
+            "weighting": np.array(self._weighting),
+            "frames": np.array(self._frames, dtype=np.int64),
+            "mean": self._mean,
+            "m2": self._m2,
+            "count": self._count,
+            "rejected": self._rejected,
+        }
+        if self._wsum is not None:
+            out["wsum"] = self._wsum
+        for key in ("mean", "m2", "count", "rejected", "wsum"):
+            if key in out:
+                view = out[key].view()
+                view.flags.writeable = False
+                out[key] = view
+        return out
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, npt.NDArray[np.generic]], *, copy: bool = True) -> Stacker:
+        """Rebuild a stacker from `state` output; ``copy=False`` adopts freshly loaded arrays as they are."""
+        try:
+            fmt = int(state["format"])
+            shape = tuple(int(s) for s in np.asarray(state["shape"]).ravel())
+            kappa = float(state["kappa"])
+            min_n = int(state["min_frames_for_rejection"])
+            weighting = str(state["weighting"])
+            frames = int(state["frames"])
+            arrays = {k: np.asarray(state[k]) for k in ("mean", "m2", "count", "rejected")}
+            if weighting != "none":
+                arrays["wsum"] = np.asarray(state["wsum"])
+        except KeyError as err:
+            raise ValueError(f"stacker state lacks {err.args[0]!r}") from err
+        if fmt != _STATE_FORMAT:
+            raise ValueError(f"stacker state format {fmt} is not {_STATE_FORMAT}")
+        stacker = cls(shape, kappa=kappa, min_frames_for_rejection=min_n,
+                      weighting=weighting)  # type: ignore[arg-type]
+        dtypes = {"mean": np.float32, "m2": np.float32, "wsum": np.float32, "count": np.uint16,
+                  "rejected": np.uint16}
+        for key, arr in arrays.items():
+            if arr.shape != stacker._shape or arr.dtype != dtypes[key]:
+                raise ValueError(f"stacker state {key!r} is {arr.dtype}{arr.shape}, expected "
+                                 f"{np.dtype(dtypes[key])}{stacker._shape}")
+            adopted = np.array(arr, copy=True, order="C") if copy or not arr.flags.writeable \
+                else np.ascontiguousarray(arr)
+            setattr(stacker, f"_{key}", adopted)
+        stacker._frames = frames
+        return stacker
+
+
+# ---------------------------------------------------------------------------------------------------------
+# full-rejection re-integration by row bands
+
+
+@numba.njit(cache=True)
+def _median_sorted(s: npt.NDArray[np.float64], a: int, b: int) -> float:  # pragma: no cover - compiled
+    k = b - a
+    mid = a + k // 2
+    if k % 2:
+        return float(s[mid])
+    return float(0.5 * (s[mid - 1] + s[mid]))
+
+
+@numba.njit(cache=True)
+def _std(s: npt.NDArray[np.float64], a: int, b: int) -> float:  # pragma: no cover - compiled
+    k = b - a
+    m = 0.0
+    for i in range(a, b):
+        m += s[i]
+    m /= k
+    ss = 0.0
+    for i in range(a, b):
+        ss += (s[i] - m) ** 2
+    return math.sqrt(ss / (k - 1))
+
+
+@numba.njit(cache=True)
+def _reject(s: npt.NDArray[np.float64], k: int, method: int, kl: float, kh: float,
+            wins: npt.NDArray[np.float64]) -> tuple[int, int]:  # pragma: no cover - compiled
+    """Keep range [a, b) of the sorted samples s[:k] after iterative rejection."""
+    a = 0
+    b = k
+    if method == 0 or k < 3:
+        return a, b
+    changed = True
+    while changed and b - a > 3:
+        changed = False
+        if method == 3:
+            # least-squares line through (index, sorted value); σ = mean absolute residual
+            n = b - a
+            sx = 0.0
+            sy = 0.0
+            sxx = 0.0
+            sxy = 0.0
+            for i in range(n):
+                y = s[a + i]
+                sx += i
+                sy += y
+                sxx += i * i
+                sxy += i * y
+            slope = (n * sxy - sx * sy) / (n * sxx - sx * sx)
+            icpt = (sy - slope * sx) / n
+            sigma = 0.0
+            for i in range(n):
+                sigma += abs(s[a + i] - (icpt + slope * i))
+            sigma /= n
+            na = a
+            nb = b
+            while na < nb - 1 and (icpt + slope * (na - a)) - s[na] > kl * sigma:
+                na += 1
+            while nb - 1 > na and s[nb - 1] - (icpt + slope * (nb - 1 - a)) > kh * sigma:
+                nb -= 1
+        else:
+            med = _median_sorted(s, a, b)
+            sigma = _std(s, a, b)
+            if method == 2:
+                # winsorize at ±1.5σ until σ settles (Huber's method, as in siril and PixInsight)
+                for _ in range(50):
+                    lo = med - 1.5 * sigma
+                    hi = med + 1.5 * sigma
+                    for i in range(a, b):
+                        wins[i] = min(max(s[i], lo), hi)
+                    sigma0 = sigma
+                    sigma = 1.134 * _std(wins, a, b)
+                    if abs(sigma - sigma0) <= 5e-4 * sigma0:
+                        break
+            lo = med - kl * sigma
+            hi = med + kh * sigma
+            na = a
+            nb = b
+            while na < nb and s[na] < lo:
+                na += 1
+            while nb > na and s[nb - 1] > hi:
+                nb -= 1
+        if na != a or nb != b:
+            changed = True
+            a = na
+            b = nb
+    return a, b
+
+
+@numba.njit(parallel=True, cache=True, fastmath=False)
+def _integrate_band(band: FloatArray, weights: npt.NDArray[np.float64], offsets: npt.NDArray[np.float64],
+                    scales: npt.NDArray[np.float64], method: int, kl: float, kh: float, out: FloatArray,
+                    count: npt.NDArray[np.uint16],
+                    rejected: npt.NDArray[np.uint16]) -> None:  # pragma: no cover - compiled
+    n, rows, cols = band.shape
+    for r in numba.prange(rows):
+        vals = np.empty(n, dtype=np.float64)
+        wts = np.empty(n, dtype=np.float64)
+        s = np.empty(n, dtype=np.float64)
+        sw = np.empty(n, dtype=np.float64)
+        wins = np.empty(n, dtype=np.float64)
+        for c in range(cols):
+            k = 0
+            for i in range(n):
+                x = band[i, r, c]
+                if math.isfinite(x):
+                    vals[k] = np.float64(x) * scales[i] + offsets[i]
+                    wts[k] = weights[i]
+                    k += 1
+            if k == 0:
+                out[r, c] = np.nan
+                count[r, c] = 0
+                rejected[r, c] = 0
+                continue
+            order = np.argsort(vals[:k], kind="mergesort")
+            for j in range(k):
+                s[j] = vals[order[j]]
+                sw[j] = wts[order[j]]
+            a, b = _reject(s, k, method, kl, kh, wins)
+            num = 0.0
+            den = 0.0
+            for j in range(a, b):
+                num += sw[j] * s[j]
+                den += sw[j]
+            out[r, c] = num / den
+            count[r, c] = min(b - a, 65535)
+            rejected[r, c] = min(k - (b - a), 65535)
+
+
+def integrate_bands(read_band: Callable[[int, int], npt.NDArray[np.floating]], n_frames: int,
+                    shape: tuple[int, ...], *, method: Rejection = "winsorized", kappa_low: float = 3.0,
+                    kappa_high: float = 3.0, weights: Sequence[float] | None = None,
+                    norms: Sequence[tuple[float, float]] | None = None,
+                    memory_cap_bytes: int = 256 * 2**20) -> StackResult:
+    """Stack ``n_frames`` registered frames with full rejection, a band of rows at a time.
+
+    ``read_band(row0, row1)`` returns rows [row0, row1) of every frame as float32, shape
+    (n_frames, row1 - row0, W) for a mono ``shape`` (H, W) or (n_frames, planes, row1 - row0, W) for a
+    colour (planes, H, W); NaN marks pixels a frame does not cover. Bands are sized so that one band stays
+    under ``memory_cap_bytes``. ``norms`` are per-frame ``(offset, scale)`` as in `normalisation`,
+    ``weights`` per-frame weights. Rejection trims the ends of each pixel's sorted samples, iterating until
+    nothing changes: ``"sigma"`` (κσ about the median), ``"winsorized"`` (σ from winsorized samples),
+    ``"linear_fit"`` (distance from a line fitted to the sorted samples), or ``"none"``.
+    """
+    planes, height, width = _plane_shape(shape)
+    if n_frames < 1:
+        raise ValueError(f"n_frames must be at least 1, got {n_frames}")
+    if method not in _REJECTION_CODES:
+        raise ValueError(f"unknown rejection method {method!r}")
+    if not (kappa_low > 0.0 and kappa_high > 0.0):
+        raise ValueError(f"kappas must be positive, got {kappa_low}, {kappa_high}")
+    w = np.ones(n_frames) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (n_frames,) or not np.all(np.isfinite(w) & (w > 0.0)):
+        raise ValueError(f"weights must be {n_frames} positive finite numbers")
+    nm = np.tile([0.0, 1.0], (n_frames, 1)) if norms is None else np.asarray(norms, dtype=np.float64)
+    if nm.shape != (n_frames, 2) or not np.all(np.isfinite(nm)) or not np.all(nm[:, 1] > 0.0):
+        raise ValueError(f"norms must be {n_frames} (offset, positive scale) pairs")
+    offsets = np.ascontiguousarray(nm[:, 0])
+    scales = np.ascontiguousarray(nm[:, 1])
+    row_bytes = n_frames * planes * width * 4
+    band_rows = min(height, memory_cap_bytes // row_bytes)
+    if band_rows < 1:
+        raise ValueError(f"memory_cap_bytes {memory_cap_bytes} cannot hold one row of {n_frames} frames "
+                         f"({row_bytes} bytes)")
+    image = np.empty((planes, height, width), dtype=np.float32)
+    count = np.empty((planes, height, width), dtype=np.uint16)
+    rejected = np.empty((planes, height, width), dtype=np.uint16)
+    code = _REJECTION_CODES[method]
+    for row0 in range(0, height, band_rows):
+        row1 = min(height, row0 + band_rows)
+        band = np.asarray(read_band(row0, row1))
+        rows = row1 - row0
+        expected = (n_frames, rows, width) if len(shape) == 2 else (n_frames, planes, rows, width)
+        if band.shape != expected:
+            raise ValueError(f"read_band({row0}, {row1}) returned shape {band.shape}, expected {expected}")
+        band4 = np.ascontiguousarray(band, dtype=np.float32).reshape(n_frames, planes, row1 - row0, width)
+        for p in range(planes):
+            _integrate_band(band4[:, p], w, offsets, scales, code, float(kappa_low), float(kappa_high),
+                            image[p, row0:row1], count[p, row0:row1], rejected[p, row0:row1])
+    out_shape = tuple(int(s) for s in shape)
+    return StackResult(image=image.reshape(out_shape), count=count.reshape(out_shape),
+                       rejected=rejected.reshape(out_shape), frames=n_frames, rejection=method,
+                       kappa_low=float(kappa_low), kappa_high=float(kappa_high))

@@ -1,0 +1,66 @@
+"""One entry point for reading any frame file: FITS or camera raw, pixels and normalised metadata."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from astrod.errors import FrameReadError
+from astrod.io import fits as fitsio
+from astrod.io.headers import PathRule, complete_from_path, normalise
+from astrod.model import Frame, FrameMeta
+
+RAW_SUFFIXES = frozenset({".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".dng", ".rw2",
+                          ".raf", ".orf", ".pef", ".srw", ".3fr", ".erf", ".kdc", ".mrw", ".x3f"})
+
+
+def is_raw_name(path: Path) -> bool:
+    return path.suffix.lower() in RAW_SUFFIXES
+
+
+def is_frame_name(path: Path) -> bool:
+    """Whether a file name looks like a frame astrod reads (by extension; content is checked on reading)."""
+    return fitsio.is_fits_name(path) or is_raw_name(path)
+
+
+def _check_file(path: Path) -> None:
+    try:
+        st = path.stat()
+    except OSError as err:
+        raise FrameReadError(f"{path}: cannot stat: {err.strerror or err}") from err
+    if not path.is_file():
+        raise FrameReadError(f"{path}: not a regular file")
+    if st.st_size == 0:
+        raise FrameReadError(f"{path}: empty file")
+    if not os.access(path, os.R_OK):
+        raise FrameReadError(f"{path}: permission denied")
+
+
+def read_meta(path: str | os.PathLike[str], *, rename: Mapping[str, str] | None = None,
+              rules: Iterable[PathRule] = ()) -> FrameMeta:
+    """Normalised metadata of a frame file without reading its pixels."""
+    p = Path(path)
+    _check_file(p)
+    if is_raw_name(p):
+        from astrod.io import raw  # rawpy is only loaded when a raw file shows up
+
+        return complete_from_path(raw.raw_to_meta(raw.read_raw_metadata(p), p), p, rules=rules)
+    return normalise(fitsio.read_fits_header(p), p, rename=rename, rules=rules)
+
+
+def read_frame(path: str | os.PathLike[str], *, rename: Mapping[str, str] | None = None,
+               rules: Iterable[PathRule] = ()) -> Frame:
+    """Pixels as float32 plus normalised metadata. Raises FrameReadError with a one-line cause."""
+    p = Path(path)
+    _check_file(p)
+    if is_raw_name(p):
+        from astrod.io import raw
+
+        data, raw_meta = raw.read_raw(p)
+        meta = complete_from_path(raw.raw_to_meta(raw_meta, p), p, rules=rules)
+        return Frame(meta=meta, data=np.asarray(data, dtype=np.float32), path=p)
+    data, header = fitsio.read_fits(p)
+    return Frame(meta=normalise(header, p, rename=rename, rules=rules), data=data, path=p)

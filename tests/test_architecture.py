@@ -1,0 +1,87 @@
+"""The layers import one way: model <- core <- io <- library <- pipeline <- service <- cli."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "astrod"
+
+# Rank of each layer; a module may import only layers of lower or equal rank.
+RANKS = {"model": 0, "errors": 0, "config": 1, "core": 1, "io": 2, "library": 3, "pipeline": 4,
+         "service": 5, "demo": 6, "cli": 6, "__main__": 6, "__init__": 0}
+# Third-party modules that a layer must never import, by layer.
+FORBIDDEN = {
+    "core": ("astropy.io", "rawpy", "exifread", "watchdog", "apscheduler", "PyIndi", "structlog", "sqlite3",
+             "threading", "logging", "tomli"),
+    "model": ("astropy", "rawpy", "watchdog", "apscheduler", "PyIndi", "structlog", "cv2", "numba"),
+    "config": ("astropy", "rawpy", "watchdog", "apscheduler", "PyIndi", "structlog", "cv2", "numba"),
+    "io": ("watchdog", "apscheduler", "PyIndi"),
+    "library": ("watchdog", "apscheduler", "PyIndi"),
+    "pipeline": ("watchdog", "apscheduler", "PyIndi"),
+}
+ALLOWED_FOR_CONFIG = {"model", "errors"}
+
+
+def _layer(path: Path) -> str:
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def _imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+            names.extend(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+def layer_problems(path: Path, layer: str) -> list[str]:
+    """Every import of ``path`` that breaks the rules for ``layer``."""
+    problems = []
+    for name in _imports(path):
+        parts = name.split(".")
+        if parts[0] == "astrod" and len(parts) > 1:
+            target = parts[1]
+            if target not in RANKS:
+                continue  # `from astrod import __version__` style names
+            if RANKS[target] > RANKS[layer]:
+                problems.append(f"imports {name} (layer {target} is above {layer})")
+            if layer == "config" and target not in ALLOWED_FOR_CONFIG | {"config"}:
+                problems.append(f"config may import only model and errors, not {name}")
+            if layer == "core" and target not in ("core", "model", "errors"):
+                problems.append(f"core may import only core, model and errors, not {name}")
+        for bad in FORBIDDEN.get(layer, ()):
+            if name == bad or name.startswith(bad + "."):
+                problems.append(f"{layer} must not import {name}")
+    return problems
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_layer_imports_only_downwards(path: Path) -> None:
+    """No module imports a layer above its own, or a library its layer must not touch."""
+    layer = _layer(path)
+    assert layer in RANKS, f"{path}: unknown layer {layer!r}: add it to RANKS"
+    problems = layer_problems(path, layer)
+    assert not problems, f"{path.relative_to(PACKAGE)}: " + "; ".join(problems)
+
+
+def test_checker_catches_an_upward_import(tmp_path: Path) -> None:
+    """The checker flags a core module importing io and structlog, and passes a clean one."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("import numpy\nfrom astrod.io.fits import read_fits\nimport structlog\n", encoding="utf-8")
+    problems = layer_problems(bad, "core")
+    assert any("astrod.io.fits" in p for p in problems)
+    assert any("structlog" in p for p in problems)
+    good = tmp_path / "good.py"
+    good.write_text("import numpy\nfrom astrod.model import Transform\n", encoding="utf-8")
+    assert layer_problems(good, "core") == []
