@@ -189,11 +189,31 @@ def _minmax_pixel(v: npt.NDArray[np.float64], n: int, w: npt.NDArray[np.float64]
         return np.nan, 0
     for i in range(n):
         w[i] = v[i]
-    # partition so that w[:nlow] are the lowest and w[stop:] the highest values
-    if nhigh > 0:
-        _select(w, n, stop)
-    if nlow > 0:
-        _select(w, stop, nlow - 1)
+    if nlow + nhigh <= 4:
+        # few extremes (the usual 1 and 1): moving them aside one by one beats a selection
+        for j in range(nlow):
+            best = j
+            for i in range(j + 1, n):
+                if w[i] < w[best]:
+                    best = i
+            t = w[j]
+            w[j] = w[best]
+            w[best] = t
+        for j in range(nhigh):
+            last = n - 1 - j
+            best = last
+            for i in range(nlow, last):
+                if w[i] > w[best]:
+                    best = i
+            t = w[last]
+            w[last] = w[best]
+            w[best] = t
+    else:
+        # partition so that w[:nlow] are the lowest and w[stop:] the highest values
+        if nhigh > 0:
+            _select(w, n, stop)
+        if nlow > 0:
+            _select(w, stop, nlow - 1)
     return _sum(w, nlow, stop) / (stop - nlow), stop - nlow
 
 

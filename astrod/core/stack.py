@@ -4,8 +4,12 @@ Live stack
     `Stacker` keeps per-pixel running statistics, so its memory is O(pixels) and frame 500 costs what
     frame 5 costs: a weighted mean and weighted sum of squared deviations (West's 1979 incremental form of
     Welford's algorithm), the number of frames used and the number of rejections. Once a pixel has
-    ``min_frames_for_rejection`` accepted samples, a new sample further than κσ from the running mean is
-    rejected. The update is one fused numba kernel over rows, in place on the state arrays.
+    ``min_frames_for_rejection`` accepted samples, a new sample is rejected when it lies outside the
+    prediction interval of the running mean and σ that has the normal κσ tail probability: with n
+    samples the limit is ``t(n-1)·σ·√(1 + 1/n)`` (Student's t), 7.3σ at n = 5, 4.3σ at 10, 3.2σ at 50
+    for κ = 3. A plain κσ test on σ estimated from 5 samples rejects ~10 % of good samples at some pixels
+    and noticeably raises the stack noise. The update is one fused numba kernel over rows, in place on
+    the state arrays.
 
     Accumulators are float32. The running mean is updated by ``mean += (x - mean)·w/W``, so each step only
     rounds to half an ulp of the mean, with random sign: after N frames the rounding error is about
@@ -36,12 +40,14 @@ from typing import Literal
 import numba
 import numpy as np
 import numpy.typing as npt
+from scipy import stats
 
 FloatArray = npt.NDArray[np.float32]
 Weighting = Literal["none", "snr", "fwhm"]
 Rejection = Literal["none", "sigma", "winsorized", "linear_fit"]
 
 _MAX_COUNT = 65535  # per-pixel counters are uint16
+_T_TABLE = 4096  # beyond this many samples Student's t is the normal distribution to 0.1 %
 _STATE_FORMAT = 1
 _REJECTION_CODES: dict[str, int] = {"none": 0, "sigma": 1, "winsorized": 2, "linear_fit": 3}
 
@@ -120,13 +126,15 @@ def fwhm_weight(*, fwhm: float, ref_fwhm: float) -> float:
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def _accumulate(frame: FloatArray, mask: npt.NDArray[np.uint8], use_mask: bool, weight: float,
-                offset: float, scale: float, kappa: float, min_n: int, mean: FloatArray, m2: FloatArray,
+                offset: float, scale: float, limit2: npt.NDArray[np.float64], kappa: float, min_n: int,
+                mean: FloatArray, m2: FloatArray,
                 wsum: FloatArray, use_wsum: bool, count: npt.NDArray[np.uint16],
                 rejected: npt.NDArray[np.uint16], row_accepted: npt.NDArray[np.int64],
                 row_rejected: npt.NDArray[np.int64]) -> None:  # pragma: no cover - compiled
     rows, cols = frame.shape
     mask_rows = mask.shape[0]
     kappa2 = kappa * kappa
+    n_limits = limit2.shape[0]
     for r in numba.prange(rows):
         mr = r % mask_rows
         n_acc = 0
@@ -149,7 +157,8 @@ def _accumulate(frame: FloatArray, mask: npt.NDArray[np.uint8], use_mask: bool, 
             if n >= min_n:
                 # weighted variance with the n/(n-1) small-sample correction
                 var = s / w_tot * n / (n - 1)
-                if d * d > kappa2 * var:
+                lim2 = limit2[n] if n < n_limits else kappa2 * (1.0 + 1.0 / n)
+                if d * d > lim2 * var:
                     if rejected[r, c] < 65535:
                         rejected[r, c] += 1
                     n_rej += 1
@@ -165,6 +174,22 @@ def _accumulate(frame: FloatArray, mask: npt.NDArray[np.uint8], use_mask: bool, 
             n_acc += 1
         row_accepted[r] = n_acc
         row_rejected[r] = n_rej
+
+
+def _rejection_limits(kappa: float, size: int) -> npt.NDArray[np.float64]:
+    """Squared rejection limits in units of the sample σ, indexed by the number of samples n.
+
+    A new sample lies beyond ``t_(n-1)·√(1 + 1/n)`` sample σ with the probability a normal sample lies
+    beyond κσ. Entries below n = 2 are infinite (no test possible).
+    """
+    n = np.arange(size, dtype=np.float64)
+    out = np.full(size, np.inf)
+    if math.isinf(kappa):
+        return out
+    tail = stats.norm.sf(kappa)
+    t = stats.t.isf(tail, n[2:] - 1.0)
+    out[2:] = t * t * (1.0 + 1.0 / n[2:])
+    return out
 
 
 def _plane_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -205,6 +230,7 @@ class Stacker:
             None if weighting == "none" else np.zeros(self._shape, dtype=np.float32))
         self._count = np.zeros(self._shape, dtype=np.uint16)
         self._rejected = np.zeros(self._shape, dtype=np.uint16)
+        self._limit2 = _rejection_limits(self._kappa, _T_TABLE)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -266,7 +292,8 @@ class Stacker:
         wsum = self._wsum if self._wsum is not None else np.zeros((1, 1), dtype=np.float32)
         row_acc = np.empty(rows, dtype=np.int64)
         row_rej = np.empty(rows, dtype=np.int64)
-        _accumulate(data, mask2d, mask is not None, float(weight), offset, scale, self._kappa, self._min_n,
+        _accumulate(data, mask2d, mask is not None, float(weight), offset, scale, self._limit2, self._kappa,
+                    self._min_n,
                     self._mean.reshape(rows, width), self._m2.reshape(rows, width),
                     wsum.reshape(rows, width) if self._wsum is not None else wsum, self._wsum is not None,
                     self._count.reshape(rows, width), self._rejected.reshape(rows, width), row_acc, row_rej)
@@ -354,6 +381,36 @@ class Stacker:
 
 
 @numba.njit(cache=True)
+def _normal_ppf(p: float) -> float:  # pragma: no cover - compiled
+    """Inverse of the standard normal CDF (Acklam's rational approximation, relative error < 1.2e-9)."""
+    a0, a1, a2 = -3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02
+    a3, a4, a5 = 1.383577518672690e02, -3.066479806614716e01, 2.506628277459239e00
+    b0, b1, b2 = -5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02
+    b3, b4 = 6.680131188771972e01, -1.328068155288572e01
+    c0, c1, c2 = -7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00
+    c3, c4, c5 = -2.549732539343734e00, 4.374664141464968e00, 2.938163982698783e00
+    d0, d1, d2, d3 = 7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00
+    if p < 0.02425:
+        q = math.sqrt(-2.0 * math.log(p))
+        return (((((c0 * q + c1) * q + c2) * q + c3) * q + c4) * q + c5) / \
+            ((((d0 * q + d1) * q + d2) * q + d3) * q + 1.0)
+    if p > 1.0 - 0.02425:
+        q = math.sqrt(-2.0 * math.log(1.0 - p))
+        return -(((((c0 * q + c1) * q + c2) * q + c3) * q + c4) * q + c5) / \
+            ((((d0 * q + d1) * q + d2) * q + d3) * q + 1.0)
+    q = p - 0.5
+    r = q * q
+    return (((((a0 * r + a1) * r + a2) * r + a3) * r + a4) * r + a5) * q / \
+        (((((b0 * r + b1) * r + b2) * r + b3) * r + b4) * r + 1.0)
+
+
+@numba.njit(cache=True)
+def _normal_score(i: int, n: int) -> float:  # pragma: no cover - compiled
+    """Expected value of the i-th (0-based) of n sorted standard normal samples (Blom's approximation)."""
+    return _normal_ppf((i + 0.625) / (n + 0.25))
+
+
+@numba.njit(cache=True)
 def _median_sorted(s: npt.NDArray[np.float64], a: int, b: int) -> float:  # pragma: no cover - compiled
     k = b - a
     mid = a + k // 2
@@ -387,29 +444,30 @@ def _reject(s: npt.NDArray[np.float64], k: int, method: int, kl: float, kh: floa
     while changed and b - a > 3:
         changed = False
         if method == 3:
-            # least-squares line through (index, sorted value); σ = mean absolute residual
+            # least-squares line through the central half of the normal Q–Q plot of the kept samples:
+            # intercept = location, slope = σ; robust to the tails it is about to judge
             n = b - a
-            sx = 0.0
+            q1 = n // 4
+            q3 = n - n // 4
+            sz = 0.0
             sy = 0.0
-            sxx = 0.0
-            sxy = 0.0
-            for i in range(n):
+            szz = 0.0
+            szy = 0.0
+            for i in range(q1, q3):
+                z = _normal_score(i, n)
                 y = s[a + i]
-                sx += i
+                sz += z
                 sy += y
-                sxx += i * i
-                sxy += i * y
-            slope = (n * sxy - sx * sy) / (n * sxx - sx * sx)
-            icpt = (sy - slope * sx) / n
-            sigma = 0.0
-            for i in range(n):
-                sigma += abs(s[a + i] - (icpt + slope * i))
-            sigma /= n
+                szz += z * z
+                szy += z * y
+            m = q3 - q1
+            sigma = max(0.0, (m * szy - sz * sy) / (m * szz - sz * sz))
+            icpt = (sy - sigma * sz) / m
             na = a
             nb = b
-            while na < nb - 1 and (icpt + slope * (na - a)) - s[na] > kl * sigma:
+            while na < nb - 1 and (icpt + sigma * _normal_score(na - a, n)) - s[na] > kl * sigma:
                 na += 1
-            while nb - 1 > na and s[nb - 1] - (icpt + slope * (nb - 1 - a)) > kh * sigma:
+            while nb - 1 > na and s[nb - 1] - (icpt + sigma * _normal_score(nb - 1 - a, n)) > kh * sigma:
                 nb -= 1
         else:
             med = _median_sorted(s, a, b)
@@ -492,8 +550,11 @@ def integrate_bands(read_band: Callable[[int, int], npt.NDArray[np.floating]], n
     colour (planes, H, W); NaN marks pixels a frame does not cover. Bands are sized so that one band stays
     under ``memory_cap_bytes``. ``norms`` are per-frame ``(offset, scale)`` as in `normalisation`,
     ``weights`` per-frame weights. Rejection trims the ends of each pixel's sorted samples, iterating until
-    nothing changes: ``"sigma"`` (κσ about the median), ``"winsorized"`` (σ from winsorized samples),
-    ``"linear_fit"`` (distance from a line fitted to the sorted samples), or ``"none"``.
+    nothing changes: ``"sigma"`` (κσ about the median, σ the sample standard deviation), ``"winsorized"``
+    (σ from samples winsorized at ±1.5σ until σ settles, as in siril and PixInsight), ``"linear_fit"``
+    (distance from a line fitted to the central half of the samples' normal Q–Q plot, in units of its
+    slope, which is σ), or ``"none"``. Unlike siril's fit against the sample index, the Q–Q line does not
+    bend away from clean Gaussian tails: an index fit rejects ~10 % of clean samples at 100 frames.
     """
     planes, height, width = _plane_shape(shape)
     if n_frames < 1:

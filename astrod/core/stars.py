@@ -48,6 +48,8 @@ _HOT = 2
 _EDGE = 3
 _FAILED = 4
 
+_SPIKE_RATIO = 5.0  # a pixel this many times brighter than its 8 neighbours is not starlight
+
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Background:
@@ -213,7 +215,8 @@ def detect_stars(
     bg_m = _mesh_at(bg.mesh, px[cand].astype(np.float64), py[cand].astype(np.float64), dw, dh)
     sat = np.inf if saturation is None else float(saturation)
     search = max(1, int(math.ceil(scale_dm)))
-    status, ix, iy = _screen(measure_img, cx0, cy0, bg_m, search, sat, min_neighbour_ratio)
+    status, ix, iy = _screen(measure_img, cx0, cy0, bg_m, height_above[cand], search, sat,
+                             min_neighbour_ratio)
     good = status == _OK
     n_detected = int(np.count_nonzero(good))
     order = np.flatnonzero(good)
@@ -496,10 +499,25 @@ def _label_peaks(labels: npt.NDArray[np.int32], n: int,
     return area, peak, px, py
 
 
+@njit(cache=True, inline="always")
+def _is_spike(image: FloatArray, y: int, x: int, b: float) -> bool:  # pragma: no cover - numba
+    """A pixel more than 5× as bright (above background) as the mean of its 8 neighbours: no PSF with a
+    FWHM above 1.5 px is that sharp (a pixel-integrated Gaussian of FWHM 1.5 peaks at 4× its ring)."""
+    v = image[y, x] - b
+    if v <= 0.0:
+        return False
+    ring = 0.0
+    for dy in range(-1, 2):
+        for dx in range(-1, 2):
+            if dy != 0 or dx != 0:
+                ring += image[y + dy, x + dx] - b
+    return v > _SPIKE_RATIO * ring / 8.0
+
+
 @njit(cache=True, parallel=True)
-def _screen(image: FloatArray, cx: F64, cy: F64, bg: F64, search: int, saturation: float,
+def _screen(image: FloatArray, cx: F64, cy: F64, bg: F64, height: F64, search: int, saturation: float,
             min_ratio: float) -> tuple[IntArray, IntArray, IntArray]:  # pragma: no cover - numba
-    """Brightest pixel near each candidate; reject saturated tops, hot pixels and the border."""
+    """Brightest non-spike pixel near each candidate; reject saturated tops, hot pixels and the border."""
     n = cx.shape[0]
     h, w = image.shape
     status = np.zeros(n, dtype=np.intp)
@@ -508,30 +526,38 @@ def _screen(image: FloatArray, cx: F64, cy: F64, bg: F64, search: int, saturatio
     for s in prange(n):
         x0 = int(math.floor(cx[s] + 0.5))
         y0 = int(math.floor(cy[s] + 0.5))
-        best = -np.inf
-        bx, by = x0, y0
-        for y in range(max(y0 - search, 0), min(y0 + search + 1, h)):
-            for x in range(max(x0 - search, 0), min(x0 + search + 1, w)):
-                if image[y, x] > best:
-                    best = image[y, x]
-                    bx, by = x, y
-        ix[s], iy[s] = bx, by
-        if bx < 2 or by < 2 or bx > w - 3 or by > h - 3:
+        b = bg[s]
+        if x0 - search < 3 or y0 - search < 3 or x0 + search > w - 4 or y0 + search > h - 4:
             status[s] = _EDGE
             continue
-        p = best - bg[s]
-        if best >= saturation:
+        best = -np.inf
+        bx, by = x0, y0
+        brightest = -np.inf
+        for y in range(y0 - search, y0 + search + 1):
+            for x in range(x0 - search, x0 + search + 1):
+                v = image[y, x]
+                brightest = max(brightest, v)
+                if v > best and not _is_spike(image, y, x, b):
+                    best = v
+                    bx, by = x, y
+        ix[s], iy[s] = bx, by
+        if brightest >= saturation:
             status[s] = _SATURATED
+            continue
+        p = best - b
+        # What is left once spikes are set aside must carry the detection: else it was a hot pixel.
+        if p < 0.5 * height[s]:
+            status[s] = _HOT
             continue
         near = 0
         for y in range(by - 2, by + 3):
             for x in range(bx - 2, bx + 3):
-                if image[y, x] - bg[s] >= 0.995 * p:
+                if image[y, x] - b >= 0.995 * p:
                     near += 1
         if near >= 3:
             status[s] = _SATURATED
             continue
-        nb = 0.25 * (image[by - 1, bx] + image[by + 1, bx] + image[by, bx - 1] + image[by, bx + 1]) - bg[s]
+        nb = 0.25 * (image[by - 1, bx] + image[by + 1, bx] + image[by, bx - 1] + image[by, bx + 1]) - b
         if nb < min_ratio * p:
             status[s] = _HOT
     return status, ix, iy
@@ -609,34 +635,29 @@ def _adaptive(image: FloatArray, b: float, x0: float, y0: float, rmax: int, spy:
 
 
 @njit(cache=True)
-def _find_spikes(image: FloatArray, b: float, xc: int, yc: int, r: int, floor: float, spy: IntArray,
-                 spx: IntArray, spv: F64) -> int:  # pragma: no cover - numba
-    """Hot pixels and cosmic-ray hits near a star: single pixels above ``floor`` and 3× their brightest
-    neighbour, to be replaced by the median of their 8 neighbours. Returns how many (-1: too many)."""
+def _find_spikes(image: FloatArray, b: float, xc: int, yc: int, r: int, px: int, py: int, floor: float,
+                 spy: IntArray, spx: IntArray, spv: F64) -> int:  # pragma: no cover - numba
+    """Hot pixels and cosmic-ray hits near a star (single pixels above ``floor``, see `_is_spike`), other
+    than its peak (px, py), to be replaced by the median of their 8 neighbours. Returns how many, -1 if
+    there are too many."""
     h, w = image.shape
     nb = np.empty(8)
     n = 0
     for y in range(max(yc - r, 1), min(yc + r + 1, h - 1)):
         for x in range(max(xc - r, 1), min(xc + r + 1, w - 1)):
-            if abs(y - yc) <= 1 and abs(x - xc) <= 1:
-                continue  # the star's own core
-            v = image[y, x] - b
-            if v <= floor:
+            if (y == py and x == px) or image[y, x] - b <= floor or not _is_spike(image, y, x, b):
                 continue
+            if n == spy.shape[0]:
+                return -1
             k = 0
-            top = -np.inf
             for dy in range(-1, 2):
                 for dx in range(-1, 2):
                     if dy != 0 or dx != 0:
                         nb[k] = image[y + dy, x + dx] - b
-                        top = max(top, nb[k])
                         k += 1
-            if v > 3.0 * top:
-                if n == spy.shape[0]:
-                    return -1
-                nb.sort()
-                spy[n], spx[n], spv[n] = y, x, 0.5 * (nb[3] + nb[4])
-                n += 1
+            nb.sort()
+            spy[n], spx[n], spv[n] = y, x, 0.5 * (nb[3] + nb[4])
+            n += 1
     return n
 
 
@@ -665,7 +686,7 @@ def _measure(image: FloatArray, ix: IntArray, iy: IntArray, bg: F64, rmax: int,
         fwhm_moments = _FWHM_PER_SIGMA * math.sqrt(math.sqrt(max(sxx * syy - sxy * sxy, 1e-12)))
         xc, yc = int(math.floor(cx + 0.5)), int(math.floor(cy + 0.5))
         nsp = _find_spikes(image, b, xc, yc, min(2 * rmax, int(math.ceil(3.0 * fwhm_moments)) + 1),
-                           0.2 * (image[iy[s], ix[s]] - b), spy, spx, spv)
+                           ix[s], iy[s], 0.2 * (image[iy[s], ix[s]] - b), spy, spx, spv)
         if nsp < 0:
             continue
         if nsp > 0:

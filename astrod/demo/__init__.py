@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +41,7 @@ def write_demo_night(root: Path, *, seed: int = 2026, size: tuple[int, int] = (3
     sensor = synth.Sensor(width=width, height=height, seed=seed, hot_pixels=30, dust=2)
     start = datetime(2026, 11, 21, 19, 0, tzinfo=UTC)
     calibration: list[Path] = []
-    common = {"gain": 100, "offset": 50, "temperature": -10.0, "set_temperature": -10.0,
+    common: dict[str, Any] = {"gain": 100, "offset": 50, "temperature": -10.0, "set_temperature": -10.0,
               "camera": "ZWO ASI2600MM Pro"}
     for i in range(5):
         calibration.append(synth.write_fits(root / "capture" / "Bias" / f"bias_{i:03d}.fits",
