@@ -398,12 +398,18 @@ def combine_arrays(arrays: Sequence[npt.NDArray[np.generic]], *, method: Method 
                    sample_bytes=dtype.itemsize)
 
 
-def frame_medians(read_band: BandReader, *, n_frames: int, shape: tuple[int, int], stride: int = 4,
+def frame_medians(read_band: BandReader, *, n_frames: int, shape: tuple[int, int], stride: int | None = None,
                   memory_cap_bytes: int = 2 * 1024**3, sample_bytes: int = 4) -> npt.NDArray[np.float64]:
-    """Median of each frame from a ``stride``-subsampled grid, read band by band (one pass)."""
+    """Median of each frame from a ``stride``-subsampled grid, read band by band (one pass).
+
+    The default stride keeps about 250 000 samples per frame: every pixel of a small frame, a precise
+    median of a large one at little memory.
+    """
+    height, width = (int(shape[0]), int(shape[1]))
+    if stride is None:
+        stride = max(1, math.ceil(math.sqrt(height * width / 250_000)))
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
-    height, width = (int(shape[0]), int(shape[1]))
     band_rows = plan_band_rows(n_frames=n_frames, shape=(height, width), memory_cap_bytes=memory_cap_bytes,
                                sample_bytes=sample_bytes)
     samples: list[npt.NDArray[np.float32]] = []

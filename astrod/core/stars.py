@@ -401,49 +401,51 @@ def _mesh_stats(image: FloatArray, ny: int, nx: int, step: int, k: float,
     level = np.full((ny, nx), np.nan, dtype=np.float32)
     sigma = np.full((ny, nx), np.nan, dtype=np.float32)
     off = step // 2
-    for b in prange(ny * nx):
-        by, bx = b // nx, b % nx
+    cap = ((h // ny + 2 + step - 1) // step) * ((w // nx + 2 + step - 1) // step)
+    for by in prange(ny):
+        # Buffers once per row of boxes: allocating per box costs more than the statistics.
+        buf = np.empty(cap, dtype=np.float64)
+        cs = np.zeros(cap + 1)
+        cs2 = np.zeros(cap + 1)
         y0, y1 = by * h // ny, (by + 1) * h // ny
-        x0, x1 = bx * w // nx, (bx + 1) * w // nx
-        buf = np.empty(((y1 - y0 + step - 1) // step) * ((x1 - x0 + step - 1) // step), dtype=np.float64)
-        n = 0
-        for y in range(y0 + min(off, y1 - y0 - 1), y1, step):
-            for x in range(x0 + min(off, x1 - x0 - 1), x1, step):
-                v = image[y, x]
-                if np.isfinite(v):
-                    buf[n] = v
-                    n += 1
-        if n < 8:
-            continue
-        v = np.sort(buf[:n])
-        pivot = v[n // 2]
-        # Prefix sums of (v - pivot) and its square give the mean and σ of any clipped range in O(1).
-        cs = np.zeros(n + 1)
-        cs2 = np.zeros(n + 1)
-        for i in range(n):
-            d = v[i] - pivot
-            cs[i + 1] = cs[i] + d
-            cs2[i + 1] = cs2[i] + d * d
-        lo, hi = 0, n
-        for _ in range(iterations):
+        for bx in range(nx):
+            x0, x1 = bx * w // nx, (bx + 1) * w // nx
+            n = 0
+            for y in range(y0 + min(off, y1 - y0 - 1), y1, step):
+                row = image[y]
+                for x in range(x0 + min(off, x1 - x0 - 1), x1, step):
+                    v = row[x]
+                    if np.isfinite(v) and n < cap:
+                        buf[n] = v
+                        n += 1
+            if n < 8:
+                continue
+            v = buf[:n]
+            v.sort()
+            pivot = v[n // 2]
+            # Prefix sums of (v - pivot) and its square give the mean and σ of any clipped range in O(1).
+            for i in range(n):
+                d = v[i] - pivot
+                cs[i + 1] = cs[i] + d
+                cs2[i + 1] = cs2[i] + d * d
+            lo, hi = 0, n
+            for _ in range(iterations):
+                m = hi - lo
+                med = 0.5 * (v[lo + (m - 1) // 2] + v[lo + m // 2])
+                mean = (cs[hi] - cs[lo]) / m
+                s = math.sqrt(max((cs2[hi] - cs2[lo]) / m - mean * mean, 0.0))
+                if s == 0.0:
+                    break
+                nlo = np.searchsorted(v, med - k * s, side="left")
+                nhi = np.searchsorted(v, med + k * s, side="right")
+                if (nlo == lo and nhi == hi) or nhi - nlo < 8:
+                    break
+                lo, hi = nlo, nhi
             m = hi - lo
-            med = 0.5 * (v[lo + (m - 1) // 2] + v[lo + m // 2])
             mean = (cs[hi] - cs[lo]) / m
-            var = (cs2[hi] - cs2[lo]) / m - mean * mean
-            s = math.sqrt(max(var, 0.0))
-            if s == 0.0:
-                break
-            nlo = np.searchsorted(v, med - k * s, side="left")
-            nhi = np.searchsorted(v, med + k * s, side="right")
-            if (nlo == lo and nhi == hi) or nhi - nlo < 8:
-                break
-            lo, hi = nlo, nhi
-        m = hi - lo
-        med = 0.5 * (v[lo + (m - 1) // 2] + v[lo + m // 2])
-        mean = (cs[hi] - cs[lo]) / m
-        var = (cs2[hi] - cs2[lo]) / m - mean * mean
-        level[by, bx] = med
-        sigma[by, bx] = math.sqrt(max(var, 0.0) * m / max(m - 1, 1))
+            var = max((cs2[hi] - cs2[lo]) / m - mean * mean, 0.0)
+            level[by, bx] = 0.5 * (v[lo + (m - 1) // 2] + v[lo + m // 2])
+            sigma[by, bx] = math.sqrt(var * m / max(m - 1, 1))
     return level, sigma
 
 

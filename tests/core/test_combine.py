@@ -49,10 +49,11 @@ def astropy_clipped_mean(frames: list[F32], **clip: object) -> CCDData:
 # ------------------------------------------------------------------------------------------ against ccdproc
 
 
-@pytest.mark.parametrize("n", [9, 12])
+@pytest.mark.parametrize("n", [12, 20])
 def test_sigma_clip_equals_ccdproc_combine_defaults(n: int) -> None:
     """ccdproc.combine(sigma_clip=True) with its defaults (mean centre, std, 3/3 sigma, one pass) equals
-    combine(cenfunc="mean", maxiters=1) within 1e-5 relative, also when the frames are split into bands."""
+    combine(cenfunc="mean", maxiters=1) within 1e-5 relative, also when the frames are split into bands.
+    (Below 10 frames a single outlier can never lie 3 population sigma out, so n >= 12 here.)"""
     frames = dark_frames(n)
     ref = ccdproc.combine(ccds(frames), method="average", sigma_clip=True, sigma_clip_low_thresh=3,
                           sigma_clip_high_thresh=3)
@@ -211,9 +212,10 @@ def test_combine_flats_equals_ccdproc_workflow() -> None:
                          method="median")
     np.testing.assert_allclose(ours.image, ref_norm, rtol=1e-5)
     assert abs(float(ours.image.mean()) - 1.0) < 1e-6
-    # without given medians they come from a subsample and differ by far less than the flats' noise
-    sub = combine_flats(lambda r0, r1: stack[:, r0:r1], n_frames=5, shape=(H, W), bias=bias, method="median")
-    np.testing.assert_allclose(sub.image, ours.image, rtol=2e-3)
+    # without given medians they are measured (every pixel of a frame this small): the same master
+    measured = combine_flats(lambda r0, r1: stack[:, r0:r1], n_frames=5, shape=(H, W), bias=bias,
+                             method="median")
+    np.testing.assert_allclose(measured.image, ours.image, rtol=1e-5)
 
 
 def test_frame_medians_from_subsample() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -39,7 +40,7 @@ def stack_online(frames: list[F32], **kwargs: object) -> Stacker:
     return st
 
 
-def band_reader(cube: F32):  # type: ignore[no-untyped-def]
+def band_reader(cube: F32) -> Callable[[int, int], F32]:
     """A band reader over an in-memory (n, H, W) or (n, planes, H, W) cube."""
     def read(row0: int, row1: int) -> F32:
         return cube[..., row0:row1, :]
@@ -66,7 +67,7 @@ def test_online_stack_noise_is_near_sqrt_n() -> None:
     result = stack_online(frames).finalize()
     ideal = SIGMA / math.sqrt(n)
     assert abs(float(result.image.std()) / ideal - 1.0) < 0.10
-    assert abs(float(result.image.mean()) - SKY) < 3 * ideal / math.sqrt(result.image.size) * 10
+    assert abs(float(result.image.mean()) - SKY) < 5 * ideal / math.sqrt(result.image.size)
     assert result.rejected.sum() / (n * result.image.size) < 0.01
     assert np.all(result.count + result.rejected == n)
 
@@ -120,7 +121,7 @@ def test_sigma_clipping_matches_astropy() -> None:
     cube = np.stack(frames)
     result = integrate_bands(band_reader(cube), n, (64, 64), method="sigma", kappa_low=2.5, kappa_high=2.5)
     clipped = sigma_clip(cube.astype(np.float64), sigma=2.5, maxiters=None, cenfunc="median",
-                         stdfunc=lambda d, axis: np.std(d, axis=axis, ddof=1), axis=0)
+                         stdfunc=lambda d, axis: np.nanstd(d, axis=axis, ddof=1), axis=0)
     expected = clipped.mean(axis=0).filled(np.nan)
     np.testing.assert_allclose(result.image, expected, rtol=0, atol=1e-3)
     np.testing.assert_array_equal(result.count, (~clipped.mask).sum(axis=0))
@@ -206,23 +207,19 @@ def test_normalisation_makes_changing_sky_unbiased() -> None:
     frames = [((scene + 8.0 * rng.standard_normal(scene.shape)) * s + o).astype(np.float32)
               for s, o in zip(scales, offsets, strict=True)]
 
-    def background_noise(f: F32) -> tuple[float, float]:
-        med = float(np.median(f))
-        return med, 1.4826 * float(np.median(np.abs(f - med)))
-
-    ref_bg, ref_noise = background_noise(frames[0])
+    # each frame's true sky level and noise, as a background/noise estimator would report them
+    ref_bg, ref_noise = 300.0, 8.0
     normed = Stacker((size, size))
     plain = Stacker((size, size))
-    for f in frames:
-        bg, noise = background_noise(f)
-        normed.add(f, norm=normalisation(bg, noise, ref_bg, ref_noise))
+    for f, s, o in zip(frames, scales, offsets, strict=True):
+        normed.add(f, norm=normalisation(300.0 * s + o, 8.0 * s, ref_bg, ref_noise))
         plain.add(f)
     ideal = 8.0 / math.sqrt(len(frames))
     error = normed.finalize().image - scene
     assert abs(float(error.mean())) < 0.5 * ideal
     # the star signal keeps the reference scale (slope 1 against the truth)
     slope = np.polyfit((scene - scene.mean()).ravel(), error.ravel(), 1)[0]
-    assert abs(slope) < 0.005
+    assert abs(slope) < 0.002
     assert abs(float((plain.finalize().image - scene).mean())) > 100 * ideal
 
 
