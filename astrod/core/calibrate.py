@@ -156,8 +156,21 @@ def _large_scale_level(image: FloatArray, *, factor: int = 8) -> FloatArray:
     small = cv2.resize(np.ascontiguousarray(image, dtype=np.float32), (small_w, small_h),
                        interpolation=cv2.INTER_AREA)
     if min(small_w, small_h) >= 5:
-        small = cv2.medianBlur(small, 5)
-    return np.asarray(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), dtype=np.float32)
+        small = cv2.medianBlur(small, 5)  # replicated borders keep monotonic gradients intact
+    if min(small_w, small_h) < 2:
+        return np.asarray(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), dtype=np.float32)
+    # pad by linear extrapolation so that the outer half-blocks follow the gradient (resize would clamp)
+    padded = np.empty((small_h + 2, small_w + 2), dtype=np.float32)
+    padded[1:-1, 1:-1] = small
+    padded[0, 1:-1] = 2 * small[0] - small[1]
+    padded[-1, 1:-1] = 2 * small[-1] - small[-2]
+    padded[:, 0] = 2 * padded[:, 1] - padded[:, 2]
+    padded[:, -1] = 2 * padded[:, -2] - padded[:, -3]
+    fy, fx = h / small_h, w / small_w
+    big_w, big_h = round((small_w + 2) * fx), round((small_h + 2) * fy)
+    big = cv2.resize(padded, (big_w, big_h), interpolation=cv2.INTER_LINEAR)
+    y0, x0 = round(fy), round(fx)
+    return np.ascontiguousarray(big[y0:y0 + h, x0:x0 + w], dtype=np.float32)
 
 
 def _robust_sigma(values: npt.NDArray[np.floating]) -> float:
