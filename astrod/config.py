@@ -148,6 +148,8 @@ class Config:
         e = os.environ if env is None else env
         if self.paths.state is not None:
             return self.paths.state
+        if e.get("STATE_DIRECTORY"):  # systemd's StateDirectory=
+            return Path(e["STATE_DIRECTORY"].split(":")[0])
         base = Path(e.get("XDG_STATE_HOME") or Path(e.get("HOME", "~")) / ".local" / "state")
         return Path(os.path.expanduser(base)) / "astrod"
 

@@ -150,27 +150,21 @@ def _local_median(image: FloatArray) -> FloatArray:
 
 
 def _large_scale_level(image: FloatArray, *, factor: int = 8) -> FloatArray:
-    # median of a block-averaged copy, scaled back up: the level around a pixel, blind to small defects
+    """The level around each pixel, blind to small defects: medians of ``factor``-square blocks,
+    interpolated back (linearly extrapolated past the outer block centres so gradients hold to the edge)."""
     h, w = image.shape
-    small_w, small_h = max(1, w // factor), max(1, h // factor)
-    small = cv2.resize(np.ascontiguousarray(image, dtype=np.float32), (small_w, small_h),
-                       interpolation=cv2.INTER_AREA)
-    if min(small_w, small_h) >= 5:
-        small = cv2.medianBlur(small, 5)  # replicated borders keep monotonic gradients intact
-    if min(small_w, small_h) < 2:
-        return np.asarray(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), dtype=np.float32)
-    # pad by linear extrapolation so that the outer half-blocks follow the gradient (resize would clamp)
-    padded = np.empty((small_h + 2, small_w + 2), dtype=np.float32)
+    f = max(1, min(factor, h // 2, w // 2))
+    sh, sw = h // f, w // f
+    blocks = np.ascontiguousarray(image[:sh * f, :sw * f], dtype=np.float32).reshape(sh, f, sw, f)
+    small = np.nanmedian(blocks.transpose(0, 2, 1, 3).reshape(sh, sw, f * f), axis=2).astype(np.float32)
+    padded = np.empty((sh + 2, sw + 2), dtype=np.float32)
     padded[1:-1, 1:-1] = small
-    padded[0, 1:-1] = 2 * small[0] - small[1]
-    padded[-1, 1:-1] = 2 * small[-1] - small[-2]
-    padded[:, 0] = 2 * padded[:, 1] - padded[:, 2]
-    padded[:, -1] = 2 * padded[:, -2] - padded[:, -3]
-    fy, fx = h / small_h, w / small_w
-    big_w, big_h = round((small_w + 2) * fx), round((small_h + 2) * fy)
-    big = cv2.resize(padded, (big_w, big_h), interpolation=cv2.INTER_LINEAR)
-    y0, x0 = round(fy), round(fx)
-    return np.ascontiguousarray(big[y0:y0 + h, x0:x0 + w], dtype=np.float32)
+    padded[0, 1:-1] = 2 * small[0] - small[1] if sh > 1 else small[0]
+    padded[-1, 1:-1] = 2 * small[-1] - small[-2] if sh > 1 else small[-1]
+    padded[:, 0] = 2 * padded[:, 1] - padded[:, 2] if sw > 1 else padded[:, 1]
+    padded[:, -1] = 2 * padded[:, -2] - padded[:, -3] if sw > 1 else padded[:, -2]
+    big = cv2.resize(padded, ((sw + 2) * f, (sh + 2) * f), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(big[f:f + h, f:f + w], dtype=np.float32)
 
 
 def _robust_sigma(values: npt.NDArray[np.floating]) -> float:
@@ -180,15 +174,19 @@ def _robust_sigma(values: npt.NDArray[np.floating]) -> float:
     return float(1.4826 * np.median(np.abs(finite - np.median(finite))))
 
 
-def _bad_columns(ratio_or_residual: FloatArray, bad: BoolArray, *, column_fraction: float,
-                 column_sigma: float, pixel_sigma: float) -> BoolArray:
-    # a column is bad if most of it is bad, or its median sits far off the other columns' medians
-    by_fraction = bad.mean(axis=0) >= column_fraction
-    col_median = np.nanmedian(ratio_or_residual, axis=0)
-    centre = float(np.nanmedian(col_median))
-    spread = max(_robust_sigma(col_median), 1.2533 * pixel_sigma / math.sqrt(ratio_or_residual.shape[0]))
-    by_level = np.abs(col_median - centre) > column_sigma * spread
-    return np.asarray(by_fraction | by_level, dtype=np.bool_)
+def _deviant_columns(residual: FloatArray, *, column_sigma: float, pixel_sigma: float) -> BoolArray:
+    """Columns whose median sits ``column_sigma`` robust spreads off the median of their 6 neighbours'
+    (neighbours, not all columns, so that smooth trends do not count)."""
+    col_median = np.nanmedian(residual, axis=0)
+    n = col_median.size
+    if n < 2:
+        return np.zeros(n, dtype=np.bool_)
+    padded = np.full(n + 6, np.nan)
+    padded[3:-3] = col_median
+    around = np.stack([padded[3 + d:3 + d + n] for d in (-3, -2, -1, 1, 2, 3)])
+    deviation = col_median - np.nanmedian(around, axis=0)
+    spread = max(_robust_sigma(deviation), 1.2533 * pixel_sigma / math.sqrt(residual.shape[0]))
+    return np.asarray(np.abs(deviation) > column_sigma * spread, dtype=np.bool_)
 
 
 def _bad_pixels_plane(dark: FloatArray | None, flat: FloatArray | None, *, hot_sigma: float,
@@ -200,17 +198,17 @@ def _bad_pixels_plane(dark: FloatArray | None, flat: FloatArray | None, *, hot_s
         residual = dark - _local_median(dark)
         sigma = _robust_sigma(residual[:: max(1, residual.shape[0] // 512)])
         hot = residual > hot_sigma * sigma
-        columns |= _bad_columns(residual, hot, column_fraction=column_fraction, column_sigma=column_sigma,
-                                pixel_sigma=sigma)
+        columns |= hot.mean(axis=0) >= column_fraction
+        columns |= _deviant_columns(residual, column_sigma=column_sigma, pixel_sigma=sigma)
         bad |= hot
     if flat is not None:
         level = _large_scale_level(flat)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(level > 0, flat / level, 0.0).astype(np.float32)
         cold = ~(ratio >= cold_fraction)  # NaN counts as cold
-        sigma = _robust_sigma((ratio - _local_median(ratio))[:: max(1, ratio.shape[0] // 512)])
-        columns |= _bad_columns(ratio, cold, column_fraction=column_fraction, column_sigma=column_sigma,
-                                pixel_sigma=sigma)
+        columns |= cold.mean(axis=0) >= column_fraction
+        # a weak but consistent column is what the flat corrects; only one far below is bad
+        columns |= np.nanmedian(ratio, axis=0) < 0.5 * (1.0 + cold_fraction)
         bad |= cold
     bad[:, columns] = True
     return bad
@@ -224,9 +222,9 @@ def bad_pixel_map(*, master_dark: npt.NDArray[np.floating] | None = None,
 
     Hot: the dark (best its dark current, bias subtracted) exceeds its 5x5 local median by ``hot_sigma``
     robust (MAD) noise. Cold: the flat is below ``cold_fraction`` of its large-scale local level. A whole
-    column is bad when at least ``column_fraction`` of it is, or when its median deviates from the other
-    columns' by ``column_sigma`` times their robust spread. With ``cfa`` each 2x2 colour plane is examined
-    on its own.
+    column is bad when at least ``column_fraction`` of it is hot or cold, when its dark median deviates
+    from its neighbour columns' by ``column_sigma`` times their robust spread, or when its flat median is
+    below halfway between ``cold_fraction`` and 1. With ``cfa`` each 2x2 colour plane is examined alone.
     """
     if master_dark is None and master_flat is None:
         raise ValueError("bad_pixel_map needs a master dark, a master flat or both")

@@ -82,8 +82,10 @@ def stretch_parameters(image: npt.NDArray[np.floating], *, linked: bool = True, 
         medians.append(med)
         clips.append(min(max(0.0, med + shadows_clip * madn), med))
     if linked:
+        # one transfer for every channel: the lowest shadows clip, so no channel of a coloured sky is crushed
+        # to black, and the midtones that put the mean of the channel medians on the target
         medians = [sum(medians) / len(medians)] * len(medians)
-        clips = [sum(clips) / len(clips)] * len(clips)
+        clips = [min(clips)] * len(clips)
     mids = []
     for med, c0 in zip(medians, clips, strict=True):
         x0 = (med - c0) / (1.0 - c0) if c0 < 1.0 else 0.0
