@@ -108,6 +108,74 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from astrod.service.daemon import Daemon
+    from astrod.service.logging import configure_logging
+
+    config = _config_or_exit(args.config)
+    configure_logging(level=config.log.level, fmt=config.log.format)
+    daemon = Daemon(config, config_path=Path(args.config) if args.config else None)
+    return daemon.run()
+
+
+def _age(iso: str | None) -> str:
+    from datetime import UTC, datetime
+
+    if not iso:
+        return "never"
+    seconds = (datetime.now(UTC) - datetime.fromisoformat(iso)).total_seconds()
+    return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from astrod.service.daemon import read_status
+
+    config = _config_or_exit(args.config)
+    status = read_status(config)
+    if args.json:
+        json.dump(status if status is not None else {"running": False, "sessions": []}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    if status is None:
+        print(f"astrod is not running (no status in {config.state_dir()})")
+        return 0
+    state = "running" if status["running"] else "not running"
+    print(f"astrod {state} (pid {status['pid']}, status written {_age(status.get('updated_at'))})")
+    files = status.get("files", {})
+    print("files: " + (", ".join(f"{k} {v}" for k, v in sorted(files.items())) or "none yet")
+          + f"; queue {status.get('queue', 0)}")
+    for s in status.get("sessions", []):
+        last = s.get("last_frame") or {}
+        print(f"  {s['label']}: {s['stacked']} stacked, {s['rejected']} rejected, "
+              f"{s['total_exposure_s'] / 60:.1f} min, queue {s['queue']}"
+              + (f", last {Path(str(last.get('path'))).name} {last.get('status')}" if last else ""))
+    for s in status.get("closed_sessions", [])[-5:]:
+        print(f"  closed {s.get('label')}: {s.get('stacked', 0)} stacked -> {s.get('output')}")
+    masters = status.get("library", {}).get("masters")
+    print(f"library {status.get('library', {}).get('path')}: "
+          + (", ".join(f"{k} {v}" for k, v in sorted(masters.items())) if masters else "no masters"))
+    for err in status.get("errors", [])[-5:]:
+        print(f"  error {err['where']}: {err['error']}")
+    return 0
+
+
+def cmd_session_close(args: argparse.Namespace) -> int:
+    from astrod.service.daemon import read_status, request_close
+
+    config = _config_or_exit(args.config)
+    status = read_status(config)
+    if status is None or not status["running"]:
+        print("astrod is not running: nothing to close (open sessions are closed when it starts again and "
+              "goes idle)", file=sys.stderr)
+        return 1
+    if not args.all and not args.session:
+        print("name a session or use --all", file=sys.stderr)
+        return 2
+    request_close(config, None if args.all else args.session)
+    print("close requested for " + ("all sessions" if args.all else args.session))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from astrod.demo import run_demo
 
@@ -131,10 +199,31 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config", help="config file (default: none, all defaults)")
     c.set_defaults(func=cmd_config_check)
 
+    p = sub.add_parser("run", help="run the daemon in the foreground (systemd runs this)")
+    p.add_argument("--config", help="config file (default: none, all defaults)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="the daemon's state (works when it is down)")
+    p.add_argument("--config", help="config file")
+    p.add_argument("--json", action="store_true", help="machine-readable")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("session", help="session tools")
+    ssub = p.add_subparsers(dest="session_command", required=True, metavar="ACTION")
+    c = ssub.add_parser("close", help="close a session (final stack now) or all of them")
+    c.add_argument("session", nargs="?", help="session id (see astrod status)")
+    c.add_argument("--all", action="store_true", help="close every open session")
+    c.add_argument("--config", help="config file")
+    c.set_defaults(func=cmd_session_close)
+
     p = sub.add_parser("demo", help="run the built-in demo on synthetic frames")
     p.add_argument("--workdir", help="folder for the demo observatory (default: a new temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
     p.set_defaults(func=cmd_demo)
+    from astrod.library.commands import register as register_library
+    register_library(sub)
+    from astrod.pipeline.commands import register as register_stack
+    register_stack(sub)
     return parser
 
 

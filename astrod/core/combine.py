@@ -6,16 +6,21 @@ numba kernel that works pixel by pixel on a small buffer, which avoids the maske
 make ccdproc's combination slow and memory hungry.
 
 Rejection follows ``ccdproc.combine`` / ``astropy.stats.sigma_clip`` exactly (same bounds, ``>=``/``<=``
-inclusive, std with ddof=0, final mask from the last bounds applied to every value) with one deliberate
-difference: the per-frame ``scale`` is applied *before* rejection, while ccdproc rejects on unscaled data and
-scales afterwards, which rejects whole frames when flats of different levels are combined.
+inclusive, std with ddof=0, final mask from the last bounds applied to every value), so the masters agree
+with ccdproc's to float rounding. Note that ``ccdproc.combine(sigma_clip=True)`` clips *once* with a mean
+centre (its ``Combiner.sigma_clipping`` passes ``maxiters=1`` to astropy and cannot be given another):
+``cenfunc="mean", maxiters=1`` here reproduces it; the defaults (median centre, up to 5 iterations) are
+the more robust choice. One deliberate difference: the per-frame ``scale`` is applied *before* rejection,
+while ccdproc rejects on unscaled data and scales afterwards, which rejects whole frames when flats of
+different levels are combined.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal
 
 import numba
@@ -34,8 +39,8 @@ _MODE_MEAN = 0
 _MODE_MEDIAN = 1
 _MODE_SIGMA = 2
 _MODE_MINMAX = 3
-_MODES: dict[str, int] = {"mean": _MODE_MEAN, "median": _MODE_MEDIAN, "sigma_clip": _MODE_SIGMA,
-                          "minmax": _MODE_MINMAX}
+_MODES: Mapping[str, int] = MappingProxyType({"mean": _MODE_MEAN, "median": _MODE_MEDIAN,
+                                              "sigma_clip": _MODE_SIGMA, "minmax": _MODE_MINMAX})
 _MAD_TO_STD = 1.482602218505602  # the factor astropy's mad_std uses
 
 
@@ -67,10 +72,7 @@ class CombineResult:
 
 
 # Sums may be reassociated (vectorised): the order changes results by ~1e-16 relative only.
-_FAST = {"reassoc", "nsz", "contract"}
-
-
-@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "contract"})
 def _sum(a: npt.NDArray[np.float64], lo: int, hi: int) -> float:  # pragma: no cover - compiled
     total = 0.0
     for i in range(lo, hi):
@@ -78,7 +80,7 @@ def _sum(a: npt.NDArray[np.float64], lo: int, hi: int) -> float:  # pragma: no c
     return total
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "contract"})
 def _sum_sq_dev(a: npt.NDArray[np.float64], n: int, mean: float) -> float:  # pragma: no cover - compiled
     total = 0.0
     for i in range(n):
@@ -112,7 +114,7 @@ def _select(a: npt.NDArray[np.float64], n: int, k: int) -> float:  # pragma: no 
             a[equal_end] = t
             equal_end += t <= x
         if k < equal_end:
-            return x
+            return float(x)
         lo = equal_end
     return float(a[k])
 
@@ -123,9 +125,9 @@ def _median_inplace(a: npt.NDArray[np.float64], n: int) -> float:  # pragma: no 
         return _select(a, n, (n - 1) // 2)
     upper = _select(a, n, n // 2)
     # the selection leaves a[:n//2] <= a[n//2]: the lower middle value is their maximum
-    lower = a[0]
+    lower = float(a[0])
     for i in range(1, n // 2):
-        lower = max(lower, a[i])
+        lower = max(lower, float(a[i]))
     return 0.5 * (upper + lower)
 
 
@@ -153,7 +155,7 @@ def _sigma_clip_pixel(v: npt.NDArray[np.float64], n: int, w: npt.NDArray[np.floa
         if use_mad:
             for i in range(count):
                 m[i] = abs(w[i] - med)
-            std = _median_inplace(m, count) * 1.482602218505602
+            std = _median_inplace(m, count) * _MAD_TO_STD
         else:
             std = math.sqrt(_sum_sq_dev(w, count, mean) / count)
         # an infinite kappa means "no rejection on that side", also when std is 0
@@ -251,16 +253,16 @@ def _combine_band(band: npt.NDArray[np.generic], scale: npt.NDArray[np.float64],
                         k += 1
                     value = np.nan
                     count = 0
-                    if mode == 2:
+                    if mode == _MODE_SIGMA:
                         value, count = _sigma_clip_pixel(v, k, w, m, sigma_low, sigma_high, maxiters,
                                                          use_median, use_mad)
-                    elif mode == 1:
+                    elif mode == _MODE_MEDIAN:
                         if k > 0:
                             for i in range(k):
                                 w[i] = v[i]
                             value = _median_inplace(w, k)
                             count = k
-                    elif mode == 3:
+                    elif mode == _MODE_MINMAX:
                         value, count = _minmax_pixel(v, k, w, nlow, nhigh)
                     elif k > 0:
                         total = 0.0

@@ -48,8 +48,11 @@ def effective_pattern(pattern: str, offset: tuple[int, int] = (0, 0)) -> str:
 
 
 def debayer(mosaic: npt.NDArray[np.floating], *, pattern: str, offset: tuple[int, int] = (0, 0),
-            method: Method = "gradient") -> FloatArray:
-    """Demosaic a (H, W) CFA mosaic into float32 (3, H, W), planes R, G, B. The input is not modified."""
+            method: Method = "gradient", out: FloatArray | None = None) -> FloatArray:
+    """Demosaic a (H, W) CFA mosaic into float32 (3, H, W), planes R, G, B. The input is not modified.
+
+    ``out`` may be given to reuse a buffer (a fresh 26 MP colour frame costs ~0.1 s of page faults).
+    """
     if mosaic.ndim != 2 or mosaic.shape[0] < 3 or mosaic.shape[1] < 3:
         raise ValueError(f"mosaic must be 2-D and at least 3×3, got shape {mosaic.shape}")
     if method not in ("gradient", "bilinear"):
@@ -57,7 +60,11 @@ def debayer(mosaic: npt.NDArray[np.floating], *, pattern: str, offset: tuple[int
     eff = effective_pattern(pattern, offset)
     cfa = np.array([_CHANNEL[ch] for ch in eff], dtype=np.int64).reshape(2, 2)
     src = np.ascontiguousarray(mosaic, dtype=np.float32)
-    out = np.empty((3, *src.shape), dtype=np.float32)
+    shape = (3, *src.shape)
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous float32 of shape {shape}")
     _demosaic(src, cfa, method == "gradient", out)
     return out
 

@@ -6,14 +6,15 @@ Live stack
     Welford's algorithm), the number of frames used and the number of rejections. Once a pixel has
     ``min_frames_for_rejection`` accepted samples, a new sample is rejected when it lies outside the
     prediction interval of the running mean and σ that has the normal κσ tail probability: with n
-    samples the limit is ``t(n-1)·σ·√(1 + 1/n)`` (Student's t), 7.3σ at n = 5, 4.3σ at 10, 3.2σ at 50
-    for κ = 3. A plain κσ test on σ estimated from 5 samples rejects ~10 % of good samples at some pixels
-    and noticeably raises the stack noise. The update is one fused numba kernel over rows, in place on
+    samples the limit is ``t(n-1)·σ·√(1 + 1/n)`` (Student's t), 7.2σ at n = 5, 4.3σ at 10, 3.2σ at 50
+    for κ = 3. A plain κσ test trusts σ estimated from 5 samples: on 30 frames of pure noise it rejected
+    2.4 % of good samples and raised the stack noise by 9 %; the t limit rejects 0.3 % (the Gaussian
+    rate) and costs under 1 %. The update is one fused, vectorised numba kernel over rows, in place on
     the state arrays.
 
     Accumulators are float32. The running mean is updated by ``mean += (x - mean)·w/W``, so each step only
     rounds to half an ulp of the mean, with random sign: after N frames the rounding error is about
-    √N·ulp(mean)/6, e.g. 0.02 ADU for N = 5000 at a 60 000 ADU star core, far below the stack noise there.
+    √N·ulp(mean)/6 (measured: 0.046 ADU for N = 5000 at 60 000 ADU, where the stack noise is 3.5 ADU).
     float32 keeps the state at 12 bytes per pixel and plane (mean, M2, uint16 count, uint16 rejected) plus a
     float32 weight sum when frames are weighted: 313–418 MB for a 26 MP mono stack, where float64 sums would
     add another 104–208 MB to a pipeline that must stay under 1 GB. `integrate_bands` accumulates in
@@ -40,14 +41,12 @@ from typing import Literal
 import numba
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
 
 FloatArray = npt.NDArray[np.float32]
 Weighting = Literal["none", "snr", "fwhm"]
 Rejection = Literal["none", "sigma", "winsorized", "linear_fit"]
 
 _MAX_COUNT = 65535  # per-pixel counters are uint16
-_T_TABLE = 4096  # beyond this many samples Student's t is the normal distribution to 0.1 %
 _STATE_FORMAT = 1
 _REJECTION_CODES: dict[str, int] = {"none": 0, "sigma": 1, "winsorized": 2, "linear_fit": 3}
 
@@ -124,72 +123,70 @@ def fwhm_weight(*, fwhm: float, ref_fwhm: float) -> float:
 # online accumulation
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False)
+def _t_expansion(kappa: float) -> tuple[float, float, float, float, float]:
+    """Coefficients of Student's t quantile with the normal tail probability of κ, as a series in 1/ν.
+
+    ``t_ν ≈ κ + g1/ν + g2/ν² + g3/ν³ + g4/ν⁴`` (Cornish–Fisher, Abramowitz & Stegun 26.7.5): within 1 % of
+    the exact quantile for κ ≤ 3 from ν = 4 (5 samples) on, slightly low for fewer samples or larger κ.
+    Arithmetic in ν keeps the kernel vectorised; a per-pixel table lookup compiles to gathers, 5× slower.
+    """
+    z = kappa
+    return (z, (z**3 + z) / 4.0, (5 * z**5 + 16 * z**3 + 3 * z) / 96.0,
+            (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384.0,
+            (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160.0)
+
+
+@numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _accumulate(frame: FloatArray, mask: npt.NDArray[np.uint8], use_mask: bool, weight: float,
-                offset: float, scale: float, limit2: npt.NDArray[np.float64], kappa: float, min_n: int,
-                mean: FloatArray, m2: FloatArray,
-                wsum: FloatArray, use_wsum: bool, count: npt.NDArray[np.uint16],
-                rejected: npt.NDArray[np.uint16], row_accepted: npt.NDArray[np.int64],
+                offset: float, scale: float, reject: bool, t0: float, g1: float, g2: float, g3: float,
+                g4: float, min_n: int, mean: FloatArray, m2: FloatArray, wsum: FloatArray, use_wsum: bool,
+                count: npt.NDArray[np.uint16], rejected: npt.NDArray[np.uint16],
+                row_accepted: npt.NDArray[np.int64],
                 row_rejected: npt.NDArray[np.int64]) -> None:  # pragma: no cover - compiled
+    # Branch-free body (selects, unconditional stores of unchanged values) so that LLVM vectorises it.
     rows, cols = frame.shape
     mask_rows = mask.shape[0]
-    kappa2 = kappa * kappa
-    n_limits = limit2.shape[0]
+    min_nf = np.float64(min_n)
     for r in numba.prange(rows):
         mr = r % mask_rows
-        n_acc = 0
-        n_rej = 0
+        n_acc = np.int32(0)
+        n_rej = np.int32(0)
         for c in range(cols):
-            x = frame[r, c]
-            if not math.isfinite(x):
-                continue
-            if use_mask and mask[mr, c] == 0:
-                continue
-            v = np.float64(x) * scale + offset
-            n = np.int64(count[r, c])
+            x = np.float64(frame[r, c])
+            ok = x - x == 0.0  # finite
+            if use_mask:
+                ok = ok & (mask[mr, c] != 0)
+            ni = np.int32(count[r, c])
+            nf = np.float64(ni)
+            k = np.int32(rejected[r, c])
             mu = np.float64(mean[r, c])
             s = np.float64(m2[r, c])
-            if use_wsum:
-                w_tot = np.float64(wsum[r, c])
-            else:
-                w_tot = np.float64(n)
+            w_tot = np.float64(wsum[r, c]) if use_wsum else nf
+            v = x * scale + offset
             d = v - mu
-            if n >= min_n:
-                # weighted variance with the n/(n-1) small-sample correction
-                var = s / w_tot * n / (n - 1)
-                lim2 = limit2[n] if n < n_limits else kappa2 * (1.0 + 1.0 / n)
-                if d * d > lim2 * var:
-                    if rejected[r, c] < 65535:
-                        rejected[r, c] += 1
-                    n_rej += 1
-                    continue
-            w_new = w_tot + weight
-            mu_new = mu + d * (weight / w_new)
-            s += weight * d * (v - mu_new)
+            # prediction-interval test d² > t²·(1 + 1/n)·σ² with σ² = s/w_tot·n/(n-1) and t = P(ν)/ν⁴,
+            # ν = n - 1, multiplied out so that it needs no division
+            nu = nf - 1.0
+            p = (((t0 * nu + g1) * nu + g2) * nu + g3) * nu + g4
+            nu2 = nu * nu
+            nu4 = nu2 * nu2
+            rej = ok & reject & (nf >= min_nf) & (d * d * w_tot * (nu4 * nu4 * nu) > p * p * s * (nf + 1.0))
+            take = ok ^ rej
+            wa = weight if take else 0.0
+            w_new = w_tot + wa
+            mu_new = mu + d * (wa / w_new) if take else mu
+            s_new = s + wa * d * (v - mu_new) if take else s
             mean[r, c] = mu_new
-            m2[r, c] = s
+            m2[r, c] = s_new
             if use_wsum:
                 wsum[r, c] = w_new
-            count[r, c] = n + 1
-            n_acc += 1
+            count[r, c] = ni + np.int32(take)
+            k += np.int32(rej)
+            rejected[r, c] = k if k < 65535 else 65535
+            n_acc += np.int32(take)
+            n_rej += np.int32(rej)
         row_accepted[r] = n_acc
         row_rejected[r] = n_rej
-
-
-def _rejection_limits(kappa: float, size: int) -> npt.NDArray[np.float64]:
-    """Squared rejection limits in units of the sample σ, indexed by the number of samples n.
-
-    A new sample lies beyond ``t_(n-1)·√(1 + 1/n)`` sample σ with the probability a normal sample lies
-    beyond κσ. Entries below n = 2 are infinite (no test possible).
-    """
-    n = np.arange(size, dtype=np.float64)
-    out = np.full(size, np.inf)
-    if math.isinf(kappa):
-        return out
-    tail = stats.norm.sf(kappa)
-    t = stats.t.isf(tail, n[2:] - 1.0)
-    out[2:] = t * t * (1.0 + 1.0 / n[2:])
-    return out
 
 
 def _plane_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -230,7 +227,7 @@ class Stacker:
             None if weighting == "none" else np.zeros(self._shape, dtype=np.float32))
         self._count = np.zeros(self._shape, dtype=np.uint16)
         self._rejected = np.zeros(self._shape, dtype=np.uint16)
-        self._limit2 = _rejection_limits(self._kappa, _T_TABLE)
+        self._t = _t_expansion(self._kappa) if math.isfinite(self._kappa) else (0.0, 0.0, 0.0, 0.0, 0.0)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -292,8 +289,8 @@ class Stacker:
         wsum = self._wsum if self._wsum is not None else np.zeros((1, 1), dtype=np.float32)
         row_acc = np.empty(rows, dtype=np.int64)
         row_rej = np.empty(rows, dtype=np.int64)
-        _accumulate(data, mask2d, mask is not None, float(weight), offset, scale, self._limit2, self._kappa,
-                    self._min_n,
+        _accumulate(data, mask2d, mask is not None, float(weight), offset, scale, math.isfinite(self._kappa),
+                    *self._t, self._min_n,
                     self._mean.reshape(rows, width), self._m2.reshape(rows, width),
                     wsum.reshape(rows, width) if self._wsum is not None else wsum, self._wsum is not None,
                     self._count.reshape(rows, width), self._rejected.reshape(rows, width), row_acc, row_rej)
@@ -498,7 +495,7 @@ def _reject(s: npt.NDArray[np.float64], k: int, method: int, kl: float, kh: floa
     return a, b
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False)
+@numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _integrate_band(band: FloatArray, weights: npt.NDArray[np.float64], offsets: npt.NDArray[np.float64],
                     scales: npt.NDArray[np.float64], method: int, kl: float, kh: float, out: FloatArray,
                     count: npt.NDArray[np.uint16],
@@ -523,10 +520,23 @@ def _integrate_band(band: FloatArray, weights: npt.NDArray[np.float64], offsets:
                 count[r, c] = 0
                 rejected[r, c] = 0
                 continue
-            order = np.argsort(vals[:k], kind="mergesort")
-            for j in range(k):
-                s[j] = vals[order[j]]
-                sw[j] = wts[order[j]]
+            if k <= 32:
+                # stable insertion sort: no allocation, and fast for the usual few tens of frames
+                for j in range(k):
+                    v = vals[j]
+                    wv = wts[j]
+                    i = j - 1
+                    while i >= 0 and s[i] > v:
+                        s[i + 1] = s[i]
+                        sw[i + 1] = sw[i]
+                        i -= 1
+                    s[i + 1] = v
+                    sw[i + 1] = wv
+            else:
+                order = np.argsort(vals[:k], kind="mergesort")
+                for j in range(k):
+                    s[j] = vals[order[j]]
+                    sw[j] = wts[order[j]]
             a, b = _reject(s, k, method, kl, kh, wins)
             num = 0.0
             den = 0.0

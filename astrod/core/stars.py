@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 from numba import njit, prange
+from scipy.spatial import cKDTree
 
 FloatArray = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -48,6 +49,8 @@ _HOT = 2
 _EDGE = 3
 _FAILED = 4
 
+_PSF_STARS = 30  # brightest stars that set the centroid weight
+_PIXEL_VAR = 1.0 / 12.0  # variance of a pixel's box, px²
 _SPIKE_RATIO = 5.0  # a pixel this many times brighter than its 8 neighbours is not starlight
 
 
@@ -74,8 +77,8 @@ class StarList:
 
     ``x, y`` are sub-pixel centroids (pixel centres at integers), ``flux`` is background-subtracted ADU
     summed over the aperture, ``fwhm`` and ``hfr`` are in pixels, ``eccentricity`` is sqrt(1 - b²/a²) of
-    the star's second moments. ``n_detected`` counts every source that passed detection, including those
-    beyond ``max_stars`` that were not measured. ``width, height`` are the frame size.
+    the star's second moments. ``n_detected`` counts the sources that passed detection, including those
+    beyond ``max_stars`` that were not measured (see `detect_stars`). ``width, height`` are the frame size.
     """
 
     x: F64
@@ -140,7 +143,7 @@ def estimate_background(
     if bayer is not None:
         image = _bin2(image)
         box = max(2, box // 2)
-    return _background(image, box=box, clip_sigma=clip_sigma, step=step, with_map=with_map)
+    return _background(image, box=box, clip_sigma=clip_sigma, step=step, lag=2, with_map=with_map)
 
 
 def detect_stars(
@@ -157,19 +160,26 @@ def detect_stars(
     min_fwhm: float = 0.8,
     max_fwhm: float = 30.0,
     min_neighbour_ratio: float = 0.1,
+    min_fwhm_ratio: float = 0.6,
+    max_fwhm_ratio: float = 2.5,
     max_radius: int = 24,
 ) -> StarList:
     """Detect point sources in ``data`` (H, W) and measure the brightest ``max_stars`` of them.
 
-    ``bayer`` (a CFA pattern name such as "RGGB", or None for mono) makes detection and measurement run on
-    the 2×2 superpixel luminance; coordinates and sizes are still returned in full-resolution pixels.
+    ``bayer`` (the CFA pattern seen from pixel (0, 0), e.g. "RGGB", or None for mono) makes detection run
+    on the 2×2 superpixel luminance and measurement on each cell's mean green (whose ``flux`` is then
+    green light); coordinates and sizes are still full-resolution pixels.
     ``bin2`` detects on a 2×2-binned frame (measurement stays at full resolution for mono frames).
     ``threshold_sigma`` is k in level + k·σ on the smoothed detection image; ``box`` is the background mesh
     size in full-resolution pixels. ``saturation`` (ADU) rejects stars whose peak reaches it; without it a
     flat top of three pixels within 0.5 % of the peak counts as saturated. ``min_area``/``max_area`` bound
     a blob's area in full-resolution pixels; ``min_fwhm``/``max_fwhm`` its FWHM. A source whose four
     neighbours of its brightest pixel average less than ``min_neighbour_ratio`` of that pixel (above
-    background) is a hot pixel or cosmic-ray hit. ``max_radius`` caps the measurement window (px).
+    background) is a hot pixel or cosmic-ray hit. A measured source whose FWHM is not within
+    [``min_fwhm_ratio``, ``max_fwhm_ratio``] times the brightest stars' median is not a star (a cosmic-ray
+    track, a galaxy). ``max_radius`` caps the measurement window (px). ``n_detected`` counts the sources
+    that passed detection and the cheap checks (area, border, saturation, hot pixel), less those that
+    were measured and failed: sources beyond the measured ones count unverified.
     """
     if threshold_sigma <= 0 or max_stars < 0 or box < 4:
         raise ValueError(f"bad detection parameters: threshold_sigma={threshold_sigma} "
@@ -182,41 +192,62 @@ def detect_stars(
     # f: size of one detection-image pixel in full-resolution pixels.
     f = 2 if binned else 1
     if bayer is not None:
-        measure_img = _bin2(full)
-        detect_img = _smooth121(measure_img)
+        # Detect on the superpixel luminance (all the light); measure on the mean of each cell's two green
+        # pixels, which sits exactly at the cell centre whatever the star's colour (the luminance does
+        # not: its red and blue pixels are off-centre and weigh by colour).
+        lum, measure_img = _bayer_planes(full, _green_on_main_diagonal(bayer))
+        detect_img = _smooth121(lum)
         m_scale = 2
     else:
         detect_img = _bin2_smooth(full) if binned else _smooth121(full)
         measure_img = full
         m_scale = 1
-    bg = _background(detect_img, box=max(4, box // f), clip_sigma=3.0, step=None, with_map=False)
+    # Lag 3: pixels of the [1 2 1]-smoothed detection image that far apart share no noise.
+    bg = _background(detect_img, box=max(4, box // f), clip_sigma=3.0, step=None, lag=3, with_map=False)
+    if bayer is not None:
+        bg_measure = _background(measure_img, box=max(4, box // 2), clip_sigma=3.0, step=None, lag=2,
+                                 with_map=False)
+        noise_m = bg_measure.noise
+    else:
+        # Binning and smoothing keep the mean, so the detection mesh is the sky of the full frame too;
+        # the per-pixel noise follows from the detection noise through the white-noise gain of 2×2
+        # binning (1/2) and of the [1 2 1]⊗[1 2 1] kernel (3/8).
+        bg_measure = bg
+        noise_m = bg.noise / ((0.5 if binned else 1.0) * 0.375)
 
     mask = _threshold_mask(detect_img, bg.mesh, bg.noise_mesh, np.float32(threshold_sigma))
     n_labels, labels = cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_32S)
-    area, peak, px, py = _label_peaks(labels, int(n_labels), detect_img)
+    area, label, peak, px, py = _label_maxima(np.asarray(labels, dtype=np.int32), int(n_labels), detect_img)
     dh, dw = detect_img.shape
     level_at_peak = _mesh_at(bg.mesh, px.astype(np.float64), py.astype(np.float64), dw, dh)
     height_above = peak.astype(np.float64) - level_at_peak
-    area_full = area * f * f
+    area_full = area[label] * f * f
     keep = (
         (area_full >= min_area) & (area_full <= max_area) & (height_above > 0)
         & (px >= 1) & (py >= 1) & (px < dw - 1) & (py < dh - 1)
     )
-    keep[0] = False  # label 0 is the sky
+    # Every local maximum of a blob is a candidate, so a faint star merged with a cosmic-ray hit or a
+    # brighter neighbour is not lost; maxima within 2 px of a higher one in the same blob are its noise.
     cand = np.flatnonzero(keep)
     cand = cand[np.argsort(-height_above[cand], kind="stable")]
+    if cand.size > 1:
+        pairs = cKDTree(np.column_stack([px[cand], py[cand]])).query_pairs(2.5, output_type="ndarray")
+        pairs = pairs[label[cand[pairs[:, 0]]] == label[cand[pairs[:, 1]]]]
+        cand = np.delete(cand, np.unique(pairs.max(axis=1)))  # cand is sorted: the later one is lower
     if cand.size == 0:
         return StarList.empty(width=width, height=height)
 
     # Candidate position in measurement-image pixels: the detection pixel's centre.
     scale_dm = f / m_scale  # detection px -> measurement px
-    cx0 = (px[cand] + 0.5) * scale_dm - 0.5
-    cy0 = (py[cand] + 0.5) * scale_dm - 0.5
-    bg_m = _mesh_at(bg.mesh, px[cand].astype(np.float64), py[cand].astype(np.float64), dw, dh)
+    cx0 = np.asarray((px[cand] + 0.5) * scale_dm - 0.5, dtype=np.float64)
+    cy0 = np.asarray((py[cand] + 0.5) * scale_dm - 0.5, dtype=np.float64)
+    bg_m = _mesh_at(bg_measure.mesh, px[cand].astype(np.float64), py[cand].astype(np.float64), dw, dh)
     sat = np.inf if saturation is None else float(saturation)
-    search = max(1, int(math.ceil(scale_dm)))
-    status, ix, iy = _screen(measure_img, cx0, cy0, bg_m, height_above[cand], search, sat,
-                             min_neighbour_ratio)
+    search = max(1, math.ceil(scale_dm))
+    # A star's brightest measured pixel carries at least half its detection peak (a quarter in green
+    # alone); what falls short was a hot pixel.
+    min_peak = 0.5 * height_above[cand] if bayer is None else 0.25 * height_above[cand]
+    status, ix, iy = _screen(measure_img, cx0, cy0, bg_m, min_peak, search, sat, min_neighbour_ratio)
     good = status == _OK
     n_detected = int(np.count_nonzero(good))
     order = np.flatnonzero(good)
@@ -225,8 +256,26 @@ def detect_stars(
     if order.size == 0 or max_stars == 0:
         return StarList.empty(width=width, height=height, n_detected=n_detected)
 
+    rmax = max(3, max_radius // m_scale)
+    # The brightest stars measure the PSF; every star is then centred under a weight of that size, which
+    # keeps the faint ones, whose own size is mostly noise, as precise as they can be.
+    if bayer is None:
+        footprint_xy, cfa, cfa_green = 0.0, np.zeros((1, 1), dtype=np.float32), -1
+    else:
+        # The mean of two diagonal greens spreads over ±1/4 full px² along its diagonal.
+        cfa_green = int(_green_on_main_diagonal(bayer))
+        footprint_xy, cfa = (0.0625 if cfa_green else -0.0625), full
+    first = order[:_PSF_STARS]
+    own = _measure(measure_img, ix[first], iy[first], bg_m[first], np.zeros(first.size), noise_m, rmax,
+                   _PIXEL_VAR, footprint_xy, cfa, cfa_green)
+    good_fwhm = own[3][(own[6] == _OK) & np.isfinite(own[3])]
+    if good_fwhm.size:
+        weight = np.full(order.size, np.median(good_fwhm) / _FWHM_PER_SIGMA)
+    else:
+        weight = np.zeros(order.size)
     mx, my, mflux, mfwhm, mhfr, mecc, mstat = _measure(
-        measure_img, ix[order], iy[order], bg_m[order], max(3, max_radius // m_scale), 1.0 / 12.0,
+        measure_img, ix[order], iy[order], bg_m[order], weight, noise_m, rmax, _PIXEL_VAR, footprint_xy, cfa,
+        cfa_green,
     )
     # Back to full-resolution pixels (superpixel i covers full pixels 2i and 2i+1).
     x = mx * m_scale + (m_scale - 1) * 0.5
@@ -235,9 +284,20 @@ def detect_stars(
     fwhm = mfwhm * m_scale
     hfr = mhfr * m_scale
     ok = (mstat == _OK) & (fwhm >= min_fwhm) & (fwhm <= max_fwhm) & (flux > 0) & np.isfinite(x + y + fwhm)
-    n_detected -= int(np.count_nonzero(~ok))
+    if good_fwhm.size:
+        # Much wider than the PSF: a galaxy, a nebula knot or a dust-shadow edge; much sharper: a
+        # cosmic-ray track. Neither is a star.
+        psf = m_scale * float(np.median(good_fwhm))
+        ok &= (fwhm <= max_fwhm_ratio * psf) & (fwhm >= min_fwhm_ratio * psf)
     sel = np.flatnonzero(ok)
-    sel = sel[np.argsort(-flux[sel], kind="stable")][:max_stars]
+    sel = sel[np.argsort(-flux[sel], kind="stable")]
+    if sel.size > 1:
+        # Two maxima of one star converge on one centre: the brighter measurement stays.
+        radius = max(1.5, 0.5 * float(np.median(fwhm[sel])))
+        pairs = cKDTree(np.column_stack([x[sel], y[sel]])).query_pairs(radius, output_type="ndarray")
+        sel = np.delete(sel, np.unique(pairs.max(axis=1)))
+    n_detected -= order.size - sel.size
+    sel = sel[:max_stars]
     return StarList(
         x=_frozen(x[sel].copy()), y=_frozen(y[sel].copy()), flux=_frozen(flux[sel].copy()),
         fwhm=_frozen(fwhm[sel].copy()), hfr=_frozen(hfr[sel].copy()), eccentricity=_frozen(mecc[sel].copy()),
@@ -253,7 +313,7 @@ def _as_2d_float32(data: npt.NDArray[np.floating] | npt.NDArray[np.integer]) -> 
     """A float32 (H, W) view or copy; (planes, H, W) colour data becomes the mean of its planes."""
     a = np.asarray(data)
     if a.ndim == 3:
-        a = np.mean(a, axis=0, dtype=np.float32)
+        a = np.asarray(np.mean(a, axis=0, dtype=np.float32))
     if a.ndim != 2:
         raise ValueError(f"expected an (H, W) or (planes, H, W) image, got shape {a.shape}")
     return np.ascontiguousarray(a, dtype=np.float32)
@@ -264,6 +324,16 @@ def _bin2(image: FloatArray) -> FloatArray:
     h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
     out = cv2.resize(image[:h, :w], (w // 2, h // 2), interpolation=cv2.INTER_AREA)
     return np.asarray(out, dtype=np.float32)
+
+
+def _green_on_main_diagonal(pattern: str) -> bool:
+    """Whether the green pixels of a 2×2 CFA cell are (0, 0) and (1, 1) rather than (0, 1) and (1, 0)."""
+    p = pattern.upper()
+    if p in ("GRBG", "GBRG"):
+        return True
+    if p in ("RGGB", "BGGR"):
+        return False
+    raise ValueError(f"unknown Bayer pattern {pattern!r}; expected RGGB, BGGR, GRBG or GBRG")
 
 
 def _clip_correction(k: float) -> float:
@@ -277,14 +347,14 @@ def _clip_correction(k: float) -> float:
     return r
 
 
-def _background(image: FloatArray, *, box: int, clip_sigma: float, step: int | None,
+def _background(image: FloatArray, *, box: int, clip_sigma: float, step: int | None, lag: int,
                 with_map: bool) -> Background:
     if box < 2 or clip_sigma <= 0:
         raise ValueError(f"bad background parameters: box={box} clip_sigma={clip_sigma}")
     h, w = image.shape
     ny, nx = max(1, round(h / box)), max(1, round(w / box))
     stride = max(1, box // 16) if step is None else max(1, int(step))
-    level, sigma = _mesh_stats(image, ny, nx, stride, float(clip_sigma), 10)
+    level, sigma = _mesh_stats(image, ny, nx, stride, lag, float(clip_sigma), 10)
     level = _fill_and_filter(level)
     sigma = _fill_and_filter(sigma) / np.float32(_clip_correction(clip_sigma))
     full_map = None
@@ -341,7 +411,7 @@ def _chunks(rows: int) -> int:
     return max(1, min(64, rows // 16))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _smooth_row(prev: FloatArray, cur: FloatArray, nxt: FloatArray, tmp: FloatArray, out: FloatArray) -> None:
     w = cur.shape[0]
     for j in range(w):
@@ -352,7 +422,7 @@ def _smooth_row(prev: FloatArray, cur: FloatArray, nxt: FloatArray, tmp: FloatAr
         out[j] = np.float32(0.25) * (tmp[j - 1] + tmp[j + 1]) + np.float32(0.5) * tmp[j]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _smooth121_kernel(image: FloatArray, nchunks: int) -> FloatArray:  # pragma: no cover - numba
     h, w = image.shape
     out = np.empty((h, w), dtype=np.float32)
@@ -363,7 +433,7 @@ def _smooth121_kernel(image: FloatArray, nchunks: int) -> FloatArray:  # pragma:
     return out
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _bin_row(image: FloatArray, i: int, out: FloatArray) -> None:
     r0 = image[2 * i]
     r1 = image[2 * i + 1]
@@ -371,7 +441,7 @@ def _bin_row(image: FloatArray, i: int, out: FloatArray) -> None:
         out[j] = np.float32(0.25) * ((r0[2 * j] + r0[2 * j + 1]) + (r1[2 * j] + r1[2 * j + 1]))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _bin2_smooth_kernel(image: FloatArray, nchunks: int) -> FloatArray:  # pragma: no cover - numba
     # Binning and smoothing fused: each chunk keeps three binned rows, so the frame is read once.
     h, w = image.shape[0] // 2, image.shape[1] // 2
@@ -393,7 +463,7 @@ def _bin2_smooth_kernel(image: FloatArray, nchunks: int) -> FloatArray:  # pragm
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _radix_sort(v: FloatArray, keys: npt.NDArray[np.uint32], tmp: npt.NDArray[np.uint32],
                 count: IntArray) -> None:  # pragma: no cover - numba
     """Sort finite float32 ``v`` in place: LSD radix sort of their order-preserving uint32 keys.
@@ -432,10 +502,66 @@ def _radix_sort(v: FloatArray, keys: npt.NDArray[np.uint32], tmp: npt.NDArray[np
         u[i] = (k ^ sign) if k & sign else (k ^ ones)
 
 
-@njit(cache=True, parallel=True)
-def _mesh_stats(image: FloatArray, ny: int, nx: int, step: int, k: float,
+@njit(cache=True, nogil=True, parallel=True)
+def _bayer_planes(image: FloatArray, green_main: bool) -> tuple[FloatArray, FloatArray]:  # pragma: no cover
+    """Per 2×2 CFA cell: the mean of its four pixels and the mean of its two greens."""
+    h, w = image.shape[0] // 2, image.shape[1] // 2
+    lum = np.empty((h, w), dtype=np.float32)
+    green = np.empty((h, w), dtype=np.float32)
+    for i in prange(h):
+        r0 = image[2 * i]
+        r1 = image[2 * i + 1]
+        for j in range(w):
+            a, b = r0[2 * j], r0[2 * j + 1]
+            c, d = r1[2 * j], r1[2 * j + 1]
+            lum[i, j] = np.float32(0.25) * ((a + b) + (c + d))
+            green[i, j] = np.float32(0.5) * ((a + d) if green_main else (b + c))
+    return lum, green
+
+
+@njit(cache=True, nogil=True)
+def _clipped_stats(v: FloatArray, cs: F64, cs2: F64, k: float, iterations: int) -> tuple[float, float]:
+    """Median and standard deviation of sorted ``v`` after iterated k-σ clipping about the median.
+
+    ``cs``, ``cs2`` are scratch (len(v) + 1): prefix sums of (v - pivot) and its square give the mean and
+    σ of any clipped range in O(1), so each iteration costs two binary searches.
+    """  # pragma: no cover - numba
+    n = v.shape[0]
+    pivot = float(v[n // 2])
+    cs[0] = 0.0
+    cs2[0] = 0.0
+    for i in range(n):
+        d = v[i] - pivot
+        cs[i + 1] = cs[i] + d
+        cs2[i + 1] = cs2[i] + d * d
+    lo, hi = 0, n
+    for _ in range(iterations):
+        m = hi - lo
+        med = 0.5 * (float(v[lo + (m - 1) // 2]) + float(v[lo + m // 2]))
+        mean = (cs[hi] - cs[lo]) / m
+        s = math.sqrt(max((cs2[hi] - cs2[lo]) / m - mean * mean, 0.0))
+        if s == 0.0:
+            break
+        nlo = int(np.searchsorted(v, med - k * s, side="left"))
+        nhi = int(np.searchsorted(v, med + k * s, side="right"))
+        if (nlo == lo and nhi == hi) or nhi - nlo < 8:
+            break
+        lo, hi = nlo, nhi
+    m = hi - lo
+    mean = (cs[hi] - cs[lo]) / m
+    var = max((cs2[hi] - cs2[lo]) / m - mean * mean, 0.0)
+    return 0.5 * (float(v[lo + (m - 1) // 2]) + float(v[lo + m // 2])), math.sqrt(var * m / max(m - 1, 1))
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _mesh_stats(image: FloatArray, ny: int, nx: int, step: int, lag: int, k: float,
                 iterations: int) -> tuple[FloatArray, FloatArray]:  # pragma: no cover - numba
-    """σ-clipped median and standard deviation of every box, from one sort of a strided sample."""
+    """σ-clipped median and noise of every box, from a strided sample of its pixels.
+
+    The noise is the clipped σ of differences between pixels ``lag`` apart along a row, over √2: unlike
+    the spread of the values it ignores gradients across the box and the wings of stars, which cancel in
+    the difference. ``lag`` must exceed the correlation length of the noise.
+    """
     h, w = image.shape
     level = np.full((ny, nx), np.nan, dtype=np.float32)
     sigma = np.full((ny, nx), np.nan, dtype=np.float32)
@@ -443,55 +569,42 @@ def _mesh_stats(image: FloatArray, ny: int, nx: int, step: int, k: float,
     cap = ((h // ny + 2 + step - 1) // step) * ((w // nx + 2 + step - 1) // step)
     for by in prange(ny):
         # Buffers once per row of boxes: allocating per box costs more than the statistics.
-        buf = np.empty(cap, dtype=np.float32)
+        vals = np.empty(cap, dtype=np.float32)
+        diffs = np.empty(cap, dtype=np.float32)
         keys = np.empty(cap, dtype=np.uint32)
         tmp = np.empty(cap, dtype=np.uint32)
         count = np.empty(256, dtype=np.intp)
-        cs = np.zeros(cap + 1)
-        cs2 = np.zeros(cap + 1)
+        cs = np.empty(cap + 1)
+        cs2 = np.empty(cap + 1)
         y0, y1 = by * h // ny, (by + 1) * h // ny
         for bx in range(nx):
             x0, x1 = bx * w // nx, (bx + 1) * w // nx
             n = 0
+            nd = 0
             for y in range(y0 + min(off, y1 - y0 - 1), y1, step):
                 row = image[y]
                 for x in range(x0 + min(off, x1 - x0 - 1), x1, step):
                     val = row[x]
-                    if np.isfinite(val) and n < cap:
-                        buf[n] = val
-                        n += 1
-            if n < 8:
+                    if not np.isfinite(val) or n >= cap:
+                        continue
+                    vals[n] = val
+                    n += 1
+                    xo = x + lag if x + lag < w else x - lag
+                    if 0 <= xo < w and np.isfinite(row[xo]):
+                        diffs[nd] = row[xo] - val
+                        nd += 1
+            if n < 8 or nd < 8:
                 continue
-            v = buf[:n]
+            v = vals[:n]
             _radix_sort(v, keys, tmp, count)
-            pivot = float(v[n // 2])
-            # Prefix sums of (v - pivot) and its square give the mean and σ of any clipped range in O(1).
-            for i in range(n):
-                d = v[i] - pivot
-                cs[i + 1] = cs[i] + d
-                cs2[i + 1] = cs2[i] + d * d
-            lo, hi = 0, n
-            for _ in range(iterations):
-                m = hi - lo
-                med = 0.5 * (float(v[lo + (m - 1) // 2]) + float(v[lo + m // 2]))
-                mean = (cs[hi] - cs[lo]) / m
-                s = math.sqrt(max((cs2[hi] - cs2[lo]) / m - mean * mean, 0.0))
-                if s == 0.0:
-                    break
-                nlo = np.searchsorted(v, med - k * s, side="left")
-                nhi = np.searchsorted(v, med + k * s, side="right")
-                if (nlo == lo and nhi == hi) or nhi - nlo < 8:
-                    break
-                lo, hi = nlo, nhi
-            m = hi - lo
-            mean = (cs[hi] - cs[lo]) / m
-            var = max((cs2[hi] - cs2[lo]) / m - mean * mean, 0.0)
-            level[by, bx] = 0.5 * (float(v[lo + (m - 1) // 2]) + float(v[lo + m // 2]))
-            sigma[by, bx] = math.sqrt(var * m / max(m - 1, 1))
+            level[by, bx] = _clipped_stats(v, cs, cs2, k, iterations)[0]
+            d = diffs[:nd]
+            _radix_sort(d, keys, tmp, count)
+            sigma[by, bx] = _clipped_stats(d, cs, cs2, k, iterations)[1] / math.sqrt(2.0)
     return level, sigma
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _threshold_mask(image: FloatArray, level: FloatArray, sigma: FloatArray,
                     k: np.float32) -> npt.NDArray[np.uint8]:  # pragma: no cover - numba
     """255 where image > level + k·σ, the mesh interpolated bilinearly like cv2.resize."""
@@ -512,38 +625,61 @@ def _threshold_mask(image: FloatArray, level: FloatArray, sigma: FloatArray,
         y0 = int(sy)
         y1 = min(y0 + 1, ny - 1)
         fy = np.float32(sy - y0)
+        trow = thr[y0] + fy * (thr[y1] - thr[y0])
         row = image[i]
         o = out[i]
         for j in range(w):
-            a = thr[y0, x0[j]] + fx[j] * (thr[y0, x1[j]] - thr[y0, x0[j]])
-            b = thr[y1, x0[j]] + fx[j] * (thr[y1, x1[j]] - thr[y1, x0[j]])
-            o[j] = 255 if row[j] > a + fy * (b - a) else 0
+            t0 = trow[x0[j]]
+            o[j] = 255 if row[j] > t0 + fx[j] * (trow[x1[j]] - t0) else 0
     return out
 
 
-@njit(cache=True)
-def _label_peaks(labels: npt.NDArray[np.int32], n: int,
-                 image: FloatArray) -> tuple[IntArray, FloatArray, IntArray, IntArray]:  # pragma: no cover
-    """Area, peak value and peak position of every label."""
-    area = np.zeros(n, dtype=np.intp)
-    peak = np.full(n, -np.inf, dtype=np.float32)
-    px = np.zeros(n, dtype=np.intp)
-    py = np.zeros(n, dtype=np.intp)
+@njit(cache=True, nogil=True)
+def _label_maxima(labels: npt.NDArray[np.int32], n: int, image: FloatArray
+                  ) -> tuple[IntArray, IntArray, FloatArray, IntArray, IntArray]:  # pragma: no cover - numba
+    """Area of every label, and every local maximum of ``image`` inside a label: (area, label, value, x, y).
+
+    A pixel is a maximum when it beats its 8 neighbours, strictly those before it in raster order, so a
+    flat top yields one maximum.
+    """
     h, w = labels.shape
+    area = np.zeros(n, dtype=np.intp)
+    cap = 1024
+    lab = np.empty(cap, dtype=np.intp)
+    val = np.empty(cap, dtype=np.float32)
+    mx = np.empty(cap, dtype=np.intp)
+    my = np.empty(cap, dtype=np.intp)
+    k = 0
     for i in range(h):
         for j in range(w):
-            lab = labels[i, j]
-            if lab != 0:
-                area[lab] += 1
-                v = image[i, j]
-                if v > peak[lab]:
-                    peak[lab] = v
-                    px[lab] = j
-                    py[lab] = i
-    return area, peak, px, py
+            lb = labels[i, j]
+            if lb == 0:
+                continue
+            area[lb] += 1
+            v = image[i, j]
+            is_max = True
+            for di in range(-1, 2):
+                for dj in range(-1, 2):
+                    y, x = i + di, j + dj
+                    if (di == 0 and dj == 0) or y < 0 or x < 0 or y >= h or x >= w:
+                        continue
+                    u = image[y, x]
+                    if u > v or (u == v and (di < 0 or (di == 0 and dj < 0))):
+                        is_max = False
+            if not is_max:
+                continue
+            if k == cap:
+                cap *= 2
+                lab = np.concatenate((lab, np.empty(cap - k, dtype=np.intp)))
+                val = np.concatenate((val, np.empty(cap - k, dtype=np.float32)))
+                mx = np.concatenate((mx, np.empty(cap - k, dtype=np.intp)))
+                my = np.concatenate((my, np.empty(cap - k, dtype=np.intp)))
+            lab[k], val[k], mx[k], my[k] = lb, v, j, i
+            k += 1
+    return area, lab[:k], val[:k], mx[:k], my[:k]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _is_spike(image: FloatArray, y: int, x: int, b: float) -> bool:  # pragma: no cover - numba
     """A pixel more than 5× as bright (above background) as the mean of its 8 neighbours: no PSF with a
     FWHM above 1.5 px is that sharp (a pixel-integrated Gaussian of FWHM 1.5 peaks at 4× its ring)."""
@@ -555,11 +691,11 @@ def _is_spike(image: FloatArray, y: int, x: int, b: float) -> bool:  # pragma: n
         for dx in range(-1, 2):
             if dy != 0 or dx != 0:
                 ring += image[y + dy, x + dx] - b
-    return v > _SPIKE_RATIO * ring / 8.0
+    return bool(v > _SPIKE_RATIO * ring / 8.0)
 
 
-@njit(cache=True, parallel=True)
-def _screen(image: FloatArray, cx: F64, cy: F64, bg: F64, height: F64, search: int, saturation: float,
+@njit(cache=True, nogil=True)
+def _screen(image: FloatArray, cx: F64, cy: F64, bg: F64, min_peak: F64, search: int, saturation: float,
             min_ratio: float) -> tuple[IntArray, IntArray, IntArray]:  # pragma: no cover - numba
     """Brightest non-spike pixel near each candidate; reject saturated tops, hot pixels and the border."""
     n = cx.shape[0]
@@ -567,9 +703,9 @@ def _screen(image: FloatArray, cx: F64, cy: F64, bg: F64, height: F64, search: i
     status = np.zeros(n, dtype=np.intp)
     ix = np.zeros(n, dtype=np.intp)
     iy = np.zeros(n, dtype=np.intp)
-    for s in prange(n):
-        x0 = int(math.floor(cx[s] + 0.5))
-        y0 = int(math.floor(cy[s] + 0.5))
+    for s in range(n):
+        x0 = math.floor(cx[s] + 0.5)
+        y0 = math.floor(cy[s] + 0.5)
         b = bg[s]
         if x0 - search < 3 or y0 - search < 3 or x0 + search > w - 4 or y0 + search > h - 4:
             status[s] = _EDGE
@@ -590,7 +726,7 @@ def _screen(image: FloatArray, cx: F64, cy: F64, bg: F64, height: F64, search: i
             continue
         p = best - b
         # What is left once spikes are set aside must carry the detection: else it was a hot pixel.
-        if p < 0.5 * height[s]:
+        if p < min_peak[s]:
             status[s] = _HOT
             continue
         near = 0
@@ -607,27 +743,27 @@ def _screen(image: FloatArray, cx: F64, cy: F64, bg: F64, height: F64, search: i
     return status, ix, iy
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _px(image: FloatArray, y: int, x: int, b: float, spy: IntArray, spx: IntArray, spv: F64,
         nsp: int) -> float:  # pragma: no cover - numba
     """Background-subtracted pixel, with the spikes found near the star replaced."""
     for t in range(nsp):
         if spy[t] == y and spx[t] == x:
-            return spv[t]
-    return image[y, x] - b
+            return float(spv[t])
+    return float(image[y, x] - b)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _windowed(image: FloatArray, b: float, x0: float, y0: float, sw: float, rmax: int, spy: IntArray,
               spx: IntArray, spv: F64, nsp: int) -> tuple[bool, float, float]:  # pragma: no cover - numba
     """Centroid weighted by a circular Gaussian of σ ``sw`` centred on the estimate, iterated to its fixed
     point (SExtractor's XWIN): unbiased for any symmetric star, and the weight keeps noise out."""
     h, w = image.shape
     cx, cy = x0, y0
-    r = min(rmax, int(math.ceil(4.0 * sw)) + 1)
+    r = min(rmax, math.ceil(4.0 * sw) + 1)
     inv = 1.0 / (sw * sw)
-    for _ in range(40):
-        xc, yc = int(math.floor(cx + 0.5)), int(math.floor(cy + 0.5))
+    for _ in range(30):
+        xc, yc = math.floor(cx + 0.5), math.floor(cy + 0.5)
         if xc - r < 0 or yc - r < 0 or xc + r >= w or yc + r >= h:
             return False, cx, cy
         s0 = 0.0
@@ -651,17 +787,21 @@ def _windowed(image: FloatArray, b: float, x0: float, y0: float, sw: float, rmax
         cy += ddy
         if abs(cx - x0) > 3.0 or abs(cy - y0) > 3.0:
             return False, cx, cy
-        if abs(ddx) < 1e-5 and abs(ddy) < 1e-5:
+        if abs(ddx) < 1e-4 and abs(ddy) < 1e-4:
             break
     return True, cx, cy
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _half_max_fwhm(image: FloatArray, b: float, cx: float, cy: float, rf: int, pixel_var: float,
                    spy: IntArray, spx: IntArray, spv: F64, nsp: int) -> float:  # pragma: no cover - numba
     """FWHM from a weighted least-squares fit of ln(v) = c - r²/(2σ²) over the pixels above half of the
     brightest pixel near (cx, cy), minus the pixel's own box; NaN when there are too few pixels."""
-    xc, yc = int(math.floor(cx + 0.5)), int(math.floor(cy + 0.5))
+    h, w = image.shape
+    xc, yc = math.floor(cx + 0.5), math.floor(cy + 0.5)
+    rf = max(rf, 1)
+    if xc - rf < 0 or yc - rf < 0 or xc + rf >= w or yc + rf >= h:
+        return np.nan
     top = -np.inf
     for y in range(yc - 1, yc + 2):
         for x in range(xc - 1, xc + 2):
@@ -697,12 +837,70 @@ def _half_max_fwhm(image: FloatArray, b: float, cx: float, cy: float, rf: int, p
     return _FWHM_PER_SIGMA * math.sqrt(var) if var > 0.0 else np.nan
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
+def _half_max_fwhm_cfa(cfa: FloatArray, b: float, cx: float, cy: float, rf: int, green_main: bool,
+                       spy: IntArray, spx: IntArray, spv: F64, nsp: int) -> float:  # pragma: no cover - numba
+    """`_half_max_fwhm` on the green pixels of a CFA frame at their own positions (full resolution).
+
+    (cx, cy) and ``rf`` are full-resolution; green pixels whose superpixel holds a spike are skipped.
+    """
+    h, w = cfa.shape
+    xc, yc = math.floor(cx + 0.5), math.floor(cy + 0.5)
+    rf = max(rf, 2)
+    if xc - rf < 0 or yc - rf < 0 or xc + rf >= w or yc + rf >= h:
+        return np.nan
+    parity = 0 if green_main else 1
+    top = -np.inf
+    for y in range(yc - 1, yc + 2):
+        for x in range(xc - 1, xc + 2):
+            if (x + y) % 2 == parity:
+                top = max(top, cfa[y, x] - b)
+    if top <= 0.0:
+        return np.nan
+    a0 = 0.0
+    a1 = 0.0
+    a2 = 0.0
+    t0 = 0.0
+    t1 = 0.0
+    npx = 0
+    for y in range(yc - rf, yc + rf + 1):
+        for x in range(xc - rf, xc + rf + 1):
+            if (x + y) % 2 != parity:
+                continue
+            v = cfa[y, x] - b
+            if v < 0.5 * top:
+                continue
+            spiked = False
+            for t in range(nsp):
+                if spy[t] == y // 2 and spx[t] == x // 2:
+                    spiked = True
+            if spiked:
+                continue
+            r2 = (x - cx) ** 2 + (y - cy) ** 2
+            wt = v * v
+            lv = math.log(v)
+            a0 += wt
+            a1 += wt * r2
+            a2 += wt * r2 * r2
+            t0 += wt * lv
+            t1 += wt * r2 * lv
+            npx += 1
+    den = a0 * a2 - a1 * a1
+    if npx < 3 or den <= 1e-12 * a0 * a2:
+        return np.nan
+    slope = (a0 * t1 - a1 * t0) / den
+    if slope >= 0.0:
+        return np.nan
+    var = -0.5 / slope - 1.0 / 12.0
+    return _FWHM_PER_SIGMA * math.sqrt(var) if var > 0.0 else np.nan
+
+
+@njit(cache=True, nogil=True)
 def _find_spikes(image: FloatArray, b: float, xc: int, yc: int, r: int, px: int, py: int, floor: float,
                  spy: IntArray, spx: IntArray, spv: F64) -> int:  # pragma: no cover - numba
     """Hot pixels and cosmic-ray hits near a star (single pixels above ``floor``, see `_is_spike`), other
-    than its peak (px, py), to be replaced by the median of their 8 neighbours. Returns how many, -1 if
-    there are too many."""
+    than its peak (px, py), to be replaced by the median of their 8 neighbours. Returns how many (at most
+    the capacity of ``spy``; the brightest are not preferred, there should never be that many)."""
     h, w = image.shape
     nb = np.empty(8)
     n = 0
@@ -711,7 +909,7 @@ def _find_spikes(image: FloatArray, b: float, xc: int, yc: int, r: int, px: int,
             if (y == py and x == px) or image[y, x] - b <= floor or not _is_spike(image, y, x, b):
                 continue
             if n == spy.shape[0]:
-                return -1
+                return n
             k = 0
             for dy in range(-1, 2):
                 for dx in range(-1, 2):
@@ -724,10 +922,19 @@ def _find_spikes(image: FloatArray, b: float, xc: int, yc: int, r: int, px: int,
     return n
 
 
-@njit(cache=True, parallel=True)
-def _measure(image: FloatArray, ix: IntArray, iy: IntArray, bg: F64, rmax: int,
-             pixel_var: float) -> tuple[F64, F64, F64, F64, F64, F64, IntArray]:  # pragma: no cover - numba
-    """Windowed centroid, half-maximum FWHM, eccentricity, HFR and aperture flux of each star."""
+@njit(cache=True, nogil=True, parallel=True)
+def _measure(image: FloatArray, ix: IntArray, iy: IntArray, bg: F64, weight_sigma: F64, noise: float,
+             rmax: int, pixel_var: float, footprint_xy: float, cfa: FloatArray,
+             cfa_green: int) -> tuple[F64, F64, F64, F64, F64, F64, IntArray]:  # pragma: no cover - numba
+    """Windowed centroid, half-maximum FWHM, eccentricity, HFR and aperture flux of each star.
+
+    ``weight_sigma`` is the σ of each star's centroid weight (<= 0: from the star's own FWHM); ``noise``
+    is the per-pixel noise of ``image``: only spikes well above it are replaced. A pixel of ``image``
+    averages the PSF over a footprint of covariance [[pixel_var, footprint_xy], [footprint_xy, pixel_var]],
+    removed from the shape. With ``cfa_green`` >= 0, ``image`` is the mean-green superpixel image of the
+    CFA frame ``cfa`` (1: greens on the main diagonal, 0: on the other) and the FWHM is fitted on the
+    green pixels of ``cfa`` at full resolution, where the superpixels would blur it.
+    """
     n = ix.shape[0]
     h, w = image.shape
     ox = np.full(n, np.nan)
@@ -737,46 +944,55 @@ def _measure(image: FloatArray, ix: IntArray, iy: IntArray, bg: F64, rmax: int,
     ohfr = np.full(n, np.nan)
     oecc = np.full(n, np.nan)
     status = np.full(n, _FAILED, dtype=np.intp)
-    rf = min(rmax, 6)
     for s in prange(n):
         b = bg[s]
         x0, y0 = float(ix[s]), float(iy[s])
-        spy = np.empty(8, dtype=np.intp)
-        spx = np.empty(8, dtype=np.intp)
-        spv = np.empty(8)
-        if x0 < rmax or y0 < rmax or x0 >= w - rmax or y0 >= h - rmax:
-            status[s] = _EDGE
-            continue
-        nsp = _find_spikes(image, b, ix[s], iy[s], rmax, ix[s], iy[s], 0.2 * (image[iy[s], ix[s]] - b),
-                           spy, spx, spv)
-        if nsp < 0:
-            continue
-        # Weight from a first FWHM estimate around the brightest pixel, then refined once.
-        fwhm = _half_max_fwhm(image, b, x0, y0, rf, 0.0, spy, spx, spv, nsp)
-        if not np.isfinite(fwhm):
-            continue
-        ok = False
-        cx, cy = x0, y0
-        for _ in range(2):
-            sw = min(max(fwhm / _FWHM_PER_SIGMA, 0.6), rmax / 4.0)
+        spy = np.empty(16, dtype=np.intp)
+        spx = np.empty(16, dtype=np.intp)
+        spv = np.empty(16)
+        floor = max(0.2 * (image[iy[s], ix[s]] - b), 5.0 * noise)
+        nsp = _find_spikes(image, b, ix[s], iy[s], rmax, ix[s], iy[s], floor, spy, spx, spv)
+        if weight_sigma[s] > 0.0:
+            sw = weight_sigma[s]
             ok, cx, cy = _windowed(image, b, x0, y0, sw, rmax, spy, spx, spv, nsp)
             if not ok:
-                break
-            new = _half_max_fwhm(image, b, cx, cy, min(rmax, int(math.ceil(1.5 * fwhm)) + 1), pixel_var,
-                                 spy, spx, spv, nsp)
-            if not np.isfinite(new):
-                ok = False
-                break
-            settled = abs(new - fwhm) < 0.2 * fwhm
-            fwhm = new
-            if settled:
-                break
-        if not ok:
-            continue
+                continue
+            fwhm = _half_max_fwhm(image, b, cx, cy, min(rmax, math.ceil(3.0 * sw) + 1), pixel_var,
+                                  spy, spx, spv, nsp)
+        else:
+            # The star's own weight: a first FWHM around its brightest pixel, refined at the centroid.
+            fwhm = _half_max_fwhm(image, b, x0, y0, min(rmax, 6), 0.0, spy, spx, spv, nsp)
+            if not np.isfinite(fwhm):
+                continue
+            ok = False
+            cx, cy = x0, y0
+            sw = 1.0
+            for _ in range(2):
+                sw = min(max(fwhm / _FWHM_PER_SIGMA, 0.6), rmax / 4.0)
+                ok, cx, cy = _windowed(image, b, x0, y0, sw, rmax, spy, spx, spv, nsp)
+                if not ok:
+                    break
+                new = _half_max_fwhm(image, b, cx, cy, min(rmax, math.ceil(1.5 * fwhm) + 1),
+                                     pixel_var, spy, spx, spv, nsp)
+                if not np.isfinite(new):
+                    ok = False
+                    break
+                settled = abs(new - fwhm) < 0.2 * fwhm
+                fwhm = new
+                if settled:
+                    break
+            if not ok:
+                continue
+
+        if cfa_green >= 0:
+            full = _half_max_fwhm_cfa(cfa, b, 2.0 * cx + 0.5, 2.0 * cy + 0.5, 2 * min(rmax, math.ceil(1.5 * fwhm) + 1),
+                                      cfa_green == 1, spy, spx, spv, nsp)
+            if np.isfinite(full):
+                fwhm = 0.5 * full
 
         # Second moments under the same circular weight, deconvolved from it (exact for a Gaussian).
-        xc, yc = int(math.floor(cx + 0.5)), int(math.floor(cy + 0.5))
-        r = min(rmax, int(math.ceil(4.0 * sw)) + 1)
+        xc, yc = math.floor(cx + 0.5), math.floor(cy + 0.5)
+        r = min(rmax, math.ceil(4.0 * sw) + 1)
         inv = 1.0 / (sw * sw)
         s0 = 0.0
         mxx = 0.0
@@ -804,47 +1020,42 @@ def _measure(image: FloatArray, ix: IntArray, iy: IntArray, bg: F64, rmax: int,
         if axx > 0.0 and axx * ayy - axy * axy > 0.0:
             da = axx * ayy - axy * axy
             mxx, mxy, myy = ayy / da, -axy / da, axx / da
+            # Then the pixel footprint, if what is left is still a shape.
+            fxx, fxy, fyy = mxx - pixel_var, mxy - footprint_xy, myy - pixel_var
+            if fxx > 0.0 and fxx * fyy - fxy * fxy > 0.0:
+                mxx, mxy, myy = fxx, fxy, fyy
+        if not np.isfinite(fwhm):
+            # Too faint for the half-maximum fit: the Gaussian-equivalent size of the moments.
+            fwhm = _FWHM_PER_SIGMA * math.sqrt(math.sqrt(max(mxx * myy - mxy * mxy, 0.0)))
         tr = mxx + myy
         root = math.sqrt(max(0.25 * (mxx - myy) ** 2 + mxy * mxy, 0.0))
         lmax, lmin = 0.5 * tr + root, 0.5 * tr - root
         ecc = math.sqrt(min(1.0, max(0.0, 1.0 - lmin / lmax))) if lmax > 0 else 0.0
 
-        # Aperture of 3 FWHM (at least 3 px): flux and half-flux radius.
-        ra = min(float(rmax), max(3.0, 3.0 * fwhm))
-        ri = int(math.ceil(ra))
-        if xc - ri < 0 or yc - ri < 0 or xc + ri >= w or yc + ri >= h:
+        # Aperture of 3 FWHM (at least 3 px; cut by the frame edge down to 1.5 FWHM): flux and HFR.
+        ra = min(float(rmax), max(3.0, 3.0 * fwhm), float(min(xc, yc, w - 1 - xc, h - 1 - yc)))
+        if ra < max(2.0, 1.5 * fwhm):
             status[s] = _EDGE
             continue
-        m = (2 * ri + 1) * (2 * ri + 1)
-        rr = np.empty(m)
-        vv = np.empty(m)
-        k = 0
+        ri = math.floor(ra)
+        # Flux in rings of 0.1 px; the half-flux radius is interpolated within its ring.
+        nbins = int(ra * 10.0) + 1
+        rings = np.zeros(nbins)
         for y in range(yc - ri, yc + ri + 1):
             for x in range(xc - ri, xc + ri + 1):
                 rad = math.sqrt((x - cx) ** 2 + (y - cy) ** 2)
                 if rad <= ra:
-                    rr[k] = rad
-                    vv[k] = _px(image, y, x, b, spy, spx, spv, nsp)
-                    k += 1
-        order = np.argsort(rr[:k])
-        total = 0.0
-        for i in range(k):
-            total += vv[i]
+                    rings[min(int(rad * 10.0), nbins - 1)] += _px(image, y, x, b, spy, spx, spv, nsp)
+        total = rings.sum()
         if total <= 0.0:
             continue
         acc = 0.0
         hfr = ra
-        prev_r = 0.0
-        prev_acc = 0.0
-        for i in range(k):
-            j = order[i]
-            acc += vv[j]
-            if acc >= 0.5 * total:
-                frac = (0.5 * total - prev_acc) / (acc - prev_acc) if acc > prev_acc else 1.0
-                hfr = prev_r + frac * (rr[j] - prev_r)
+        for i in range(nbins):
+            if acc + rings[i] >= 0.5 * total and rings[i] > 0.0:
+                hfr = 0.1 * (i + (0.5 * total - acc) / rings[i])
                 break
-            prev_r = rr[j]
-            prev_acc = acc
+            acc += rings[i]
         ox[s], oy[s] = cx, cy
         oflux[s] = total
         ofwhm[s] = fwhm

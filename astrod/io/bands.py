@@ -23,6 +23,7 @@ from astropy.io import fits
 from astrod.core.convert import int16be_to_float32, scaled_to_float32
 from astrod.errors import FrameReadError
 from astrod.io import fits as fitsio
+from astrod.io.frames import is_raw_name, read_frame
 
 FloatArray = npt.NDArray[np.float32]
 _DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
@@ -97,8 +98,6 @@ def open_rows(path: str | os.PathLike[str], *, spool_dir: str | os.PathLike[str]
     """The row layout of any frame file. An uncompressed FITS file is mapped in place; with ``spool_dir``,
     a compressed FITS or camera raw frame is decoded once into ``spool_dir`` (float32 FITS) and that copy
     is mapped. Without ``spool_dir`` such frames raise FrameReadError."""
-    from astrod.io.frames import is_raw_name, read_frame
-
     p = Path(path)
     if not is_raw_name(p):
         try:

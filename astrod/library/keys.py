@@ -150,6 +150,27 @@ class CalibrationKey:
         return safe_name("_".join(parts))
 
 
+_ASCII = {"°C": "degC", "°": "deg", "→": "->", "×": "x", "±": "+/-", "−": "-"}
+
+
+def ascii_text(text: str) -> str:
+    """``text`` for a FITS header: the symbols reasons use spelled in ASCII, anything else non-ASCII as '?'."""
+    for symbol, spelled in _ASCII.items():
+        text = text.replace(symbol, spelled)
+    return text.encode("ascii", "replace").decode("ascii")
+
+
+def sort_key(key: CalibrationKey) -> tuple[Any, ...]:
+    """Orders keys for people: by kind (build order), camera, gain, offset, size, temperature, exposure,
+    filter, night."""
+    def num(v: float | None) -> float:
+        return -math.inf if v is None else v
+
+    return (BUILD_ORDER.index(key.kind), key.camera or "", num(key.gain), num(key.offset), key.binning,
+            key.width, key.height, num(key.temperature), num(key.exposure), key.filter or "",
+            key.night.toordinal() if key.night else 0, key.key_id)
+
+
 def safe_name(text: str) -> str:
     """``text`` with anything but letters, digits, '.', '-' and '_' replaced by '_' (never empty)."""
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip()).strip("._") or "unnamed"

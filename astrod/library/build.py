@@ -1,0 +1,775 @@
+"""``astrod library build``: scan folders of calibration frames, group them, write one master per group.
+
+The build is idempotent and safe to kill. Each master's FITS file is written atomically, then its index row
+is committed in one transaction; a killed build leaves at worst a master file without a row, which the next
+build writes again (byte for byte the same: master files carry no wall-clock time). By default only missing
+masters are built; ``refresh`` rebuilds every master whose sources or recipe changed and never deletes a master
+whose sources are gone. Bad-pixel maps are derived from the masters and follow them: a map is rebuilt whenever
+the masters it comes from changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+from astropy.io import fits
+
+from astrod import __version__
+from astrod.config import Config
+from astrod.core.calibrate import bad_pixel_map
+from astrod.core.combine import CenFunc, CombineResult, Method, StdFunc, combine, combine_flats, frame_medians
+from astrod.errors import AstrodError, FrameReadError, LibraryError
+from astrod.io.bands import RowLayout, open_rows, read_band
+from astrod.io.fits import is_fits_name, read_fits, read_fits_header, write_fits
+from astrod.io.frames import is_frame_name, is_raw_name, read_meta
+from astrod.io.headers import PathRule, normalise, rules_from_config
+from astrod.io.index import INDEX_NAME, MasterIndex, file_digest, file_stamp, library_lock, remove_stale_temporaries
+from astrod.library.keys import (
+    CalibrationKey,
+    MasterKind,
+    ascii_text,
+    badpixel_key,
+    key_of,
+    safe_name,
+    sort_key,
+)
+from astrod.library.match import MatchRules, choose_bias, choose_dark
+from astrod.library.progress import NoProgress, Progress
+from astrod.library.records import MasterRecord
+from astrod.model import FrameKind, FrameMeta
+
+FloatArray = npt.NDArray[np.float32]
+Status = Literal["new", "rebuilt", "exists", "up to date", "failed"]
+SPOOL_NAME = ".spool"
+
+
+# ------------------------------------------------------------------------------------------------ options
+
+
+@dataclass(frozen=True, slots=True)
+class CombineParams:
+    """How the frames of a master are combined (see :func:`astrod.core.combine.combine`)."""
+
+    method: Method = "sigma_clip"
+    kappa: float = 3.0
+    maxiters: int | None = 5
+    cenfunc: CenFunc = "median"
+    stdfunc: StdFunc = "std"
+    nlow: int = 1
+    nhigh: int = 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "kappa": self.kappa, "maxiters": self.maxiters, "cenfunc": self.cenfunc,
+                "stdfunc": self.stdfunc, "nlow": self.nlow, "nhigh": self.nhigh}
+
+
+@dataclass(frozen=True, slots=True)
+class BuildOptions:
+    """Everything a build needs besides its sources and library folder."""
+
+    refresh: bool = False
+    jobs: int = 1
+    min_frames: int = 5
+    memory_cap_bytes: int = 2048 * 1024 * 1024
+    temperature_bucket: float = 1.0
+    combine: CombineParams = field(default_factory=CombineParams)
+    rules: MatchRules = field(default_factory=MatchRules)
+    rename: Mapping[str, str] = field(default_factory=dict)
+    path_rules: tuple[PathRule, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: Config, *, refresh: bool = False, jobs: int = 1,
+                    min_frames: int | None = None) -> BuildOptions:
+        lib = config.library
+        method: Method = lib.combine  # type: ignore[assignment]  # validated by the config's choices
+        return cls(refresh=refresh, jobs=max(1, jobs), min_frames=lib.min_frames if min_frames is None else min_frames,
+                   memory_cap_bytes=lib.memory_cap_mb * 1024 * 1024, temperature_bucket=lib.temperature_bucket,
+                   combine=CombineParams(method=method, kappa=lib.kappa), rules=MatchRules.from_config(config),
+                   rename=dict(config.headers.rename), path_rules=rules_from_config(config.headers))
+
+
+# ------------------------------------------------------------------------------------------------ results
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A file the build did not use, and why (one line)."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltMaster:
+    """What the build did for one master key."""
+
+    key: CalibrationKey
+    status: Status
+    path: Path | None
+    n_frames: int
+    low_n: bool = False
+    note: str = ""
+    warnings: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "kind": self.key.kind.value, "key": self.key.describe(),
+                "key_id": self.key.key_id, "path": None if self.path is None else str(self.path),
+                "n_frames": self.n_frames, "low_n": self.low_n, "note": self.note, "warnings": list(self.warnings)}
+
+
+@dataclass(frozen=True, slots=True)
+class BuildReport:
+    """The outcome of a build: one entry per master key seen, the files skipped, and counts."""
+
+    masters: tuple[BuiltMaster, ...]
+    skipped: tuple[Skipped, ...]
+    scanned: int
+    lights_ignored: int
+
+    def count(self, status: Status) -> int:
+        return sum(1 for m in self.masters if m.status == status)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFrame:
+    """A calibration frame found by the scan, with the stamp (size, mtime) its source hash is made of."""
+
+    path: Path
+    meta: FrameMeta
+    size: int
+    mtime_ns: int
+
+
+# ------------------------------------------------------------------------------------------------- scan
+
+
+def _list_files(sources: Sequence[Path], *, exclude: Path) -> list[Path]:
+    found: set[Path] = set()
+    excluded = exclude.resolve()
+    for source in sources:
+        if source.is_file():
+            found.add(source.resolve())
+            continue
+        if not source.is_dir():
+            raise LibraryError(f"{source}: source folder does not exist")
+        for root, dirs, files in os.walk(source):
+            here = Path(root).resolve()
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() != excluded)
+            if here == excluded or excluded in here.parents:
+                dirs[:] = []
+                continue
+            for name in files:
+                p = here / name
+                if not name.startswith(".") and is_frame_name(p):
+                    found.add(p)
+    return sorted(found)
+
+
+def _is_master_header(header: Mapping[str, Any]) -> str | None:
+    if "ASTRDKEY" in header:
+        return "an astrod master, not a source frame"
+    for key in ("IMAGETYP", "FRAME", "FRAMETYP"):
+        value = str(header.get(key, "") or "")
+        if "master" in value.lower():
+            return f"{key}={value.strip()!r}: a master, not a source frame"
+    return None
+
+
+def _read_source(path: Path, *, rename: Mapping[str, str], rules: tuple[PathRule, ...]) -> SourceFrame | Skipped:
+    try:
+        size, mtime_ns = file_stamp(path)
+        if is_fits_name(path) and not is_raw_name(path):
+            header = read_fits_header(path)
+            why = _is_master_header(header)
+            if why is not None:
+                return Skipped(path, why)
+            meta = normalise(header, path, rename=rename, rules=rules)
+        else:
+            meta = read_meta(path, rename=rename, rules=rules)
+    except (AstrodError, OSError) as err:
+        return Skipped(path, str(err).removeprefix(f"{path}: "))
+    if meta.kind is FrameKind.UNKNOWN:
+        return Skipped(path, f"kind unknown: {meta.kind_reason}")
+    if meta.kind is FrameKind.LIGHT:
+        return SourceFrame(path, meta, size, mtime_ns)  # counted, then ignored
+    if meta.stack_count > 1:
+        return Skipped(path, f"already combined from {meta.stack_count} frames (NCOMBINE/STACKCNT)")
+    if meta.planes != 1:
+        return Skipped(path, f"{meta.planes}-plane image: masters need single-plane sensor data")
+    if meta.width <= 0 or meta.height <= 0:
+        return Skipped(path, "no image size in the header")
+    if meta.kind in (FrameKind.DARK, FrameKind.DARKFLAT) and not (meta.exposure is not None and meta.exposure >= 0):
+        return Skipped(path, f"{meta.kind.value} without an exposure time")
+    return SourceFrame(path, meta, size, mtime_ns)
+
+
+def scan_sources(sources: Sequence[Path], *, library: Path, options: BuildOptions,
+                 progress: Progress) -> tuple[list[SourceFrame], list[Skipped], int]:
+    """Every calibration frame under ``sources`` (recursively; the library folder itself excluded), the files
+    skipped with their reasons, and the number of lights ignored. Headers are read by ``options.jobs``
+    threads at most (a bounded pool that ends with the scan)."""
+    paths = _list_files(sources, exclude=library)
+    progress.start("scan", len(paths))
+    frames: list[SourceFrame] = []
+    skipped: list[Skipped] = []
+    lights = 0
+
+    def read(p: Path) -> SourceFrame | Skipped:
+        return _read_source(p, rename=options.rename, rules=options.path_rules)
+
+    results: Iterable[SourceFrame | Skipped]
+    with contextlib.ExitStack() as stack:
+        if options.jobs > 1 and len(paths) > 1:
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="astrod-scan"))
+            results = pool.map(read, paths)
+        else:
+            results = map(read, paths)
+        for result in results:
+            progress.advance(result.path.name)
+            if isinstance(result, Skipped):
+                skipped.append(result)
+            elif result.meta.kind is FrameKind.LIGHT:
+                lights += 1
+            else:
+                frames.append(result)
+    progress.finish()
+    return frames, skipped, lights
+
+
+def group_frames(frames: Iterable[SourceFrame], *, temperature_bucket: float,
+                 longitude: float | None) -> dict[CalibrationKey, list[SourceFrame]]:
+    """Frames grouped by the key of the master they go into, each group sorted by path."""
+    groups: dict[CalibrationKey, list[SourceFrame]] = defaultdict(list)
+    for frame in frames:
+        kind = MasterKind.of_frame(frame.meta.kind)
+        if kind is None:
+            continue
+        groups[key_of(frame.meta, kind, temperature_bucket=temperature_bucket, longitude=longitude)].append(frame)
+    return {k: sorted(v, key=lambda f: str(f.path)) for k, v in groups.items()}
+
+
+# ------------------------------------------------------------------------------------------------ hashes
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def source_hash(frames: Sequence[SourceFrame]) -> str:
+    """A hash of the source list: every path with its size and modification time."""
+    return _sha(sorted([str(f.path), f.size, f.mtime_ns] for f in frames))
+
+
+def _build_hash(key: CalibrationKey, src_hash: str, options: BuildOptions, extra: Mapping[str, Any]) -> str:
+    return _sha({"key": key.key_id, "sources": src_hash, "combine": options.combine.as_dict(),
+                 "min_frames": options.min_frames, "version": __version__, **extra})
+
+
+# ------------------------------------------------------------------------------------------------ headers
+
+
+def _put(header: fits.Header, key: str, value: Any, comment: str = "") -> None:
+    if value is None:
+        return
+    if isinstance(value, str):
+        value = ascii_text(value)
+        if 10 + len(value) + 5 + len(comment) > 80:  # a long value leaves no room for its comment
+            comment = ""
+    header[key] = (value, ascii_text(comment))
+
+
+def _master_header(key: CalibrationKey, frames: Sequence[SourceFrame], *, n: int, low_n: bool,
+                   options: BuildOptions, description: str, rejected: float, src_hash: str, build_hash: str,
+                   extra: Mapping[str, tuple[Any, str]]) -> fits.Header:
+    metas = [f.meta for f in frames]
+    temps = [m.temperature for m in metas if m.temperature is not None]
+    dates = sorted(m.date_obs for m in metas if m.date_obs is not None)
+    first = metas[0]
+    h = fits.Header()
+    _put(h, "IMAGETYP", key.kind.title, "astrod master")
+    _put(h, "ASTRDKEY", key.key_id, "astrod master key id")
+    _put(h, "ASTRDKJS", json.dumps(key.as_dict(), sort_keys=True), "grouping key (JSON)")
+    _put(h, "NCOMBINE", n, "frames combined")
+    _put(h, "LOW_N", low_n, f"fewer than {options.min_frames} frames")
+    _put(h, "MINFRAME", options.min_frames, "frames a master should have")
+    c = options.combine
+    _put(h, "COMBMETH", c.method, "combination method")
+    if c.method == "sigma_clip":
+        _put(h, "COMBKAPP", c.kappa, "sigma-clip threshold (low and high)")
+        _put(h, "COMBITER", -1 if c.maxiters is None else c.maxiters, "sigma-clip iterations (-1: to convergence)")
+        _put(h, "COMBCEN", c.cenfunc, "sigma-clip centre")
+        _put(h, "COMBDEV", c.stdfunc, "sigma-clip deviation")
+    if c.method == "minmax":
+        _put(h, "COMBNLOW", c.nlow, "lowest values dropped")
+        _put(h, "COMBNHI", c.nhigh, "highest values dropped")
+    _put(h, "COMBDESC", description, "how the frames were combined")
+    _put(h, "REJFRAC", round(rejected, 6), "fraction of samples rejected")
+    _put(h, "INSTRUME", key.camera, "camera")
+    _put(h, "CAMSERNO", key.serial, "camera serial number")
+    _put(h, "GAIN", key.gain, "sensor gain")
+    _put(h, "OFFSET", key.offset, "sensor offset")
+    _put(h, "XBINNING", key.binning[0], "binning in x")
+    _put(h, "YBINNING", key.binning[1], "binning in y")
+    if key.roi_x or key.roi_y:
+        _put(h, "XORGSUBF", key.roi_x, "ROI origin x")
+        _put(h, "YORGSUBF", key.roi_y, "ROI origin y")
+    _put(h, "READOUTM", key.readout_mode, "readout mode")
+    _put(h, "SET-TEMP", key.temperature, "[degC] set temperature (bucket)")
+    if temps:
+        _put(h, "CCD-TEMP", round(float(np.mean(temps)), 3), "[degC] mean sensor temperature of the sources")
+    if key.kind is MasterKind.BIAS:
+        _put(h, "EXPTIME", 0.0, "[s] exposure")
+    elif key.exposure is not None:
+        _put(h, "EXPTIME", key.exposure, "[s] exposure")
+    elif key.kind is MasterKind.FLAT:
+        exposures = [m.exposure for m in metas if m.exposure is not None]
+        if exposures:
+            _put(h, "EXPTIME", round(float(np.median(exposures)), 6), "[s] median exposure of the flats")
+    _put(h, "FILTER", key.filter, "filter")
+    _put(h, "NIGHT", None if key.night is None else key.night.isoformat(), "night (local noon to noon)")
+    if dates:
+        _put(h, "DATE-OBS", dates[0].strftime("%Y-%m-%dT%H:%M:%S.%f"), "first source frame (UTC)")
+        _put(h, "DATE-END", dates[-1].strftime("%Y-%m-%dT%H:%M:%S.%f"), "last source frame (UTC)")
+    if first.bayer:
+        _put(h, "BAYERPAT", first.bayer, "CFA pattern")
+        _put(h, "XBAYROFF", first.bayer_offset[0], "CFA x offset")
+        _put(h, "YBAYROFF", first.bayer_offset[1], "CFA y offset")
+    for name, (value, comment) in extra.items():
+        _put(h, name, value, comment)
+    _put(h, "SRCHASH", src_hash)  # SHA-256 of the source list; no room left for a comment
+    _put(h, "BLDHASH", build_hash)  # SHA-256 of the sources and the recipe
+    _put(h, "ASTRODV", __version__, "astrod version")
+    _put(h, "SWCREATE", f"astrod {__version__}", "software")
+    for f in frames:
+        h.add_history(ascii_text(f"source {f.path.name}"))
+    return h
+
+
+# ------------------------------------------------------------------------------------------------- builder
+
+
+def master_path(library: Path, key: CalibrationKey) -> Path:
+    """Where the master of ``key`` lives: ``masters/<kind>/<camera>/<name>.fits`` (bad-pixel maps under
+    ``badpixels/<camera>/``)."""
+    camera = safe_name(key.camera or "unknown camera")
+    name = f"{key.file_stem()}.fits"
+    if key.kind is MasterKind.BADPIXELS:
+        return Path(library, "badpixels", camera, name)
+    return Path(library, "masters", key.kind.value, camera, name)
+
+
+@dataclass(frozen=True, slots=True)
+class FlatCalibration:
+    """The masters a group of flats is calibrated with before combination."""
+
+    bias: MasterRecord | None
+    dark: MasterRecord | None
+
+    def hashes(self) -> dict[str, str]:
+        return {role: r.content_hash for role, r in (("bias", self.bias), ("dark", self.dark)) if r is not None}
+
+
+class _Builder:
+    """One build run: holds the index, the options, the progress sink and the log."""
+
+    def __init__(self, library: Path, index: MasterIndex, options: BuildOptions, progress: Progress) -> None:
+        self.library = library
+        self.index = index
+        self.options = options
+        self.progress = progress
+        self.log = structlog.get_logger().bind(library=str(library))
+        self.skipped: list[Skipped] = []
+        self.spool = library / SPOOL_NAME
+
+    # -- index access
+
+    def records(self) -> list[MasterRecord]:
+        return [MasterRecord.from_row(row, self.library) for row in self.index.rows()]
+
+    def existing(self, key: CalibrationKey) -> MasterRecord | None:
+        row = self.index.get(key.key_id)
+        if row is None:
+            return None
+        record = MasterRecord.from_row(row, self.library)
+        try:
+            size, _ = file_stamp(record.path)
+        except LibraryError:
+            return None  # the file is gone: the master is missing, whatever the index says
+        return record if size == record.info.get("file_size", size) else None
+
+    def commit(self, key: CalibrationKey, path: Path, *, n: int, low_n: bool, src_hash: str, build_hash: str,
+               info: dict[str, Any]) -> MasterRecord:
+        size, _ = file_stamp(path)
+        record = MasterRecord(key=key, path=path, n_frames=n, low_n=low_n, source_hash=src_hash,
+                              build_hash=build_hash, content_hash=file_digest(path), created=datetime.now(UTC),
+                              info={**info, "file_size": size})
+        self.index.put(record.to_row(self.library))
+        return record
+
+    # -- frames
+
+    def open_layouts(self, frames: Sequence[SourceFrame], key: CalibrationKey,
+                     ) -> tuple[list[SourceFrame], list[RowLayout]]:
+        kept: list[SourceFrame] = []
+        layouts: list[RowLayout] = []
+        for f in frames:
+            try:
+                lay = open_rows(f.path, spool_dir=self.spool)
+            except FrameReadError as err:
+                self.skip(f.path, str(err).removeprefix(f"{f.path}: "))
+                continue
+            if lay.shape != (key.height, key.width):
+                self.skip(f.path, f"image is {lay.width}x{lay.height}, its header says {key.width}x{key.height}")
+                continue
+            if (lay.size, lay.mtime_ns) != (f.size, f.mtime_ns) and lay.path == f.path:
+                self.skip(f.path, "changed since the scan")
+                continue
+            kept.append(f)
+            layouts.append(lay)
+        return kept, layouts
+
+    def skip(self, path: Path, reason: str) -> None:
+        self.skipped.append(Skipped(path, reason))
+        self.log.warning("frame_skipped", path=str(path), reason=reason)
+
+    # -- combination
+
+    def _combine_kwargs(self, n: int) -> tuple[dict[str, Any], str | None]:
+        c = self.options.combine
+        method: Method = c.method
+        note = None
+        if method == "minmax" and c.nlow + c.nhigh >= n:
+            method = "median"
+            note = f"{n} frames are too few to drop {c.nlow}+{c.nhigh} extremes: median used"
+        return ({"method": method, "sigma_low": c.kappa, "sigma_high": c.kappa, "maxiters": c.maxiters,
+                 "cenfunc": c.cenfunc, "stdfunc": c.stdfunc, "nlow": c.nlow, "nhigh": c.nhigh}, note)
+
+    def combine_plain(self, key: CalibrationKey, layouts: Sequence[RowLayout]) -> tuple[CombineResult, list[str]]:
+        kwargs, note = self._combine_kwargs(len(layouts))
+        result = combine(lambda r0, r1: read_band(layouts, r0, r1), n_frames=len(layouts),
+                         shape=(key.height, key.width), memory_cap_bytes=self.options.memory_cap_bytes, **kwargs)
+        return result, [note] if note else []
+
+    def flat_calibration(self, meta: FrameMeta) -> FlatCalibration:
+        """The masters that calibrate a group of flats like ``meta`` (bias, dark-flat), chosen by the rules."""
+        records = self.records()
+        rules = self.options.rules
+        bias_choice, _ = choose_bias(meta, records, rules)
+        dark_choice, _, _, _, _ = choose_dark(meta, records, rules, bias=bias_choice,
+                                              kinds=(MasterKind.DARKFLAT, MasterKind.DARK))
+        return FlatCalibration(bias=None if bias_choice is None else bias_choice.record,
+                               dark=None if dark_choice is None else dark_choice.record)
+
+    def combine_flat(self, key: CalibrationKey, frames: list[SourceFrame], layouts: list[RowLayout],
+                     cal: FlatCalibration) -> tuple[CombineResult, list[str], dict[str, tuple[Any, str]]]:
+        """Calibrate each flat (bias or dark-flat, scaled to its own exposure if needed), scale by 1/median,
+        combine, normalise to 1. Returns the result, warnings and header cards. Drops (from ``frames`` and
+        ``layouts``) flats whose calibrated median is not positive."""
+        meta = frames[0].meta
+        warnings: list[str] = []
+        bias = self._load(cal.bias) if cal.bias else None
+        dark = self._load(cal.dark) if cal.dark else None
+        cards: dict[str, tuple[Any, str]] = {}
+        if cal.bias:
+            cards["CALBIAS"] = (cal.bias.name, "master bias subtracted from each flat")
+        if cal.dark:
+            cards["CALDARK"] = (cal.dark.name, "master dark(-flat) subtracted from each flat")
+        t_dark = None if cal.dark is None else cal.dark.key.exposure
+        # per flat: subtract base + k * current, with k = t_flat / t_dark when the dark must be scaled
+        base: FloatArray | None
+        current: FloatArray | None = None
+        ks = np.zeros(len(frames), dtype=np.float32)
+        if dark is not None:
+            exposures = [f.meta.exposure for f in frames]
+            same = all(e is not None and t_dark is not None and abs(e - t_dark) <= 1e-3 * max(t_dark, 1e-3)
+                       for e in exposures)
+            if same or bias is None or not t_dark:
+                base = dark
+                if not same:
+                    warnings.append("flat exposures differ from the dark-flat's and there is no bias to scale it: "
+                                    "dark-flat subtracted as it is")
+            else:
+                base = bias
+                current = (dark - bias).astype(np.float32)
+                ks = np.array([float(e or 0.0) / t_dark for e in exposures], dtype=np.float32)
+                cards["CALDSCAL"] = ("exposure", "dark-flat scaled to each flat's exposure")
+        elif bias is not None:
+            base = bias
+        else:
+            base = None
+            warnings.append("flats combined without calibration: no bias or dark-flat for them")
+
+        def calibrated(r0: int, r1: int) -> npt.NDArray[np.generic]:
+            band = read_band(layouts, r0, r1)
+            if base is not None:
+                band -= base[r0:r1][np.newaxis]
+            if current is not None:
+                for i in range(band.shape[0]):
+                    if ks[i]:
+                        band[i] -= ks[i] * current[r0:r1]
+            return band
+
+        shape = (key.height, key.width)
+        held = sum(a.nbytes for a in (bias, dark, current) if a is not None)
+        cap = max(self.options.memory_cap_bytes - held, 64 * 1024 * 1024)
+        medians = frame_medians(calibrated, n_frames=len(frames), shape=shape, memory_cap_bytes=cap)
+        good = [i for i, m in enumerate(medians) if np.isfinite(m) and m > 0]
+        for i in sorted(set(range(len(frames))) - set(good)):
+            self.skip(frames[i].path, f"calibrated median {medians[i]:.4g} is not positive: not a usable flat")
+        if not good:
+            raise LibraryError("no usable flat in the group")
+        if len(good) < len(frames):
+            frames[:] = [frames[i] for i in good]
+            layouts[:] = [layouts[i] for i in good]
+            ks = ks[good]
+            medians = medians[good]
+        kwargs, note = self._combine_kwargs(len(frames))
+        result = combine_flats(calibrated, n_frames=len(frames), shape=shape, medians=medians, bayer=meta.bayer,
+                               bayer_offset=meta.bayer_offset, memory_cap_bytes=cap, **kwargs)
+        if note:
+            warnings.append(note)
+        return result, warnings, cards
+
+    def _load(self, record: MasterRecord) -> FloatArray:
+        try:
+            return read_fits(record.path)[0]
+        except FrameReadError as err:
+            raise LibraryError(f"{record.path}: cannot read the master: {err}") from err
+
+    # -- one master
+
+    def build(self, key: CalibrationKey, frames: list[SourceFrame]) -> BuiltMaster:
+        existing = self.existing(key)
+        if existing is not None and not self.options.refresh:
+            note = "" if existing.source_hash == source_hash(frames) else "sources changed; --refresh rebuilds it"
+            return BuiltMaster(key, "exists", existing.path, existing.n_frames, existing.low_n, note=note)
+        frames, layouts = self.open_layouts(frames, key)
+        if not frames:
+            return BuiltMaster(key, "failed", None, 0, note="no readable frame")
+        cal = self.flat_calibration(frames[0].meta) if key.kind is MasterKind.FLAT else None
+        # a flat's recipe includes the masters that calibrate it
+        extra = {} if cal is None else {"calibrated_with": cal.hashes()}
+        src_hash = source_hash(frames)
+        build_hash = _build_hash(key, src_hash, self.options, extra)
+        if existing is not None and existing.build_hash == build_hash:
+            return BuiltMaster(key, "up to date", existing.path, existing.n_frames, existing.low_n)
+        try:
+            if cal is not None:
+                result, warnings, cards = self.combine_flat(key, frames, layouts, cal)
+                if src_hash != source_hash(frames):  # unusable flats were dropped
+                    src_hash = source_hash(frames)
+                    build_hash = _build_hash(key, src_hash, self.options, extra)
+            else:
+                result, warnings = self.combine_plain(key, layouts)
+                cards = {}
+        except (AstrodError, ValueError) as err:
+            self.log.error("master_failed", kind=key.kind.value, key=key.describe(), reason=str(err))
+            return BuiltMaster(key, "failed", None, len(frames), note=str(err))
+        n = len(frames)
+        low_n = n < self.options.min_frames
+        path = master_path(self.library, key)
+        header = _master_header(key, frames, n=n, low_n=low_n, options=self.options, description=result.description,
+                                rejected=result.rejected_fraction, src_hash=src_hash, build_hash=build_hash,
+                                extra=cards)
+        write_fits(path, result.image.astype(np.float32, copy=False), header)
+        temps = [f.meta.temperature for f in frames if f.meta.temperature is not None]
+        first_date = min((f.meta.date_obs for f in frames if f.meta.date_obs), default=None)
+        info: dict[str, Any] = {
+                "method": result.method, "description": result.description, "kappa": self.options.combine.kappa,
+                "rejected_fraction": round(result.rejected_fraction, 6), "sources": [str(f.path) for f in frames],
+                "temperature_mean": round(float(np.mean(temps)), 3) if temps else None,
+                "bayer": frames[0].meta.bayer, "bayer_offset": list(frames[0].meta.bayer_offset),
+                "date_obs": first_date.isoformat() if first_date else None, "warnings": warnings, **extra}
+        record = self.commit(key, path, n=n, low_n=low_n, src_hash=src_hash, build_hash=build_hash, info=info)
+        status: Status = "new" if existing is None else "rebuilt"
+        self.log.info("master_written", kind=key.kind.value, key=key.describe(), n=n, low_n=low_n, status=status,
+                      path=str(record.path))
+        for w in warnings:
+            self.log.warning("master_warned", kind=key.kind.value, key=key.describe(), warning=w)
+        return BuiltMaster(key, status, record.path, n, low_n, warnings=tuple(warnings))
+
+    # -- bad-pixel maps
+
+    def badpixel_plans(self) -> dict[CalibrationKey, dict[str, MasterRecord]]:
+        records = self.records()
+        plans: dict[CalibrationKey, dict[str, MasterRecord]] = {}
+        by_key: dict[CalibrationKey, list[MasterRecord]] = defaultdict(list)
+        for r in records:
+            if r.kind in (MasterKind.DARK, MasterKind.FLAT):
+                by_key[badpixel_key(r.key)].append(r)
+        for bkey, members in sorted(by_key.items(), key=lambda kv: kv[0].key_id):
+            plan: dict[str, MasterRecord] = {}
+            darks = [r for r in members if r.kind is MasterKind.DARK]
+            if darks:
+                # the longest dark shows hot pixels best
+                dark = max(darks, key=lambda r: (r.key.exposure or 0.0, r.n_frames, r.key_id))
+                plan["dark"] = dark
+                biases = [r for r in records if r.kind is MasterKind.BIAS and badpixel_key(r.key) == bkey
+                          and r.key.offset == dark.key.offset]
+                if biases:
+                    plan["bias"] = min(biases, key=lambda r: (abs((r.key.temperature or 0.0)
+                                                                  - (dark.key.temperature or 0.0)), r.key_id))
+            flats = [r for r in members if r.kind is MasterKind.FLAT]
+            if flats:
+                plan["flat"] = max(flats, key=lambda r: (r.key.night.toordinal() if r.key.night else 0,
+                                                         r.n_frames, r.key_id))
+            plans[bkey] = plan
+        return plans
+
+    def build_badpixels(self, bkey: CalibrationKey, plan: Mapping[str, MasterRecord]) -> BuiltMaster:
+        used = {role: r.content_hash for role, r in sorted(plan.items())}
+        build_hash = _sha({"key": bkey.key_id, "masters": used, "version": __version__, "kind": "badpixels"})
+        existing = self.existing(bkey)
+        if existing is not None and existing.build_hash == build_hash:
+            return BuiltMaster(bkey, "up to date", existing.path, existing.n_frames)
+        try:
+            dark = self._load(plan["dark"]) if "dark" in plan else None
+            if dark is not None and "bias" in plan:
+                dark = (dark - self._load(plan["bias"])).astype(np.float32)
+            flat = self._load(plan["flat"]) if "flat" in plan else None
+            cfa = any(r.bayer for r in plan.values())
+            mask = bad_pixel_map(master_dark=dark, master_flat=flat, cfa=cfa)
+        except (AstrodError, ValueError) as err:
+            self.log.error("master_failed", kind="badpixels", key=bkey.describe(), reason=str(err))
+            return BuiltMaster(bkey, "failed", None, 0, note=str(err))
+        h = fits.Header()
+        _put(h, "IMAGETYP", MasterKind.BADPIXELS.title, "1 = bad pixel")
+        _put(h, "ASTRDKEY", bkey.key_id, "astrod master key id")
+        _put(h, "ASTRDKJS", json.dumps(bkey.as_dict(), sort_keys=True), "grouping key (JSON)")
+        _put(h, "INSTRUME", bkey.camera, "camera")
+        _put(h, "CAMSERNO", bkey.serial, "camera serial number")
+        _put(h, "GAIN", bkey.gain, "sensor gain")
+        _put(h, "XBINNING", bkey.binning[0], "binning in x")
+        _put(h, "YBINNING", bkey.binning[1], "binning in y")
+        _put(h, "NBADPIX", int(mask.sum()), "bad pixels")
+        _put(h, "NCOMBINE", len(plan), "masters the map comes from")
+        for role, card in (("dark", "BPMDARK"), ("bias", "BPMBIAS"), ("flat", "BPMFLAT")):
+            if role in plan:
+                _put(h, card, plan[role].name, f"master {role} the map comes from")
+        _put(h, "SRCHASH", _sha(used))  # SHA-256 of the masters used
+        _put(h, "BLDHASH", build_hash)  # SHA-256 of the masters used and the recipe
+        _put(h, "ASTRODV", __version__, "astrod version")
+        path = master_path(self.library, bkey)
+        write_fits(path, mask.astype(np.uint8), h)
+        info = {"from": {role: str(r.path) for role, r in plan.items()}, "bad_pixels": int(mask.sum()),
+                "bayer": next((r.bayer for r in plan.values() if r.bayer), None),
+                "bayer_offset": [0, 0], "sources": [str(r.path) for r in plan.values()]}
+        record = self.commit(bkey, path, n=len(plan), low_n=False, src_hash=_sha(used), build_hash=build_hash,
+                             info=info)
+        status: Status = "new" if existing is None else "rebuilt"
+        self.log.info("master_written", kind="badpixels", key=bkey.describe(), bad=int(mask.sum()), status=status,
+                      path=str(record.path))
+        return BuiltMaster(bkey, status, record.path, len(plan), note=f"{int(mask.sum())} bad pixels")
+
+
+def build_library(library: str | os.PathLike[str], sources: Sequence[str | os.PathLike[str]], *,
+                  options: BuildOptions | None = None, progress: Progress | None = None) -> BuildReport:
+    """Build (or complete) the master library in ``library`` from the frames under ``sources``.
+
+    Raises LibraryError when a source folder is missing or another build holds the library; a frame that
+    cannot be used is skipped with a one-line reason and the build goes on.
+    """
+    opts = options if options is not None else BuildOptions()
+    sink = progress if progress is not None else NoProgress()
+    root = Path(library)
+    source_paths = [Path(s) for s in sources]
+    with library_lock(root):
+        for stale in remove_stale_temporaries(root):
+            structlog.get_logger().info("temporary_removed", path=str(stale))
+        shutil.rmtree(root / SPOOL_NAME, ignore_errors=True)
+        frames, skipped, lights = scan_sources(source_paths, library=root, options=opts, progress=sink)
+        groups = group_frames(frames, temperature_bucket=opts.temperature_bucket, longitude=opts.rules.longitude)
+        lost = not (root / INDEX_NAME).exists()
+        with MasterIndex.open(root) as index:
+            if lost:
+                _reindex(root, index)
+            builder = _Builder(root, index, opts, sink)
+            for s in skipped:
+                builder.skip(s.path, s.reason)
+            ordered = sorted(groups.items(), key=lambda kv: sort_key(kv[0]))
+            sink.start("build", len(ordered))
+            done: list[BuiltMaster] = []
+            try:
+                for key, members in ordered:
+                    done.append(builder.build(key, list(members)))
+                    sink.advance(key.describe())
+                sink.finish()
+                plans = builder.badpixel_plans()
+                sink.start("badpix", len(plans))
+                for bkey, plan in plans.items():
+                    done.append(builder.build_badpixels(bkey, plan))
+                    sink.advance(bkey.describe())
+                sink.finish()
+            finally:
+                shutil.rmtree(root / SPOOL_NAME, ignore_errors=True)
+        report = BuildReport(masters=tuple(done), skipped=tuple(builder.skipped), scanned=len(frames) + len(skipped)
+                             + lights, lights_ignored=lights)
+    kept = report.count("exists") + report.count("up to date")
+    structlog.get_logger().info("library_built", library=str(root), new=report.count("new"),
+                                rebuilt=report.count("rebuilt"), kept=kept, failed=report.count("failed"),
+                                skipped=len(report.skipped))
+    return report
+
+
+def reindex(library: str | os.PathLike[str]) -> int:
+    """Rebuild a lost index from the masters' provenance headers; returns how many masters were indexed."""
+    root = Path(library)
+    with library_lock(root), MasterIndex.open(root) as index:
+        return _reindex(root, index)
+
+
+def _reindex(root: Path, index: MasterIndex) -> int:
+    count = 0
+    log = structlog.get_logger()
+    for folder in (root / "masters", root / "badpixels"):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob("*.fits")):
+            try:
+                header = read_fits_header(path)
+                key = CalibrationKey.from_dict(json.loads(str(header["ASTRDKJS"])))
+            except (AstrodError, KeyError, ValueError, TypeError) as err:
+                log.warning("master_unindexable", path=str(path), reason=str(err))
+                continue
+            if key.key_id != header.get("ASTRDKEY"):
+                log.warning("master_unindexable", path=str(path), reason="key id does not match the key")
+                continue
+            size, mtime_ns = file_stamp(path)
+            sources = [str(v).removeprefix("source ") for v in header.get("HISTORY", [])
+                       if str(v).startswith("source ")]
+            info: dict[str, Any] = {
+                "sources": sources, "file_size": size, "reindexed": True,
+                "temperature_mean": header.get("CCD-TEMP"), "bayer": header.get("BAYERPAT"),
+                "bayer_offset": [int(header.get("XBAYROFF", 0)), int(header.get("YBAYROFF", 0))],
+                "method": header.get("COMBMETH"), "description": header.get("COMBDESC")}
+            record = MasterRecord(key=key, path=path, n_frames=int(header.get("NCOMBINE", 0) or 0),
+                                  low_n=bool(header.get("LOW_N", False)), source_hash=str(header.get("SRCHASH", "")),
+                                  build_hash=str(header.get("BLDHASH", "")), content_hash=file_digest(path),
+                                  created=datetime.fromtimestamp(mtime_ns / 1e9, UTC), info=info)
+            index.put(record.to_row(root))
+            count += 1
+    if count:
+        log.info("index_rebuilt", library=str(root), masters=count)
+    return count
+
+
+def describe_outcome(master: BuiltMaster) -> str:
+    """One line per master for the build summary."""
+    flag = " LOW_N" if master.low_n else ""
+    extra = f"  ({master.note})" if master.note else ""
+    return f"{master.status:<10} {master.key.describe()}  n={master.n_frames}{flag}{extra}"
+

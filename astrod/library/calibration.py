@@ -1,0 +1,187 @@
+"""Calibrating frames with the library's masters: the function the daemon calls per frame, and its file wrapper.
+
+:func:`calibrate_frame` matches a frame, prepares its masters (cached by the library) and runs the pure kernel
+:func:`astrod.core.calibrate.apply`; the input frame is never modified. :func:`calibrate_files` is ``astrod
+calibrate``: read, calibrate, write float32 FITS with provenance (masters, reasons, steps).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+from astropy.io import fits
+
+from astrod import __version__
+from astrod.core.calibrate import apply
+from astrod.errors import AstrodError, FrameRejected
+from astrod.io.fits import is_fits_name, read_fits_header, write_fits
+from astrod.io.frames import read_frame
+from astrod.io.headers import PathRule
+from astrod.library.keys import ascii_text
+from astrod.library.masters import MasterLibrary
+from astrod.library.match import MatchResult
+from astrod.model import Frame, FrameMeta
+
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CalibratedFrame:
+    """A calibrated frame (float32), the match that chose its masters, the steps applied and the header
+    cards that record them."""
+
+    data: FloatArray
+    meta: FrameMeta
+    match: MatchResult
+    steps: tuple[str, ...]
+    dark_scale: float
+    cards: tuple[tuple[str, Any, str], ...]
+
+
+def calibrate_frame(library: MasterLibrary, frame: Frame, *, match: MatchResult | None = None,
+                    cosmic: bool = False, electrons: bool = False, bad_pixels: bool = True) -> CalibratedFrame:
+    """Calibrate one frame with the masters the library matches to it (or those of ``match``).
+
+    Missing masters are left out (``match.missing`` says which); ``electrons`` multiplies by the frame's EGAIN;
+    ``cosmic`` cleans cosmic rays (L.A.Cosmic). Raises FrameRejected for a frame that cannot be calibrated.
+    """
+    meta = frame.meta
+    if frame.data.ndim != 2:
+        raise FrameRejected(f"{frame.path or 'frame'}: {frame.data.shape[0]}-plane image: only single-plane "
+                            "sensor data can be calibrated")
+    if frame.data.shape != (meta.height, meta.width):
+        meta = _with_shape(meta, frame.data.shape)
+    result = match if match is not None else library.match(meta)
+    gain = None
+    if electrons:
+        if not (meta.egain is not None and meta.egain > 0):
+            raise FrameRejected(f"{frame.path or 'frame'}: no EGAIN (e-/ADU) in the header: cannot convert to "
+                                "electrons")
+        gain = meta.egain
+    try:
+        prepared = library.prepared(result, use_badpixels=bad_pixels)
+        out = apply(prepared, frame.data, light_exposure=meta.exposure, gain=gain, cosmic=cosmic)
+    except ValueError as err:
+        raise FrameRejected(f"{frame.path or 'frame'}: cannot be calibrated: {err}") from err
+    cards: list[tuple[str, Any, str]] = []
+    for choice, card in ((result.bias, "CALBIAS"), (result.dark, "CALDARK"), (result.flat, "CALFLAT"),
+                         (result.badpixels if bad_pixels else None, "CALBPM")):
+        if choice is not None:
+            cards.append((card, choice.record.name, ""))  # long names leave no room for a comment
+    if result.dark is not None:
+        cards.append(("DARKMODE", result.dark_mode or "exact", "exact, scaled (exposure) or optimised"))
+        cards.append(("DARKSCAL", round(float(out.dark_scale), 6), "factor applied to the dark current"))
+    if result.missing:
+        cards.append(("CALMISS", "; ".join(result.missing)[:68], "required masters that were missing"))
+    if gain is not None:
+        cards.append(("BUNIT", "electron", "pixel unit"))
+    cards.append(("CALSOFT", f"astrod {__version__}", "calibrated by"))
+    for step in out.steps:
+        cards.append(("HISTORY", f"astrod: {step}", ""))
+    for choice in result.choices():
+        cards.append(("HISTORY", f"astrod: {choice.role}: {choice.reason}", ""))
+    return CalibratedFrame(data=out.data, meta=meta, match=result, steps=out.steps, dark_scale=out.dark_scale,
+                           cards=tuple(cards))
+
+
+def _with_shape(meta: FrameMeta, shape: tuple[int, ...]) -> FrameMeta:
+    return replace(meta, height=int(shape[0]), width=int(shape[1]))
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrateOutcome:
+    """What happened to one input file of :func:`calibrate_files`."""
+
+    path: Path
+    output: Path | None
+    match: MatchResult | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.match is not None and self.match.ok
+
+
+_FITS_SUFFIX = re.compile(r"\.(fits|fit|fts)(\.gz|\.fz)?$|\.fz$", re.IGNORECASE)
+
+
+def output_name(path: Path) -> str:
+    """``light_001.fits`` -> ``light_001_cal.fits`` (any FITS or raw suffix replaced)."""
+    stem = _FITS_SUFFIX.sub("", path.name)
+    if stem == path.name:
+        stem = path.stem
+    return f"{stem}_cal.fits"
+
+
+def _output_header(path: Path, frame: Frame, calibrated: CalibratedFrame) -> fits.Header:
+    header = fits.Header()
+    if is_fits_name(path):
+        try:
+            header = read_fits_header(path).copy()
+        except AstrodError:
+            header = fits.Header()
+    else:
+        meta = frame.meta
+        for key, value in (("IMAGETYP", meta.kind.value.title()), ("EXPTIME", meta.exposure),
+                           ("INSTRUME", meta.camera), ("ISOSPEED", meta.iso), ("GAIN", meta.gain),
+                           ("BAYERPAT", meta.bayer),
+                           ("DATE-OBS", None if meta.date_obs is None
+                            else meta.date_obs.strftime("%Y-%m-%dT%H:%M:%S.%f"))):
+            if value is not None:
+                header[key] = value
+    for key in ("BZERO", "BSCALE", "BLANK", "DATAMIN", "DATAMAX", "CHECKSUM", "DATASUM"):
+        header.remove(key, ignore_missing=True, remove_all=True)
+    header["CALFROM"] = (path.name[:68], "calibrated from this file")
+    for key, value, comment in calibrated.cards:
+        if key == "HISTORY":
+            header.add_history(ascii_text(str(value)))
+        else:
+            header[key] = (ascii_text(value) if isinstance(value, str) else value, ascii_text(comment))
+    return header
+
+
+def calibrate_files(paths: Sequence[Path], output_dir: str | os.PathLike[str], library: MasterLibrary, *,
+                    rename: Mapping[str, str] | None = None, rules: Iterable[PathRule] = (), cosmic: bool = False,
+                    electrons: bool = False, bad_pixels: bool = True) -> list[CalibrateOutcome]:
+    """Calibrate each file into ``output_dir`` as ``<name>_cal.fits`` (float32, provenance in the header).
+
+    Inputs are never modified. A file that cannot be read or calibrated is reported (one line) and the others
+    go on; a frame lacking a required master is calibrated with what there is, and its outcome says so.
+    """
+    log = structlog.get_logger()
+    out_dir = Path(output_dir)
+    rule_list = tuple(rules)
+    outcomes: list[CalibrateOutcome] = []
+    used: set[str] = set()
+    for path in paths:
+        try:
+            frame = read_frame(path, rename=rename, rules=rule_list)
+            calibrated = calibrate_frame(library, frame, cosmic=cosmic, electrons=electrons, bad_pixels=bad_pixels)
+        except AstrodError as err:
+            log.error("frame_failed", path=str(path), reason=str(err))
+            outcomes.append(CalibrateOutcome(path, None, None, error=str(err)))
+            continue
+        name = output_name(path)
+        n = 2
+        while name in used:
+            name = f"{output_name(path)[:-len('_cal.fits')]}_{n}_cal.fits"
+            n += 1
+        used.add(name)
+        target = out_dir / name
+        if target.resolve() == path.resolve():
+            outcomes.append(CalibrateOutcome(path, None, calibrated.match, error=f"{path}: output would overwrite "
+                                                                                  "the input"))
+            continue
+        write_fits(target, calibrated.data, _output_header(path, frame, calibrated))
+        log.info("frame_calibrated", path=str(path), output=str(target), steps=len(calibrated.steps),
+                 missing=len(calibrated.match.missing))
+        outcomes.append(CalibrateOutcome(path, target, calibrated.match))
+    return outcomes

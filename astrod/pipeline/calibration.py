@@ -1,0 +1,36 @@
+"""The one link between the pipeline and the master library: a calibrator for `LiveStack`.
+
+Everything the pipeline knows about the library is in `library_calibrator`: it matches each frame to its
+masters, calibrates it through :func:`astrod.library.calibration.calibrate_frame` and reports the masters
+used (by file name) and what was missing, for the stack's provenance header.
+"""
+
+from __future__ import annotations
+
+from astrod.errors import FrameRejected
+from astrod.library.calibration import calibrate_frame
+from astrod.library.masters import MasterLibrary
+from astrod.model import Frame
+from astrod.pipeline.live import Calibrated, Calibrator
+
+
+def library_calibrator(library: MasterLibrary, *, require_complete: bool = False,
+                       bad_pixels: bool = True) -> Calibrator:
+    """A calibrator using ``library``'s matching masters.
+
+    A frame lacking a required master is calibrated with the masters there are (the stack's history says
+    what was missing), or rejected when ``require_complete``. Raises `FrameRejected` (an `AstrodError`) for a
+    frame that cannot be calibrated; `LiveStack` turns that into a rejection with the reason.
+    """
+
+    def calibrate(frame: Frame) -> Calibrated:
+        result = calibrate_frame(library, frame, bad_pixels=bad_pixels)
+        match = result.match
+        if require_complete and match.missing:
+            raise FrameRejected(f"missing masters: {'; '.join(match.missing)}")
+        masters = tuple(choice.record.name for choice in match.choices())
+        notes = tuple(f"missing master: {m}" for m in match.missing)
+        return Calibrated(frame=Frame(meta=result.meta, data=result.data, path=frame.path), masters=masters,
+                          notes=notes)
+
+    return calibrate

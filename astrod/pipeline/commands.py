@@ -1,0 +1,126 @@
+"""The ``astrod stack`` command; :func:`register` adds it to the CLI.
+
+Exit status: 0 when the stack was written; 1 when no frame could be stacked; 2 when there is nothing to
+stack or the library cannot be used; 78 for a bad config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from astrod.config import EX_CONFIG, Config, load_config
+from astrod.errors import AstrodError, ConfigError
+from astrod.io.headers import rules_from_config
+from astrod.library.masters import MasterLibrary
+from astrod.library.progress import progress_for
+from astrod.pipeline.calibration import library_calibrator
+from astrod.pipeline.live import Calibrator, PipelineSettings, write_outputs
+from astrod.pipeline.oneshot import expand_paths, stack_files
+
+EXIT_NOTHING_STACKED = 1
+EXIT_UNUSABLE = 2
+METHODS = ("mean", "online", "sigma", "winsorized", "linear_fit")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``stack`` command to the CLI's subparsers."""
+    p = subparsers.add_parser(
+        "stack", help="stack light frames (files or folders) into one FITS through the live pipeline",
+        description="Calibrate (with --library), measure, gate, register onto the reference and stack light "
+                    "frames; write the stack (FITS float32, colour as a 3-plane cube) with its provenance, and "
+                    "optionally an auto-stretched preview and the per-frame table.")
+    p.add_argument("files", nargs="+", metavar="LIGHTS", help="light frame files or folders")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.fits", help="the stack to write")
+    p.add_argument("--library", metavar="DIR", help="calibrate with this master library's matching masters")
+    p.add_argument("--reference", metavar="FILE", help="registration reference (default: the first good frame)")
+    p.add_argument("--method", choices=METHODS, default=None,
+                   help="mean (no rejection), online (the live kappa-sigma stack), or a full re-integration "
+                        "with sigma, winsorized (default) or linear_fit clipping")
+    p.add_argument("--kappa", type=_positive_float, default=None, metavar="K",
+                   help="rejection threshold in sigma (default: the config's, 3)")
+    p.add_argument("--preview", metavar="OUT.png", help="auto-stretched preview, PNG or JPEG by suffix")
+    p.add_argument("--frames-table", metavar="OUT.csv", help="per-frame table (CSV)")
+    p.add_argument("--config", metavar="FILE", help="config file ([stack], [quality], [headers], [library])")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="scratch folder for registered frames (default: a temporary folder beside OUT)")
+    p.set_defaults(func=cmd_stack)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from err
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def settings_for(config: Config, *, method: str | None, kappa: float | None) -> PipelineSettings:
+    """The pipeline settings of ``astrod stack``: the config's, with the command's method and κ."""
+    settings = PipelineSettings.from_config(config)
+    if kappa is not None:
+        settings = replace(settings, kappa=kappa)
+    if method is None:
+        method = config.stack.final_rejection if config.stack.final_rejection != "none" else "winsorized"
+    if method == "mean":
+        return replace(settings, kappa=math.inf, final_rejection="none")
+    if method == "online":
+        return replace(settings, final_rejection="none")
+    return replace(settings, final_rejection=method)  # type: ignore[arg-type]
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return EX_CONFIG
+    settings = settings_for(config, method=args.method, kappa=args.kappa)
+    output = Path(args.output)
+    reference = Path(args.reference) if args.reference else None
+    if reference is not None and not reference.is_file():
+        print(f"error: reference {reference} is not a file", file=sys.stderr)
+        return EXIT_UNUSABLE
+    paths = expand_paths(args.files)
+    if not paths and reference is None:
+        print("error: no frame files found", file=sys.stderr)
+        return EXIT_UNUSABLE
+    library: MasterLibrary | None = None
+    calibrator: Calibrator | None = None
+    if args.library:
+        try:
+            library = MasterLibrary.open(args.library, config=config)
+        except AstrodError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_UNUSABLE
+        calibrator = library_calibrator(library)
+    cache_root = Path(args.cache_dir) if args.cache_dir else output.parent
+    try:
+        cache_root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".astrod-stack-", dir=cache_root) as cache:
+            product = stack_files(paths, settings, calibrator=calibrator, reference=reference, cache_dir=Path(cache),
+                                  rename=config.headers.rename, rules=rules_from_config(config.headers),
+                                  progress=progress_for())
+    except AstrodError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_NOTHING_STACKED
+    finally:
+        if library is not None:
+            library.close()
+    write_outputs(product, stack_path=output, preview_path=Path(args.preview) if args.preview else None,
+                  table_path=Path(args.frames_table) if args.frames_table else None)
+    stacked = int(product.header["NCOMBINE"][0])
+    rejected = int(product.header["NREJECT"][0])
+    print(f"stacked {stacked} of {stacked + rejected} frames ({product.header['STACKMTH'][0]}, "
+          f"{product.header['EXPTOTAL'][0]:g} s) -> {output}")
+    for row in product.rows:
+        if row["status"] == "rejected":
+            print(f"  rejected {Path(str(row['path'])).name}: {row['reason']}")
+    return 0

@@ -1,0 +1,792 @@
+"""The per-frame pipeline of a session: calibrate, measure, gate, register, warp, accumulate; checkpoint; finalize.
+
+One `LiveStack` per session. A frame goes through two public stages so the service layer can overlap them
+(read and prepare frame N+1 while frame N is being accumulated); each stage is single-threaded code over the
+multi-threaded kernels of `astrod.core`:
+
+``prepare(frame)``
+    calibrate (the injected calibrator), detect stars, measure quality (FWHM, eccentricity, star count,
+    background, noise), apply the gates against the session's figures as they are, register onto the
+    reference's stars. It only *reads* the session state, so it may run while ``accumulate`` runs.
+``accumulate(prepared)``
+    decides: the gates are evaluated again against the session's figures at this moment (they only depend on
+    frames accumulated before, so a pipelined run gives what a serial one gives), the first frame with enough
+    stars becomes the reference, a frame prepared before the reference existed is registered now; then
+    demosaic (colour), warp onto the reference grid, and add to the `Stacker` with its normalisation offset
+    and weight.
+
+``process(frame) = accumulate(prepare(frame))``. A bad frame never raises: it comes back ``rejected`` with a
+one-line reason. Memory stays flat with the number of frames: the stacker state, one warp buffer, and a
+list of small per-frame rows; registered frames for the final full-rejection pass go to ``cache_dir`` on
+disk.
+
+Normalisation is additive only (the frame's sky is moved onto the reference's): scaling each frame by a
+noise ratio, as siril's ``addscale`` does, also scales its star fluxes whenever the noise changes for
+another reason than transparency (a brighter sky), which biases photometry. Noisier or hazier frames are
+instead down-weighted (``weighting = "snr"``: weight ∝ (transparency / noise)², transparency being the
+median flux ratio of the stars shared with the reference).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+from astropy.io import fits
+
+from astrod import __version__
+from astrod.config import Config
+from astrod.core.debayer import debayer, effective_pattern
+from astrod.core.quality import FrameQuality, measure_quality
+from astrod.core.quality_gates import GateThresholds, SessionReference, check_gates, flux_ratio
+from astrod.core.register import ReferenceAsterisms, Registration, build_reference, find_transform, register
+from astrod.core.stack import Rejection, Stacker, Weighting, fwhm_weight, integrate_bands, snr_weight
+from astrod.core.stars import StarList, detect_stars, estimate_background
+from astrod.core.stretch import auto_stretch, downsample
+from astrod.core.warp import Interpolation, warp
+from astrod.errors import AstrodError, RegistrationError
+from astrod.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from astrod.io.fits import write_fits
+from astrod.io.previews import write_frames_table, write_preview
+from astrod.library.keys import ascii_text
+from astrod.model import Frame, FrameMeta, Transform
+
+FloatArray = npt.NDArray[np.float32]
+Model = Literal["similarity", "affine", "homography"]
+Metric = float | int | str | None
+
+TABLE_COLUMNS = ("path", "status", "reason", "dx", "dy", "rotation_deg", "scale", "residual_px", "stars", "fwhm",
+                 "eccentricity", "background", "noise", "weight")
+STAGES = ("calibrate", "detect", "register", "warp", "accumulate", "cache")
+_MODEL_POINTS = {"similarity": 2, "affine": 3, "homography": 4}
+_STATE_FORMAT = 1
+# The map from 2×2-binned (superpixel) coordinates to full-resolution ones: X = 2·x + 0.5.
+_BIN2 = np.array([[2.0, 0.0, 0.5], [0.0, 2.0, 0.5], [0.0, 0.0, 1.0]])
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    """What the per-frame pipeline needs from the configuration (``[stack]`` and ``[quality]``).
+
+    ``kappa`` is the online κσ rejection threshold (``math.inf``: plain mean); ``final_rejection`` the full
+    re-integration ``finalize`` runs from the cached registered frames (``"none"``: the live stack is final).
+    ``min_stars`` is both the fewest stars a reference frame may have and the fewest matched stars that
+    register a frame. ``final_memory_bytes`` caps one band of the final re-integration.
+    """
+
+    kappa: float = 3.0
+    weighting: Weighting = "snr"
+    transform: Model = "similarity"
+    min_stars: int = 8
+    final_rejection: Rejection = "none"
+    max_fwhm_ratio: float = 1.6
+    min_star_ratio: float = 0.4
+    max_eccentricity: float = 0.7
+    max_background_ratio: float = 2.5
+    min_frames_for_rejection: int = 5
+    max_stars: int = 300
+    detection_sigma: float = 5.0
+    match_radius_px: float = 2.0
+    interpolation: Interpolation = "linear"
+    final_memory_bytes: int = 256 * 2**20
+    preview_every_frames: int = 5
+    preview_every_seconds: float = 60.0
+
+    @classmethod
+    def from_config(cls, config: Config) -> PipelineSettings:
+        s, q = config.stack, config.quality
+        return cls(kappa=s.kappa, weighting=s.weighting, transform=s.transform,  # type: ignore[arg-type]
+                   min_stars=s.min_stars, final_rejection=s.final_rejection,  # type: ignore[arg-type]
+                   max_fwhm_ratio=q.max_fwhm_ratio, min_star_ratio=q.min_star_ratio,
+                   max_eccentricity=q.max_eccentricity, max_background_ratio=q.max_background_ratio,
+                   preview_every_frames=s.preview_every_frames, preview_every_seconds=s.preview_every_seconds)
+
+    @property
+    def thresholds(self) -> GateThresholds:
+        return GateThresholds(max_fwhm_ratio=self.max_fwhm_ratio, min_star_ratio=self.min_star_ratio,
+                              max_eccentricity=self.max_eccentricity,
+                              max_background_ratio=self.max_background_ratio)
+
+    @property
+    def min_matches(self) -> int:
+        """Matched stars needed to register: ``min_stars``, but never fewer than the model can be fitted from."""
+        return max(self.min_stars, _MODEL_POINTS[self.transform] + 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Calibrated:
+    """What a calibrator may return instead of a bare `Frame`: the frame and the masters that made it."""
+
+    frame: Frame
+    masters: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+Calibrator = Callable[[Frame], Frame | Calibrated]
+
+
+@dataclass(frozen=True, slots=True)
+class FrameResult:
+    """What happened to one frame: ``stacked`` or ``rejected`` (with a one-line ``reason``), and its figures.
+
+    ``metrics`` holds the frames-table columns (``dx dy rotation_deg scale residual_px stars fwhm eccentricity
+    background noise weight``; None where unknown) and the time of each stage in ms (``ms_<stage>``).
+    """
+
+    path: Path | None
+    status: Literal["stacked", "rejected"]
+    reason: str | None
+    metrics: Mapping[str, Metric]
+
+    def row(self) -> dict[str, object]:
+        """The frames-table row: path, status, reason and the figures, in `TABLE_COLUMNS` order."""
+        out: dict[str, object] = {"path": "" if self.path is None else str(self.path), "status": self.status,
+                                  "reason": self.reason}
+        for name in TABLE_COLUMNS[3:]:
+            out[name] = self.metrics.get(name)
+        return out
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Prepared:
+    """A frame after `LiveStack.prepare`: calibrated pixels, stars, quality, and its registration (or why it
+    failed) against the reference of the time (``reference_id``; 0: none yet). ``reason`` set: rejected for
+    good, whatever the session."""
+
+    path: Path | None
+    meta: FrameMeta
+    data: FloatArray | None
+    stars: StarList | None
+    quality: FrameQuality | None
+    registration: Registration | None
+    registration_error: str | None
+    reference_id: int
+    reason: str | None
+    masters: tuple[str, ...]
+    notes: tuple[str, ...]
+    pattern: str | None
+    small: FloatArray | None
+    timings: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StackProduct:
+    """A finished stack: float32 (H, W) or (3, H, W) in R, G, B order, NaN where no frame covered; header cards
+    (key -> (value, comment)); HISTORY lines; the frames table; the per-pixel count of frames used; and the
+    file names of the calibration masters used."""
+
+    image: FloatArray
+    header: dict[str, tuple[Any, str]]
+    rows: list[dict[str, object]]
+    history: tuple[str, ...] = ()
+    count: npt.NDArray[np.uint16] | None = None
+    masters: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Reference:
+    """The session reference: its stars (matching side precomputed), its figures and grid."""
+
+    id: int
+    path: str
+    asterisms: ReferenceAsterisms
+    flux: npt.NDArray[np.float64]
+    small: FloatArray | None
+    frame_shape: tuple[int, int]
+    stack_shape: tuple[int, ...]
+    background: float
+    noise: float
+    fwhm: float
+
+
+@dataclass(slots=True)
+class _Session:
+    """Mutable per-session bookkeeping that is not pixels (all of it goes into the checkpoint)."""
+
+    rows: list[dict[str, object]] = field(default_factory=list)
+    accepted: list[tuple[float, float, float]] = field(default_factory=list)  # fwhm, star count, background
+    cached: list[dict[str, Any]] = field(default_factory=list)  # file, offset, weight per stacked frame
+    masters: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    n_stacked: int = 0
+    n_rejected: int = 0
+    total_exposure: float = 0.0
+    first_meta: dict[str, Any] = field(default_factory=dict)
+    date_first: str | None = None
+    date_last: str | None = None
+
+
+class LiveStack:
+    """The live stack of one session; see the module docstring for the stages.
+
+    ``calibrator`` turns a raw frame into a calibrated one (or a `Calibrated`); it may raise `AstrodError`
+    for a frame it cannot calibrate. ``cache_dir`` receives the registered frames when
+    ``settings.final_rejection`` is not ``"none"`` (one float32 ``.npy`` per stacked frame).
+    """
+
+    def __init__(self, settings: PipelineSettings, *, calibrator: Calibrator | None = None,
+                 cache_dir: Path | None = None) -> None:
+        if settings.transform not in _MODEL_POINTS:
+            raise ValueError(f"unknown registration model {settings.transform!r}")
+        self.settings = settings
+        self._calibrator = calibrator
+        self._cache_dir = None if cache_dir is None else Path(cache_dir)
+        self._stacker: Stacker | None = None
+        self._ref: _Reference | None = None
+        self._session = _Session()
+        self._warp_buffer: FloatArray | None = None
+        self._extra: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------------------- figures
+
+    @property
+    def n_stacked(self) -> int:
+        return self._session.n_stacked
+
+    @property
+    def n_rejected(self) -> int:
+        return self._session.n_rejected
+
+    @property
+    def total_exposure(self) -> float:
+        """Seconds of exposure stacked so far (frames without EXPTIME count 0)."""
+        return self._session.total_exposure
+
+    @property
+    def shape(self) -> tuple[int, ...] | None:
+        """(H, W) or (3, H, W) of the stack; None before the reference frame."""
+        return None if self._ref is None else self._ref.stack_shape
+
+    @property
+    def rows(self) -> list[dict[str, object]]:
+        """The frames table so far (a copy)."""
+        return [dict(r) for r in self._session.rows]
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """The ``extra`` dict of the checkpoint this stack was loaded from (empty otherwise)."""
+        return dict(self._extra)
+
+    @property
+    def reference_path(self) -> str | None:
+        return None if self._ref is None else self._ref.path
+
+    def session_reference(self) -> SessionReference:
+        """The figures the next frame's gates compare with."""
+        acc = self._session.accepted
+        return SessionReference.from_accepted([a[0] for a in acc], [a[1] for a in acc], [a[2] for a in acc])
+
+    # ------------------------------------------------------------------------------------------- stages
+
+    def process(self, frame: Frame) -> FrameResult:
+        """``accumulate(prepare(frame))``."""
+        return self.accumulate(self.prepare(frame))
+
+    def prepare(self, frame: Frame) -> Prepared:
+        """Calibrate, detect, measure, gate and register one frame; reads the session state, never changes it."""
+        timings: dict[str, float] = {}
+        ref = self._ref
+        ref_id = 0 if ref is None else ref.id
+        meta = frame.meta
+        masters: tuple[str, ...] = ()
+        notes: tuple[str, ...] = ()
+
+        def early(reason: str, **kw: Any) -> Prepared:
+            base: dict[str, Any] = {"data": None, "stars": None, "quality": None, "registration": None,
+                                    "registration_error": None, "pattern": None, "small": None}
+            base.update(kw)
+            return Prepared(path=frame.path, meta=meta, reference_id=ref_id, reason=reason, masters=masters,
+                            notes=notes, timings=timings, **base)
+
+        t0 = time.perf_counter()
+        if self._calibrator is not None:
+            try:
+                out = self._calibrator(frame)
+            except AstrodError as err:
+                timings["calibrate"] = _ms(t0)
+                return early(f"calibration failed: {_one_line(err)}")
+            if isinstance(out, Calibrated):
+                masters, notes = out.masters, out.notes
+                out = out.frame
+            meta = out.meta
+            data = np.asarray(out.data, dtype=np.float32)
+        else:
+            data = np.asarray(frame.data, dtype=np.float32)
+        timings["calibrate"] = _ms(t0)
+
+        if data.ndim not in (2, 3) or data.shape[-1] < 16 or data.shape[-2] < 16:
+            return early(f"unsupported image shape {data.shape}")
+        t0 = time.perf_counter()
+        pattern = None
+        if data.ndim == 2 and meta.bayer is not None:
+            try:
+                pattern = effective_pattern(meta.bayer, meta.bayer_offset)
+            except ValueError as err:
+                return early(f"cannot demosaic: {err}")
+        stars = detect_stars(data, bayer=pattern, max_stars=self.settings.max_stars,
+                             threshold_sigma=self.settings.detection_sigma)
+        h, w = data.shape[-2:]
+        box = int(min(256, max(32, min(h, w) // 8)))
+        background = estimate_background(data, box=box, bayer=pattern)
+        quality = measure_quality(data, stars, background, bayer=pattern)
+        timings["detect"] = _ms(t0)
+
+        small = None
+        if ref is None or len(stars) < 2 * self.settings.min_matches:
+            # the reference's copy for the phase-correlation fallback, or this star-poor frame's own
+            small = _luminance_bin2(data)
+        registration = None
+        registration_error = None
+        reason = "no stars detected" if quality.star_count == 0 or len(stars) == 0 else None
+        if reason is None and ref is not None and not self._gate_reasons(quality):
+            t0 = time.perf_counter()
+            try:
+                registration = self._register(stars, small, ref)
+            except RegistrationError as err:
+                registration_error = _one_line(err)
+            timings["register"] = _ms(t0)
+        return Prepared(path=frame.path, meta=meta, data=data, stars=stars, quality=quality,
+                        registration=registration, registration_error=registration_error, reference_id=ref_id,
+                        reason=reason, masters=masters, notes=notes, pattern=pattern, small=small, timings=timings)
+
+    def accumulate(self, prepared: Prepared) -> FrameResult:
+        """Decide on a prepared frame (gates, reference, registration) and add it to the stack."""
+        timings = dict(prepared.timings)
+        metrics: dict[str, Metric] = {name: None for name in TABLE_COLUMNS[3:]}
+        q = prepared.quality
+        if q is not None:
+            metrics.update(stars=q.star_count, fwhm=_num(q.fwhm), eccentricity=_num(q.eccentricity),
+                           background=_num(q.background), noise=_num(q.noise))
+        reason = prepared.reason
+        reg: Registration | None = None
+        data, stars, ref = prepared.data, prepared.stars, self._ref
+        if reason is None:
+            assert q is not None and stars is not None and data is not None
+            if ref is None:
+                if len(stars) < self.settings.min_matches:
+                    reason = f"{len(stars)} stars measured, a reference frame needs {self.settings.min_matches}"
+                else:
+                    self._set_reference(prepared)
+                    reg = Registration(transform=Transform.identity(), matched=len(stars), residual_px=0.0,
+                                       method="stars")
+            elif _planes(prepared) != (ref.stack_shape[0] if len(ref.stack_shape) == 3 else 1):
+                reason = (f"{_planes(prepared)}-plane frame in a session of "
+                          f"{ref.stack_shape[0] if len(ref.stack_shape) == 3 else 1}-plane frames")
+            else:
+                gates = self._gate_reasons(q)
+                if gates:
+                    reason = "; ".join(gates)
+                elif prepared.reference_id == ref.id:
+                    reg, reason = prepared.registration, prepared.registration_error
+                if reason is None and reg is None:
+                    t0 = time.perf_counter()
+                    try:
+                        reg = self._register(stars, prepared.small, ref)
+                    except RegistrationError as err:
+                        reason = _one_line(err)
+                    timings["register"] = timings.get("register", 0.0) + _ms(t0)
+        if reg is not None:
+            t = reg.transform
+            metrics.update(dx=t.dx, dy=t.dy, rotation_deg=t.rotation_deg, scale=t.scale,
+                           residual_px=_num(reg.residual_px))
+        if reason is not None or data is None or reg is None:
+            return self._record(prepared, "rejected", reason or "not registered", metrics, timings)
+        assert self._ref is not None and self._stacker is not None and q is not None
+
+        t0 = time.perf_counter()
+        pixels = debayer(data, pattern=prepared.pattern) if prepared.pattern is not None else data
+        buffer = self._buffer()
+        warp(pixels, reg.transform, shape=self._ref.frame_shape, interpolation=self.settings.interpolation,
+             out=buffer)
+        del pixels
+        timings["warp"] = _ms(t0)
+
+        weight = self._weight(q, prepared.stars, reg)
+        offset = self._ref.background - q.background
+        t0 = time.perf_counter()
+        self._stacker.add(buffer, weight if self._stacker.weighting != "none" else 1.0, norm=(offset, 1.0))
+        timings["accumulate"] = _ms(t0)
+        metrics["weight"] = weight if self._stacker.weighting != "none" else 1.0
+        if self._caching:
+            t0 = time.perf_counter()
+            name = self._cache_frame(buffer)
+            self._session.cached.append({"file": name, "offset": offset, "weight": metrics["weight"]})
+            timings["cache"] = _ms(t0)
+        self._session.accepted.append((q.fwhm, float(q.star_count), q.background))
+        return self._record(prepared, "stacked", None, metrics, timings)
+
+    def reject(self, path: Path | None, reason: str) -> FrameResult:
+        """Record a frame that never reached `prepare` (unreadable, not a light) in the frames table."""
+        metrics: dict[str, Metric] = {name: None for name in TABLE_COLUMNS[3:]}
+        result = FrameResult(path=path, status="rejected", reason=reason, metrics=metrics)
+        self._session.rows.append(result.row())
+        self._session.n_rejected += 1
+        return result
+
+    def note_rejected(self, path: Path | None, reason: str) -> FrameResult:
+        """The same as `reject` (the name the service layer uses)."""
+        return self.reject(path, reason)
+
+    # ------------------------------------------------------------------------------------------- helpers
+
+    def _gate_reasons(self, quality: FrameQuality) -> tuple[str, ...]:
+        if not self._session.accepted:
+            return ()
+        return check_gates(quality, self.session_reference(), self.settings.thresholds)
+
+    def _register(self, stars: StarList, small: FloatArray | None, ref: _Reference) -> Registration:
+        s = self.settings
+        try:
+            return find_transform(stars, ref.asterisms, model=s.transform, min_matches=s.min_matches,
+                                  match_radius_px=s.match_radius_px)
+        except RegistrationError:
+            if small is None or ref.small is None or small.shape != ref.small.shape \
+                    or len(stars) >= 2 * s.min_matches:
+                raise
+        # Phase correlation of the 2×2-binned frames; the stars the frame has polish the shift.
+        to_half = np.linalg.inv(_BIN2)
+        src = Transform.from_array(to_half).apply(stars.xy) if len(stars) else np.empty((0, 2))
+        ref_half = Transform.from_array(to_half).apply(ref.asterisms.xy)
+        half = register(src, ref_half, image=small, reference_image=ref.small, model=s.transform,
+                        min_matches=s.min_matches, match_radius_px=max(1.0, s.match_radius_px / 2), downsample=2)
+        full = _BIN2 @ half.transform.as_array() @ to_half
+        return replace(half, transform=Transform.from_array(full),
+                       residual_px=half.residual_px * 2 if math.isfinite(half.residual_px) else math.nan)
+
+    def _set_reference(self, prepared: Prepared) -> None:
+        assert prepared.stars is not None and prepared.data is not None and prepared.quality is not None
+        data = prepared.data
+        frame_shape = (int(data.shape[-2]), int(data.shape[-1]))
+        if prepared.pattern is not None:
+            stack_shape: tuple[int, ...] = (3, *frame_shape)
+        else:
+            stack_shape = tuple(int(n) for n in data.shape)
+        asterisms = build_reference(prepared.stars, max_stars=self.settings.max_stars)
+        flux = np.array(prepared.stars.flux[: len(asterisms)], dtype=np.float64)
+        small = prepared.small if prepared.small is not None else _luminance_bin2(data)
+        q = prepared.quality
+        self._ref = _Reference(id=1, path="" if prepared.path is None else str(prepared.path), asterisms=asterisms,
+                               flux=flux, small=small, frame_shape=frame_shape, stack_shape=stack_shape,
+                               background=q.background, noise=q.noise, fwhm=q.fwhm)
+        self._stacker = Stacker(stack_shape, kappa=self.settings.kappa,
+                                min_frames_for_rejection=self.settings.min_frames_for_rejection,
+                                weighting=self.settings.weighting)
+        if self._caching:
+            assert self._cache_dir is not None
+            self._cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def _weight(self, q: FrameQuality, stars: StarList | None, reg: Registration) -> float:
+        ref = self._ref
+        assert ref is not None
+        try:
+            if self.settings.weighting == "snr":
+                ratio = math.nan
+                if stars is not None and len(stars):
+                    ratio = flux_ratio(stars.xy, stars.flux, reg.transform, ref.asterisms.xy, ref.flux,
+                                       radius=self.settings.match_radius_px)
+                if not math.isfinite(ratio):
+                    ratio = 1.0
+                return snr_weight(signal=ratio, noise=q.noise, ref_signal=1.0, ref_noise=ref.noise)
+            if self.settings.weighting == "fwhm":
+                return fwhm_weight(fwhm=q.fwhm, ref_fwhm=ref.fwhm)
+        except ValueError:
+            return 1.0  # a figure could not be measured: the frame counts as an average one
+        return 1.0
+
+    @property
+    def _caching(self) -> bool:
+        return self._cache_dir is not None and self.settings.final_rejection != "none"
+
+    def _buffer(self) -> FloatArray:
+        assert self._ref is not None
+        if self._warp_buffer is None:
+            self._warp_buffer = np.empty(self._ref.stack_shape, dtype=np.float32)
+        return self._warp_buffer
+
+    def _cache_frame(self, pixels: FloatArray) -> str:
+        assert self._cache_dir is not None
+        name = f"frame_{len(self._session.cached):06d}.npy"
+        target = self._cache_dir / name
+        tmp = self._cache_dir / f".{name}.tmp"
+        # A scratch copy for the final pass: renamed into place, but not fsynced (the checkpoint is what counts).
+        with tmp.open("wb") as handle:
+            np.save(handle, pixels, allow_pickle=False)
+        os.replace(tmp, target)
+        return name
+
+    def _record(self, prepared: Prepared, status: Literal["stacked", "rejected"], reason: str | None,
+                metrics: dict[str, Metric], timings: Mapping[str, float]) -> FrameResult:
+        for stage, ms in timings.items():
+            metrics[f"ms_{stage}"] = round(ms, 3)
+        result = FrameResult(path=prepared.path, status=status, reason=reason, metrics=metrics)
+        s = self._session
+        s.rows.append(result.row())
+        if status == "stacked":
+            s.n_stacked += 1
+            meta = prepared.meta
+            s.total_exposure += float(meta.exposure or 0.0)
+            for name in prepared.masters:
+                if name not in s.masters:
+                    s.masters.append(name)
+            for note in prepared.notes:
+                if note not in s.notes:
+                    s.notes.append(note)
+            if not s.first_meta:
+                s.first_meta = {k: getattr(meta, k) for k in ("object", "filter", "camera", "gain", "offset",
+                                                              "set_temperature", "exposure")}
+                s.first_meta["binning"] = list(meta.binning)
+            if meta.date_obs is not None:
+                stamp = meta.date_obs.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+                s.date_first = stamp if s.date_first is None else min(s.date_first, stamp)
+                s.date_last = stamp if s.date_last is None else max(s.date_last, stamp)
+        else:
+            s.n_rejected += 1
+        return result
+
+    # ------------------------------------------------------------------------------------------- outputs
+
+    def preview(self, *, max_size: int = 1600) -> tuple[FloatArray, npt.NDArray[np.uint8]]:
+        """The current stack reduced so its longer side is at most ``max_size`` px: linear float32, and
+        auto-stretched uint8 ((H, W) grey or (H, W, 3) RGB)."""
+        if self._stacker is None or self._ref is None:
+            raise AstrodError("no frame has been stacked yet: there is no preview")
+        mean = self._stacker.state()["mean"]
+        h, w = self._ref.frame_shape
+        factor = max(1, math.ceil(max(h, w) / max(1, max_size)))
+        small = downsample(np.asarray(mean, dtype=np.float32), factor)
+        return small, auto_stretch(small, downsample_factor=1)
+
+    def finalize(self) -> StackProduct:
+        """The stack with its provenance: the live stack, or the full re-integration of the cached frames."""
+        if self._stacker is None or self._ref is None or self._session.n_stacked == 0:
+            raise AstrodError("no frame was stacked: nothing to finalize")
+        s = self._session
+        history: list[str] = []
+        method = "mean" if not math.isfinite(self.settings.kappa) else "online-sigma"
+        result = None
+        if self.settings.final_rejection != "none":
+            if self._caching and len(s.cached) == s.n_stacked and self._cache_complete():
+                result = self._reintegrate()
+                method = self.settings.final_rejection
+            else:
+                history.append(f"astrod: {self.settings.final_rejection} re-integration impossible (registered "
+                               "frames not cached): the live online-sigma stack is given")
+        if result is None:
+            result = self._stacker.finalize()
+        header = self._header(method)
+        for name in s.masters:
+            history.append(f"astrod: master {name}")
+        for note in s.notes:
+            history.append(f"astrod: {note}")
+        return StackProduct(image=result.image, header=header, rows=self.rows, history=tuple(history),
+                            count=result.count, masters=tuple(s.masters))
+
+    def _cache_complete(self) -> bool:
+        assert self._cache_dir is not None
+        return all((self._cache_dir / str(c["file"])).is_file() for c in self._session.cached)
+
+    def _reintegrate(self) -> Any:
+        assert self._cache_dir is not None and self._ref is not None
+        files = [self._cache_dir / str(c["file"]) for c in self._session.cached]
+        shape = self._ref.stack_shape
+
+        def read_band(row0: int, row1: int) -> FloatArray:
+            band = np.empty((len(files), *shape[:-2], row1 - row0, shape[-1]), dtype=np.float32)
+            for i, path in enumerate(files):
+                cached = np.load(path, mmap_mode="r", allow_pickle=False)
+                band[i] = cached[..., row0:row1, :]
+                del cached
+            return band
+
+        weights = [float(c["weight"]) for c in self._session.cached]
+        norms = [(float(c["offset"]), 1.0) for c in self._session.cached]
+        return integrate_bands(read_band, len(files), shape, method=self.settings.final_rejection,
+                               kappa_low=self.settings.kappa if math.isfinite(self.settings.kappa) else 3.0,
+                               kappa_high=self.settings.kappa if math.isfinite(self.settings.kappa) else 3.0,
+                               weights=weights if self.settings.weighting != "none" else None, norms=norms,
+                               memory_cap_bytes=self.settings.final_memory_bytes)
+
+    def _header(self, method: str) -> dict[str, tuple[Any, str]]:
+        assert self._ref is not None
+        s, st = self._session, self.settings
+        kappa = st.kappa if math.isfinite(st.kappa) else 0.0
+        cards: dict[str, tuple[Any, str]] = {
+            "NCOMBINE": (s.n_stacked, "frames combined"),
+            "EXPTIME": (round(s.total_exposure, 3), "total exposure of the combined frames, s"),
+            "EXPTOTAL": (round(s.total_exposure, 3), "total exposure of the combined frames, s"),
+            "STACKMTH": (method, "combination: mean, online-sigma or final rejection"),
+            "KAPPA": (kappa, "rejection threshold, sigma (0: none)"),
+            "NREJECT": (s.n_rejected, "frames rejected (see the frames table)"),
+            "NFRAMES": (s.n_stacked + s.n_rejected, "frames offered to the stack"),
+            "WEIGHTNG": (st.weighting, "frame weights"),
+            "REGMODEL": (st.transform, "registration model"),
+            "INTERP": (st.interpolation, "warp interpolation"),
+            "NORMALIS": ("additive", "background normalisation onto the reference"),
+            "REFFRAME": (Path(self._ref.path).name[:68], "registration reference"),
+            "NMASTERS": (len(s.masters), "calibration masters used"),
+            "CREATOR": (f"astrod {__version__}", "software that made this stack"),
+            "DATE": (datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"), "file written, UTC"),
+        }
+        if len(self._ref.stack_shape) == 3 and self._ref.stack_shape[0] == 3:
+            cards["PLANES"] = ("R,G,B", "colour planes, in order")
+        meta = s.first_meta
+        for key, name, comment in (("OBJECT", "object", "target"), ("FILTER", "filter", "filter"),
+                                   ("INSTRUME", "camera", "camera"), ("GAIN", "gain", "camera gain setting"),
+                                   ("OFFSET", "offset", "camera offset setting"),
+                                   ("SET-TEMP", "set_temperature", "sensor set temperature, C")):
+            value = meta.get(name)
+            if value is not None:
+                cards[key] = (value if not isinstance(value, str) else value[:68], comment)
+        if s.date_first is not None:
+            cards["DATE-OBS"] = (s.date_first, "start of the first frame, UTC")
+            cards["DATE-END"] = (s.date_last, "start of the last frame, UTC")
+        return cards
+
+    # ------------------------------------------------------------------------------------------- state
+
+    def save(self, path: Path, *, extra: Mapping[str, Any] | None = None) -> None:
+        """Write the whole session state to ``path`` atomically (see `load`)."""
+        arrays: dict[str, npt.NDArray[Any]] = {}
+        ref_meta: dict[str, Any] | None = None
+        if self._stacker is not None and self._ref is not None:
+            for key, value in self._stacker.state().items():
+                arrays[f"stacker_{key}"] = value
+            ref = self._ref
+            arrays["ref_xy"] = ref.asterisms.xy
+            arrays["ref_flux"] = ref.flux
+            if ref.small is not None:
+                arrays["ref_small"] = ref.small
+            ref_meta = {"id": ref.id, "path": ref.path, "frame_shape": list(ref.frame_shape),
+                        "stack_shape": list(ref.stack_shape), "background": ref.background, "noise": ref.noise,
+                        "fwhm": ref.fwhm}
+        s = self._session
+        arrays["accepted"] = np.array(s.accepted, dtype=np.float64).reshape(-1, 3)
+        meta = {"format": _STATE_FORMAT, "astrod": __version__, "settings": _jsonable(self.settings.as_dict()),
+                "reference": ref_meta, "rows": _jsonable(s.rows), "cached": _jsonable(s.cached),
+                "masters": s.masters, "notes": s.notes, "n_stacked": s.n_stacked, "n_rejected": s.n_rejected,
+                "total_exposure": s.total_exposure, "first_meta": _jsonable(s.first_meta),
+                "date_first": s.date_first, "date_last": s.date_last,
+                "extra": _jsonable(dict(extra) if extra is not None else {})}
+        save_checkpoint(path, arrays, meta)
+
+    @classmethod
+    def load(cls, path: Path, settings: PipelineSettings, *, calibrator: Calibrator | None = None,
+             cache_dir: Path | None = None) -> LiveStack:
+        """A stack restored from `save`: adding the same frames next gives what an uninterrupted run gives
+        (bit for bit), given the same ``settings``."""
+        arrays, meta = load_checkpoint(path)
+        if meta.get("format") != _STATE_FORMAT:
+            raise CheckpointError(f"{path}: live-stack state format {meta.get('format')} is not {_STATE_FORMAT}")
+        stack = cls(settings, calibrator=calibrator, cache_dir=cache_dir)
+        try:
+            ref_meta = meta["reference"]
+            if ref_meta is not None:
+                state = {k[len("stacker_"):]: v for k, v in arrays.items() if k.startswith("stacker_")}
+                stack._stacker = Stacker.from_state(state, copy=False)
+                xy = arrays["ref_xy"]
+                stack._ref = _Reference(
+                    id=int(ref_meta["id"]), path=str(ref_meta["path"]),
+                    asterisms=build_reference(xy, max_stars=max(1, xy.shape[0])), flux=arrays["ref_flux"],
+                    small=arrays.get("ref_small"), frame_shape=_shape2(ref_meta["frame_shape"]),
+                    stack_shape=tuple(int(n) for n in ref_meta["stack_shape"]),
+                    background=float(ref_meta["background"]), noise=float(ref_meta["noise"]),
+                    fwhm=float(ref_meta["fwhm"]))
+            s = stack._session
+            s.rows = list(meta["rows"])
+            s.accepted = [(float(a), float(b), float(c)) for a, b, c in arrays["accepted"].tolist()]
+            s.cached = list(meta["cached"])
+            s.masters = list(meta["masters"])
+            s.notes = list(meta["notes"])
+            s.n_stacked = int(meta["n_stacked"])
+            s.n_rejected = int(meta["n_rejected"])
+            s.total_exposure = float(meta["total_exposure"])
+            s.first_meta = dict(meta["first_meta"])
+            s.date_first, s.date_last = meta["date_first"], meta["date_last"]
+            stack._extra = dict(meta["extra"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: incomplete live-stack state: {err}") from err
+        return stack
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+
+def product_header(product: StackProduct) -> fits.Header:
+    """The FITS header of a stack: its cards, then its HISTORY lines."""
+    header = fits.Header()
+    for key, (value, comment) in product.header.items():
+        header[key] = (ascii_text(value) if isinstance(value, str) else value, ascii_text(comment))
+    for line in product.history:
+        header.add_history(ascii_text(line))
+    return header
+
+
+def write_outputs(product: StackProduct, *, stack_path: Path, preview_path: Path | None = None,
+                  table_path: Path | None = None, preview_max_size: int = 1600) -> None:
+    """Write the stack (FITS float32, colour as a 3-plane cube), its auto-stretched preview (PNG or JPEG by
+    suffix, the longer side at most ``preview_max_size`` px) and the frames table (CSV); every write atomic."""
+    write_fits(stack_path, np.asarray(product.image, dtype=np.float32), product_header(product))
+    if preview_path is not None:
+        h, w = product.image.shape[-2:]
+        factor = max(1, math.ceil(max(h, w) / max(1, preview_max_size)))
+        write_preview(preview_path, auto_stretch(product.image, downsample_factor=factor))
+    if table_path is not None:
+        write_frames_table(table_path, product.rows, TABLE_COLUMNS)
+
+
+# ------------------------------------------------------------------------------------------------ functions
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _num(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def _shape2(values: Sequence[Any]) -> tuple[int, int]:
+    return int(values[0]), int(values[1])
+
+
+def _planes(prepared: Prepared) -> int:
+    """Planes the frame will have on the reference grid: 3 for a CFA frame (demosaiced), else its own."""
+    if prepared.pattern is not None:
+        return 3
+    return 1 if prepared.data is None or prepared.data.ndim == 2 else int(prepared.data.shape[0])
+
+
+def _luminance_bin2(data: FloatArray) -> FloatArray:
+    """2×2 block mean of the (plane-averaged) image: the superpixel luminance for a CFA frame."""
+    lum: FloatArray = data if data.ndim == 2 else np.asarray(np.mean(data, axis=0, dtype=np.float32))
+    h, w = lum.shape[0] // 2 * 2, lum.shape[1] // 2 * 2
+    return np.asarray(cv2.resize(lum[:h, :w], (w // 2, h // 2), interpolation=cv2.INTER_AREA), dtype=np.float32)
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types (numpy scalars and paths converted; floats kept exactly)."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -1,0 +1,93 @@
+"""One-shot stacking of files through the live pipeline (``astrod stack``): read, process, finalize."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+import structlog
+
+from astrod.errors import AstrodError
+from astrod.io.frames import is_frame_name, read_frame
+from astrod.io.headers import PathRule
+from astrod.library.progress import NoProgress, Progress
+from astrod.pipeline.live import Calibrator, FrameResult, LiveStack, PipelineSettings, StackProduct
+
+
+def expand_paths(names: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given, folders replaced by the frame files under them (recursively, sorted by path)."""
+    out: list[Path] = []
+    for name in names:
+        p = Path(name)
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_frame_name(f)
+                              and not f.name.startswith(".")))
+        else:
+            out.append(p)
+    return out
+
+
+def order_frames(paths: Sequence[Path], reference: Path | None) -> list[Path]:
+    """``paths`` without duplicates, the ``reference`` first (added when it is not among them)."""
+    seen: set[Path] = set()
+    ordered: list[Path] = []
+    for p in ([reference] if reference is not None else []) + list(paths):
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            ordered.append(p)
+    return ordered
+
+
+def stack_files(paths: Sequence[Path], settings: PipelineSettings, *, calibrator: Calibrator | None = None,
+                reference: Path | None = None, cache_dir: Path | None = None,
+                rename: Mapping[str, str] | None = None, rules: Iterable[PathRule] = (),
+                progress: Progress | None = None,
+                on_result: Callable[[FrameResult], None] | None = None) -> StackProduct:
+    """Stack light frames, the ``reference`` (if given) first, the others in the order given.
+
+    Unreadable files and calibration frames are rejected with their reason in the frames table. With
+    ``settings.final_rejection`` other than ``"none"`` the registered frames are cached in ``cache_dir``
+    (default: a temporary folder, removed afterwards). Raises `AstrodError` when no frame could be stacked.
+    """
+    log = structlog.get_logger()
+    ordered = order_frames(paths, reference)
+    bar = progress if progress is not None else NoProgress()
+    rule_list = tuple(rules)
+    with contextlib.ExitStack() as cleanup:
+        cache = cache_dir
+        if cache is None and settings.final_rejection != "none":
+            cache = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="astrod-stack-")))
+        stack = LiveStack(settings, calibrator=calibrator, cache_dir=cache)
+        bar.start("stack", len(ordered))
+        for path in ordered:
+            t0 = time.perf_counter()
+            try:
+                frame = read_frame(path, rename=rename, rules=rule_list)
+            except AstrodError as err:
+                result = stack.reject(path, " ".join(str(err).split()))
+            else:
+                read_ms = (time.perf_counter() - t0) * 1e3
+                if frame.meta.kind.is_calibration:
+                    result = stack.reject(path, f"a {frame.meta.kind.value} frame, not a light")
+                else:
+                    result = stack.process(frame)
+                del frame
+                log.debug("frame_read", path=str(path), ms=round(read_ms, 1))
+            if result.status == "stacked":
+                log.info("frame_stacked", path=str(path), fwhm=result.metrics.get("fwhm"),
+                         weight=result.metrics.get("weight"))
+            else:
+                log.info("frame_rejected", path=str(path), reason=result.reason)
+            if on_result is not None:
+                on_result(result)
+            bar.advance(path.name)
+        bar.finish()
+        product = stack.finalize()
+    log.info("stack_finished", stacked=stack.n_stacked, rejected=stack.n_rejected,
+             exposure=round(stack.total_exposure, 1))
+    return product

@@ -1,0 +1,96 @@
+"""Which session a light belongs to: same target, filter, camera settings and night.
+
+Pure decisions on metadata; the service layer owns the sessions themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+
+from astrod.library.keys import night_of
+from astrod.model import FrameMeta
+
+UNKNOWN_OBJECTS = frozenset({"", "unknown", "none", "null", "-"})
+
+
+@dataclass(frozen=True, slots=True)
+class SessionKey:
+    """Lights with equal keys are stacked together."""
+
+    night: date
+    target: str
+    filter: str | None
+    camera: str | None
+    gain: float | None
+    offset: float | None
+    binning: tuple[int, int]
+    width: int
+    height: int
+    bayer: str | None
+
+    def settings_tag(self) -> str:
+        """A short stable tag of the camera settings (tells apart sessions of one target and filter)."""
+        text = repr((self.camera, self.gain, self.offset, self.binning, self.width, self.height, self.bayer))
+        return hashlib.blake2b(text.encode(), digest_size=3).hexdigest()
+
+    def as_dict(self) -> dict[str, object]:
+        return {"night": self.night.isoformat(), "target": self.target, "filter": self.filter,
+                "camera": self.camera, "gain": self.gain, "offset": self.offset, "binning": list(self.binning),
+                "width": self.width, "height": self.height, "bayer": self.bayer}
+
+
+@dataclass(frozen=True, slots=True)
+class Pointing:
+    target: str
+    ra: float
+    dec: float
+
+
+def angular_distance_deg(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
+    """Great-circle distance (haversine, stable for small angles), degrees."""
+    r1, d1, r2, d2 = map(math.radians, (ra1, dec1, ra2, dec2))
+    h = math.sin((d2 - d1) / 2) ** 2 + math.cos(d1) * math.cos(d2) * math.sin((r2 - r1) / 2) ** 2
+    return math.degrees(2 * math.asin(min(1.0, math.sqrt(h))))
+
+
+def pointing_name(ra: float, dec: float) -> str:
+    """A target name for a frame without OBJECT: its pointing, e.g. 'RA 05h35m Dec -05°23''."""
+    ra_h = (ra % 360.0) / 15.0
+    sign = "-" if dec < 0 else "+"
+    d = abs(dec)
+    return f"RA {int(ra_h):02d}h{int(ra_h * 60) % 60:02d}m Dec {sign}{int(d):02d}°{int(d * 60) % 60:02d}'"
+
+
+def target_of(meta: FrameMeta, *, pointings: Iterable[Pointing], radius_arcmin: float) -> str | None:
+    """OBJECT when it names something; otherwise the open session pointing within ``radius_arcmin``, or a
+    name made from the pointing. None when the frame has neither OBJECT nor RA/Dec."""
+    name = (meta.object or "").strip()
+    if name.lower() not in UNKNOWN_OBJECTS:
+        return name
+    if meta.ra is None or meta.dec is None:
+        return None
+    best: tuple[float, str] | None = None
+    for p in pointings:
+        dist = angular_distance_deg(meta.ra, meta.dec, p.ra, p.dec) * 60.0
+        if dist <= radius_arcmin and (best is None or dist < best[0]):
+            best = (dist, p.target)
+    return best[1] if best is not None else pointing_name(meta.ra, meta.dec)
+
+
+def session_key(meta: FrameMeta, *, target: str, longitude: float | None) -> SessionKey:
+    if meta.date_obs is None:
+        raise ValueError("a light without DATE-OBS has no night")
+    return SessionKey(night=night_of(meta.date_obs, longitude=longitude), target=target, filter=meta.filter,
+                      camera=meta.camera, gain=meta.gain, offset=meta.offset, binning=meta.binning,
+                      width=meta.width, height=meta.height, bayer=meta.bayer if meta.planes == 1 else None)
+
+
+def slug(text: str) -> str:
+    """A file-system-safe name: 'NGC 7000 / North America' -> 'NGC_7000_North_America'."""
+    cleaned = re.sub(r"[^A-Za-z0-9+.\-]+", "_", text).strip("_.")
+    return cleaned or "unnamed"
