@@ -179,7 +179,7 @@ def cmd_session_close(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from astrod.demo import run_demo
 
-    return run_demo(workdir=Path(args.workdir) if args.workdir else None, keep=args.keep)
+    return run_demo(workdir=Path(args.workdir) if args.workdir else None, keep=args.keep, interval=args.interval)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the built-in demo on synthetic frames")
     p.add_argument("--workdir", help="folder for the demo observatory (default: a new temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between lights (default 1)")
     p.set_defaults(func=cmd_demo)
     from astrod.library.commands import register as register_library
     register_library(sub)

@@ -13,9 +13,10 @@ The reference side (`ReferenceAsterisms`) is built once per session, so matching
 milliseconds. Everything is deterministic: the only random draw (which hypotheses to try when there are
 more than ``max_trials``) comes from ``seed``.
 
-Phase correlation is the fallback for frames with too few stars: `cv2.phaseCorrelate` on downsampled,
+Phase correlation is the fallback for frames with too few stars: FFT phase correlation of downsampled,
 hot-pixel-filtered, high-passed frames, optionally also against the frame turned by 180°, refined at
-full resolution on a central crop. It finds a translation (or translation + 180°) only.
+full resolution on a central crop. It finds a translation (or translation + 180°) only; a peak no higher
+than noise could make is an error, not a result.
 """
 
 from __future__ import annotations
@@ -158,13 +159,15 @@ def phase_correlate(
     *,
     downsample: int = 4,
     try_flip: bool = True,
-    min_peak: float = 0.1,
+    min_significance: float = 3.0,
     refine_size: int = 1024,
 ) -> Registration:
     """Translation (and, with ``try_flip``, possibly a 180° turn) mapping ``image`` onto the reference.
 
     Correlates ``downsample``-times reduced copies, then refines at full resolution on a central crop of
-    at most ``refine_size`` px. Raises `RegistrationError` when the correlation peak is below ``min_peak``.
+    at most ``refine_size`` px. The correlation peak must stand ``min_significance`` σ of the correlation
+    surface above the highest peak that noise alone would give (√(2 ln N) σ over N pixels), else
+    `RegistrationError` is raised.
     """
     if image.shape != reference_image.shape or image.ndim != 2:
         raise ValueError(f"phase correlation needs two (H, W) images of one shape, got {image.shape} "
@@ -172,18 +175,19 @@ def phase_correlate(
     d = max(1, int(downsample))
     h, w = image.shape
     ref_small = _phase_image(reference_image, d)
-    window = cv2.createHanningWindow((ref_small.shape[1], ref_small.shape[0]), cv2.CV_32F)
     candidates = [False, True] if try_flip else [False]
-    best: tuple[float, float, float, bool] | None = None
+    best: tuple[float, float, float, float, bool] | None = None
     for flipped in candidates:
         src = image[::-1, ::-1] if flipped else image
-        (sx, sy), peak = cv2.phaseCorrelate(_phase_image(src, d), ref_small, window)
-        if best is None or peak > best[0]:
-            best = (float(peak), sx * d, sy * d, flipped)
+        sx, sy, peak, snr = _correlate(_phase_image(src, d), ref_small)
+        if best is None or snr > best[1]:
+            best = (peak, snr, sx * d, sy * d, flipped)
     assert best is not None
-    peak, tx, ty, flipped = best
-    if not peak >= min_peak:
-        raise RegistrationError(f"registration failed: phase correlation peak {peak:.3f} below {min_peak}")
+    peak, snr, tx, ty, flipped = best
+    needed = math.sqrt(2.0 * math.log(ref_small.size * len(candidates))) + min_significance
+    if not snr >= needed:
+        raise RegistrationError(f"registration failed: phase correlation peak at {snr:.1f} σ, "
+                                f"need {needed:.1f} σ")
     src_full = np.asarray(image[::-1, ::-1] if flipped else image, dtype=np.float32)
     tx, ty = _refine_shift(src_full, np.asarray(reference_image, dtype=np.float32), tx, ty, refine_size)
     if flipped:
@@ -377,17 +381,20 @@ def _pairs(matrix: F64, src: F64, ref: ReferenceAsterisms, radius: float) -> Int
     return np.column_stack([si[keep], ri[keep]]).astype(np.intp)
 
 
-def _fit(model: Model, src: F64, dst: F64) -> F64:
-    """Least-squares ``model`` mapping src onto dst, as a 3×3 matrix."""
+def _fit(model: Model, src: F64, dst: F64, weight: F64 | None = None) -> F64:
+    """(Weighted) least-squares ``model`` mapping src onto dst, as a 3×3 matrix. Homographies are fitted
+    unweighted (OpenCV's fit takes no weights)."""
+    w = np.ones(src.shape[0]) if weight is None else weight
     if model == "similarity":
         zs, zd = src[:, 0] + 1j * src[:, 1], dst[:, 0] + 1j * dst[:, 1]
-        ms, md = zs.mean(), zd.mean()
-        a = np.sum((zd - md) * np.conj(zs - ms)) / np.sum(np.abs(zs - ms) ** 2)
+        ms, md = np.sum(w * zs) / w.sum(), np.sum(w * zd) / w.sum()
+        a = np.sum(w * (zd - md) * np.conj(zs - ms)) / np.sum(w * np.abs(zs - ms) ** 2)
         b = md - a * ms
         return np.array([[a.real, -a.imag, b.real], [a.imag, a.real, b.imag], [0.0, 0.0, 1.0]])
     if model == "affine":
+        root = np.sqrt(w)[:, None]
         design = np.column_stack([src, np.ones(src.shape[0])])
-        coef, *_ = np.linalg.lstsq(design, dst, rcond=None)
+        coef, *_ = np.linalg.lstsq(design * root, dst * root, rcond=None)
         return np.vstack([coef.T, [0.0, 0.0, 1.0]])
     h, _ = cv2.findHomography(src.astype(np.float64), dst.astype(np.float64), 0)
     if h is None:
@@ -395,8 +402,24 @@ def _fit(model: Model, src: F64, dst: F64) -> F64:
     return np.asarray(h / h[2, 2], dtype=np.float64)
 
 
-def _refine(matrix: F64, src: F64, ref: ReferenceAsterisms, *, model: Model, radius: float) -> tuple[F64, IntArray]:
-    """Least squares on every matched star, re-matching until the set settles, then 3σ clipping."""
+def _rank_weights(pairs: IntArray, resid: F64) -> F64:
+    """Inverse-variance weights by brightness: matched stars are split by frame brightness rank (the lists
+    are brightest first) into groups of at least 30, and each group is weighted by 1/its mean squared
+    residual, so faint stars with noisy centroids count for what they are worth."""
+    n = pairs.shape[0]
+    groups = min(6, n // 30)
+    if groups < 2:
+        return np.ones(n)
+    weight = np.empty(n)
+    for idx in np.array_split(np.argsort(pairs[:, 0], kind="stable"), groups):
+        weight[idx] = 1.0 / max(float(np.mean(resid[idx] ** 2)), 1e-8)
+    return weight
+
+
+def _refine(matrix: F64, src: F64, ref: ReferenceAsterisms, *, model: Model,
+            radius: float) -> tuple[F64, IntArray]:
+    """Least squares on every matched star, re-matching until the set settles, then 3σ clipping, then a
+    fit weighted by brightness (see `_rank_weights`)."""
     need = _MODEL_POINTS[model] + 1
     pairs = _pairs(matrix, src, ref, radius)
     for _ in range(10):
@@ -414,6 +437,9 @@ def _refine(matrix: F64, src: F64, ref: ReferenceAsterisms, *, model: Model, rad
             break
         pairs = pairs[keep]
         matrix = _fit(model, src[pairs[:, 0]], ref.xy[pairs[:, 1]])
+    for _ in range(2):
+        resid = _residuals(matrix, src[pairs[:, 0]], ref.xy[pairs[:, 1]])
+        matrix = _fit(model, src[pairs[:, 0]], ref.xy[pairs[:, 1]], _rank_weights(pairs, resid))
     return matrix, pairs
 
 
@@ -422,21 +448,20 @@ def _refine(matrix: F64, src: F64, ref: ReferenceAsterisms, *, model: Model, rad
 
 
 def _phase_image(image: npt.NDArray[np.floating], d: int) -> FloatArray:
-    """A downsampled, hot-pixel-free, high-passed copy in which only what stands above the noise is kept."""
+    """A downsampled, hot-pixel-free, high-passed copy for phase correlation."""
     a: FloatArray = np.asarray(image, dtype=np.float32)
     h, w = a.shape
     if d >= 2:
         a = np.asarray(cv2.resize(a[: h // 2 * 2, : w // 2 * 2], (w // 2, h // 2),
                                   interpolation=cv2.INTER_AREA), dtype=np.float32)
-    # A 3×3 median removes hot pixels, which sit still on the sensor and would pull the peak to zero shift.
+    # A 3×3 median removes hot pixels: they sit still on the sensor and would pull the peak to zero shift.
     a = np.asarray(cv2.medianBlur(a, 3), dtype=np.float32)
     if d > 2:
         a = np.asarray(cv2.resize(a, (max(1, w // d), max(1, h // d)), interpolation=cv2.INTER_AREA),
                        dtype=np.float32)
-    a = a - np.asarray(cv2.GaussianBlur(a, (0, 0), 8.0), dtype=np.float32)
-    med = float(np.median(a))
-    sigma = 1.4826 * float(np.median(np.abs(a - med)))
-    return np.asarray(np.maximum(a - (med + 2.0 * sigma), 0.0), dtype=np.float32)
+    # High-pass: gradients and vignetting sit still on the sensor too. No threshold: clipping star cores
+    # changes their shape with their sub-pixel phase and biases the shift by up to half a pixel.
+    return np.asarray(a - cv2.GaussianBlur(a, (0, 0), 8.0), dtype=np.float32)
 
 
 def _refine_shift(src: FloatArray, ref: FloatArray, tx: float, ty: float, size: int) -> tuple[float, float]:
@@ -452,11 +477,39 @@ def _refine_shift(src: FloatArray, ref: FloatArray, tx: float, ty: float, size: 
     cx0, cy0 = x0 + (x1 - x0 - cw) // 2, y0 + (y1 - y0 - ch) // 2
     r = _phase_image(ref[cy0:cy0 + ch, cx0:cx0 + cw], 1)
     s = _phase_image(src[cy0 - iy:cy0 - iy + ch, cx0 - ix:cx0 - ix + cw], 1)
-    window = cv2.createHanningWindow((cw, ch), cv2.CV_32F)
-    (sx, sy), peak = cv2.phaseCorrelate(s, r, window)
-    if not np.isfinite(peak) or abs(sx) > 2.0 or abs(sy) > 2.0:
+    sx, sy, _, snr = _correlate(s, r)
+    if not snr >= 8.0 or abs(sx) > 2.0 or abs(sy) > 2.0:
         return tx, ty
-    return ix + float(sx), iy + float(sy)
+    return ix + sx, iy + sy
+
+
+def _correlate(a: FloatArray, b: FloatArray) -> tuple[float, float, float, float]:
+    """Phase correlation: the shift d with b(x) ≈ a(x - d), the peak height (0–1) and its significance in
+    σ of the correlation surface. Sub-pixel by the ratio of the peak to its larger neighbour, which is
+    exact for the sinc-shaped peak of a pure shift (Foroosh et al. 2002)."""
+    window = np.asarray(cv2.createHanningWindow((a.shape[1], a.shape[0]), cv2.CV_32F), dtype=np.float32)
+    fa = np.fft.rfft2(a * window)
+    fb = np.fft.rfft2(b * window)
+    cross = fb * np.conj(fa)
+    cross /= np.maximum(np.abs(cross), 1e-30)
+    surface = np.fft.irfft2(cross, s=a.shape)
+    h, w = surface.shape
+    iy, ix = np.unravel_index(int(np.argmax(surface)), surface.shape)
+    peak = float(surface[iy, ix])
+    snr = (peak - float(surface.mean())) / max(float(surface.std()), 1e-30)
+
+    def offset(c0: float, cm: float, cp: float) -> float:
+        if cp >= cm and cp > 0.0:
+            return cp / (cp + c0)
+        if cm > 0.0:
+            return -cm / (cm + c0)
+        return 0.0
+
+    fx = offset(peak, float(surface[iy, (ix - 1) % w]), float(surface[iy, (ix + 1) % w]))
+    fy = offset(peak, float(surface[(iy - 1) % h, ix]), float(surface[(iy + 1) % h, ix]))
+    dx = (ix if ix <= w // 2 else ix - w) + fx
+    dy = (iy if iy <= h // 2 else iy - h) + fy
+    return float(dx), float(dy), peak, snr
 
 
 def _polish_translation(reg: Registration, src: F64, ref_xy: F64, *, radius: float) -> Registration:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import numpy.typing as npt
+import numba
 from numba import njit, prange
 from scipy.spatial import cKDTree
 
@@ -135,8 +136,7 @@ def estimate_background(
 ) -> Background:
     """Sky level and noise of ``data`` (H, W) on a mesh of ``box``-pixel boxes.
 
-    Each box uses every ``step``-th pixel in both directions (default: enough for about 256 samples per
-    box). With ``bayer`` set (any pattern name) the statistics are those of the 2×2 superpixel luminance
+    Each box uses every ``step``-th pixel in both directions (default: about 256 samples per box). With ``bayer`` set (any pattern name) the statistics are those of the 2×2 superpixel luminance
     and ``box`` counts full-resolution pixels. ``with_map`` adds the interpolated full map.
     """
     image = _as_2d_float32(data)
@@ -203,9 +203,12 @@ def detect_stars(
         measure_img = full
         m_scale = 1
     # Lag 3: pixels of the [1 2 1]-smoothed detection image that far apart share no noise.
-    bg = _background(detect_img, box=max(4, box // f), clip_sigma=3.0, step=None, lag=3, with_map=False)
+    # About 11×11 samples per box are enough for a threshold: the 3×3 median over boxes and the
+    # interpolation average further.
+    dbox = max(4, box // f)
+    bg = _background(detect_img, box=dbox, clip_sigma=3.0, step=math.ceil(dbox / 11), lag=3, with_map=False)
     if bayer is not None:
-        bg_measure = _background(measure_img, box=max(4, box // 2), clip_sigma=3.0, step=None, lag=2,
+        bg_measure = _background(measure_img, box=dbox, clip_sigma=3.0, step=math.ceil(dbox / 11), lag=2,
                                  with_map=False)
         noise_m = bg_measure.noise
     else:
@@ -215,9 +218,11 @@ def detect_stars(
         bg_measure = bg
         noise_m = bg.noise / ((0.5 if binned else 1.0) * 0.375)
 
-    mask = _threshold_mask(detect_img, bg.mesh, bg.noise_mesh, np.float32(threshold_sigma))
+    chunks = _chunks(detect_img.shape[0])
+    mask = _threshold_mask(detect_img, bg.mesh, bg.noise_mesh, float(threshold_sigma), chunks)
     n_labels, labels = cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_32S)
-    area, label, peak, px, py = _label_maxima(np.asarray(labels, dtype=np.int32), int(n_labels), detect_img)
+    area, label, peak, px, py = _blob_maxima(mask, np.asarray(labels, dtype=np.int32), int(n_labels),
+                                             detect_img, min(chunks, 2 * numba.get_num_threads()))
     dh, dw = detect_img.shape
     level_at_peak = _mesh_at(bg.mesh, px.astype(np.float64), py.astype(np.float64), dw, dh)
     height_above = peak.astype(np.float64) - level_at_peak
@@ -337,14 +342,9 @@ def _green_on_main_diagonal(pattern: str) -> bool:
 
 
 def _clip_correction(k: float) -> float:
-    """Ratio of the converged k-σ-clipped standard deviation to the true σ of a Gaussian."""
-    r = 1.0
-    for _ in range(50):
-        t = k * r
-        phi = math.exp(-0.5 * t * t) / math.sqrt(2.0 * math.pi)
-        inside = math.erf(t / math.sqrt(2.0))
-        r = math.sqrt(max(1e-12, 1.0 - 2.0 * t * phi / inside))
-    return r
+    """RMS of a Gaussian cut at ±k σ, in units of σ."""
+    phi = math.exp(-0.5 * k * k) / math.sqrt(2.0 * math.pi)
+    return math.sqrt(max(1e-12, 1.0 - 2.0 * k * phi / math.erf(k / math.sqrt(2.0))))
 
 
 def _background(image: FloatArray, *, box: int, clip_sigma: float, step: int | None, lag: int,
@@ -353,10 +353,10 @@ def _background(image: FloatArray, *, box: int, clip_sigma: float, step: int | N
         raise ValueError(f"bad background parameters: box={box} clip_sigma={clip_sigma}")
     h, w = image.shape
     ny, nx = max(1, round(h / box)), max(1, round(w / box))
-    stride = max(1, box // 16) if step is None else max(1, int(step))
-    level, sigma = _mesh_stats(image, ny, nx, stride, lag, float(clip_sigma), 10)
+    stride = max(1, math.ceil(box / 16)) if step is None else max(1, int(step))
+    level, sigma = _mesh_stats(image, ny, nx, stride, lag, float(clip_sigma), 10, _clip_correction(clip_sigma))
     level = _fill_and_filter(level)
-    sigma = _fill_and_filter(sigma) / np.float32(_clip_correction(clip_sigma))
+    sigma = _fill_and_filter(sigma)
     full_map = None
     if with_map:
         full_map = np.asarray(cv2.resize(level, (w, h), interpolation=cv2.INTER_LINEAR), dtype=np.float32)
@@ -554,13 +554,15 @@ def _clipped_stats(v: FloatArray, cs: F64, cs2: F64, k: float, iterations: int) 
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _mesh_stats(image: FloatArray, ny: int, nx: int, step: int, lag: int, k: float,
-                iterations: int) -> tuple[FloatArray, FloatArray]:  # pragma: no cover - numba
+def _mesh_stats(image: FloatArray, ny: int, nx: int, step: int, lag: int, k: float, iterations: int,
+                cut_rms: float) -> tuple[FloatArray, FloatArray]:  # pragma: no cover - numba
     """σ-clipped median and noise of every box, from a strided sample of its pixels.
 
-    The noise is the clipped σ of differences between pixels ``lag`` apart along a row, over √2: unlike
-    the spread of the values it ignores gradients across the box and the wings of stars, which cancel in
-    the difference. ``lag`` must exceed the correlation length of the noise.
+    The noise is the k-σ-clipped RMS of differences between pixels ``lag`` apart along a row, over √2 and
+    over ``cut_rms`` (the RMS of a Gaussian cut at ±k σ): unlike the spread of the values, differences
+    ignore gradients across the box and the wings of stars, which cancel. ``lag`` must exceed the
+    correlation length of the noise. Differences need no sort: their centre is 0, and the clipping
+    iterates from the values' interquartile range.
     """
     h, w = image.shape
     level = np.full((ny, nx), np.nan, dtype=np.float32)
@@ -598,85 +600,124 @@ def _mesh_stats(image: FloatArray, ny: int, nx: int, step: int, lag: int, k: flo
             v = vals[:n]
             _radix_sort(v, keys, tmp, count)
             level[by, bx] = _clipped_stats(v, cs, cs2, k, iterations)[0]
-            d = diffs[:nd]
-            _radix_sort(d, keys, tmp, count)
-            sigma[by, bx] = _clipped_stats(d, cs, cs2, k, iterations)[1] / math.sqrt(2.0)
+            s = math.sqrt(2.0) * max(float(v[(3 * n) // 4] - v[n // 4]), 1e-12) / 1.349
+            for _ in range(iterations):
+                acc = 0.0
+                m = 0
+                for i in range(nd):
+                    if abs(diffs[i]) <= k * s:
+                        acc += diffs[i] * diffs[i]
+                        m += 1
+                if m < 8:
+                    break
+                new = math.sqrt(acc / m) / cut_rms
+                converged = abs(new - s) <= 1e-4 * s
+                s = new
+                if converged:
+                    break
+            sigma[by, bx] = s / math.sqrt(2.0)
     return level, sigma
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _is_local_max(image: FloatArray, i: int, j: int) -> bool:  # pragma: no cover - numba
+    """Above its 8 neighbours, strictly above those before it in raster order (one maximum per flat top)."""
+    h, w = image.shape
+    v = image[i, j]
+    for di in range(-1, 2):
+        y = i + di
+        if y < 0 or y >= h:
+            continue
+        for dj in range(-1, 2):
+            x = j + dj
+            if (di == 0 and dj == 0) or x < 0 or x >= w:
+                continue
+            u = image[y, x]
+            if u > v or (u == v and (di < 0 or (di == 0 and dj < 0))):
+                return False
+    return True
+
+
 @njit(cache=True, nogil=True, parallel=True)
-def _threshold_mask(image: FloatArray, level: FloatArray, sigma: FloatArray,
-                    k: np.float32) -> npt.NDArray[np.uint8]:  # pragma: no cover - numba
-    """255 where image > level + k·σ, the mesh interpolated bilinearly like cv2.resize."""
+def _threshold_mask(image: FloatArray, level: FloatArray, sigma: FloatArray, k: float,
+                    nchunks: int) -> npt.NDArray[np.uint8]:  # pragma: no cover - numba
+    """1 where image > level + k·σ (the mesh interpolated bilinearly like cv2.resize), 2 where such a
+    pixel is also a local maximum: above its 8 neighbours, strictly above those before it in raster
+    order, so a flat top has one maximum."""
     h, w = image.shape
     ny, nx = level.shape
-    thr = level + k * sigma
-    x0 = np.empty(w, dtype=np.intp)
-    x1 = np.empty(w, dtype=np.intp)
-    fx = np.empty(w, dtype=np.float32)
+    thr = (level + np.float32(k) * sigma).astype(np.float32)
+    # The mesh rows interpolated along x once; each image row then blends two of them, contiguously.
+    tx = np.empty((ny, w), dtype=np.float32)
     for j in range(w):
         sx = min(max((j + 0.5) * nx / w - 0.5, 0.0), nx - 1.0)
-        x0[j] = int(sx)
-        x1[j] = min(x0[j] + 1, nx - 1)
-        fx[j] = sx - x0[j]
+        k0 = int(sx)
+        k1 = min(k0 + 1, nx - 1)
+        f = np.float32(sx - k0)
+        for r in range(ny):
+            tx[r, j] = thr[r, k0] + f * (thr[r, k1] - thr[r, k0])
     out = np.empty((h, w), dtype=np.uint8)
-    for i in prange(h):
-        sy = min(max((i + 0.5) * ny / h - 0.5, 0.0), ny - 1.0)
-        y0 = int(sy)
-        y1 = min(y0 + 1, ny - 1)
-        fy = np.float32(sy - y0)
-        trow = thr[y0] + fy * (thr[y1] - thr[y0])
-        row = image[i]
-        o = out[i]
-        for j in range(w):
-            t0 = trow[x0[j]]
-            o[j] = 255 if row[j] > t0 + fx[j] * (trow[x1[j]] - t0) else 0
+    for c in prange(nchunks):
+        trow = np.empty(w, dtype=np.float32)
+        for i in range(c * h // nchunks, (c + 1) * h // nchunks):
+            sy = min(max((i + 0.5) * ny / h - 0.5, 0.0), ny - 1.0)
+            y0 = int(sy)
+            y1 = min(y0 + 1, ny - 1)
+            fy = np.float32(sy - y0)
+            t0 = tx[y0]
+            t1 = tx[y1]
+            for j in range(w):
+                trow[j] = t0[j] + fy * (t1[j] - t0[j])
+            row = image[i]
+            o = out[i]
+            for j in range(w):
+                o[j] = 1 if row[j] > trow[j] else 0
+            words = o[: w // 8 * 8].view(np.uint64)
+            j = 0
+            while j < w:
+                # Eight pixels at a time: most of the frame is below threshold.
+                if (j & 7) == 0 and j + 8 <= w and words[j >> 3] == 0:
+                    j += 8
+                    continue
+                if o[j] != 0 and _is_local_max(image, i, j):
+                    o[j] = 2
+                j += 1
     return out
 
 
-@njit(cache=True, nogil=True)
-def _label_maxima(labels: npt.NDArray[np.int32], n: int, image: FloatArray
-                  ) -> tuple[IntArray, IntArray, FloatArray, IntArray, IntArray]:  # pragma: no cover - numba
-    """Area of every label, and every local maximum of ``image`` inside a label: (area, label, value, x, y).
-
-    A pixel is a maximum when it beats its 8 neighbours, strictly those before it in raster order, so a
-    flat top yields one maximum.
-    """
-    h, w = labels.shape
-    area = np.zeros(n, dtype=np.intp)
-    cap = 1024
-    lab = np.empty(cap, dtype=np.intp)
-    val = np.empty(cap, dtype=np.float32)
-    mx = np.empty(cap, dtype=np.intp)
-    my = np.empty(cap, dtype=np.intp)
-    k = 0
-    for i in range(h):
-        for j in range(w):
-            lb = labels[i, j]
-            if lb == 0:
-                continue
-            area[lb] += 1
-            v = image[i, j]
-            is_max = True
-            for di in range(-1, 2):
-                for dj in range(-1, 2):
-                    y, x = i + di, j + dj
-                    if (di == 0 and dj == 0) or y < 0 or x < 0 or y >= h or x >= w:
-                        continue
-                    u = image[y, x]
-                    if u > v or (u == v and (di < 0 or (di == 0 and dj < 0))):
-                        is_max = False
-            if not is_max:
-                continue
-            if k == cap:
-                cap *= 2
-                lab = np.concatenate((lab, np.empty(cap - k, dtype=np.intp)))
-                val = np.concatenate((val, np.empty(cap - k, dtype=np.float32)))
-                mx = np.concatenate((mx, np.empty(cap - k, dtype=np.intp)))
-                my = np.concatenate((my, np.empty(cap - k, dtype=np.intp)))
-            lab[k], val[k], mx[k], my[k] = lb, v, j, i
-            k += 1
-    return area, lab[:k], val[:k], mx[:k], my[:k]
+@njit(cache=True, nogil=True, parallel=True)
+def _blob_maxima(mask: npt.NDArray[np.uint8], labels: npt.NDArray[np.int32], n: int, image: FloatArray,
+                 nchunks: int) -> tuple[IntArray, IntArray, FloatArray, IntArray, IntArray]:  # pragma: no cover
+    """Area of every label, and the local maxima marked in ``mask``: (area, label, value, x, y)."""
+    h, w = mask.shape
+    partial = np.zeros((nchunks, n), dtype=np.intp)
+    counts = np.zeros(nchunks + 1, dtype=np.intp)
+    for c in prange(nchunks):
+        found = 0
+        for i in range(c * h // nchunks, (c + 1) * h // nchunks):
+            row = mask[i]
+            for j in range(w):
+                if row[j] != 0:
+                    partial[c, labels[i, j]] += 1
+                    if row[j] == 2:
+                        found += 1
+        counts[c + 1] = found
+    offsets = np.cumsum(counts)
+    total = offsets[nchunks]
+    lab = np.empty(total, dtype=np.intp)
+    val = np.empty(total, dtype=np.float32)
+    mx = np.empty(total, dtype=np.intp)
+    my = np.empty(total, dtype=np.intp)
+    for c in prange(nchunks):
+        k = offsets[c]
+        for i in range(c * h // nchunks, (c + 1) * h // nchunks):
+            row = mask[i]
+            for j in range(w):
+                if row[j] == 2:
+                    lab[k], val[k], mx[k], my[k] = labels[i, j], image[i, j], j, i
+                    k += 1
+    area = partial.sum(axis=0)
+    return area, lab, val, mx, my
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -793,13 +834,15 @@ def _windowed(image: FloatArray, b: float, x0: float, y0: float, sw: float, rmax
 
 
 @njit(cache=True, nogil=True)
-def _half_max_fwhm(image: FloatArray, b: float, cx: float, cy: float, rf: int, pixel_var: float,
+def _half_max_fwhm(image: FloatArray, b: float, cx: float, cy: float, rlim: float, pixel_var: float,
                    spy: IntArray, spx: IntArray, spv: F64, nsp: int) -> float:  # pragma: no cover - numba
     """FWHM from a weighted least-squares fit of ln(v) = c - r²/(2σ²) over the pixels above half of the
-    brightest pixel near (cx, cy), minus the pixel's own box; NaN when there are too few pixels."""
+    brightest pixel near (cx, cy) and within ``rlim`` of it (a neighbour's light beyond must not count),
+    minus the pixel's own box; NaN when there are too few pixels."""
     h, w = image.shape
     xc, yc = math.floor(cx + 0.5), math.floor(cy + 0.5)
-    rf = max(rf, 1)
+    rf = max(math.ceil(rlim), 1)
+    r2lim = rlim * rlim
     if xc - rf < 0 or yc - rf < 0 or xc + rf >= w or yc + rf >= h:
         return np.nan
     top = -np.inf
@@ -817,8 +860,8 @@ def _half_max_fwhm(image: FloatArray, b: float, cx: float, cy: float, rf: int, p
     for y in range(yc - rf, yc + rf + 1):
         for x in range(xc - rf, xc + rf + 1):
             v = _px(image, y, x, b, spy, spx, spv, nsp)
-            if v >= 0.5 * top:
-                r2 = (x - cx) ** 2 + (y - cy) ** 2
+            r2 = (x - cx) ** 2 + (y - cy) ** 2
+            if v >= 0.5 * top and r2 <= r2lim:
                 wt = v * v  # ln(v) has noise σ/v
                 lv = math.log(v)
                 a0 += wt
@@ -838,15 +881,16 @@ def _half_max_fwhm(image: FloatArray, b: float, cx: float, cy: float, rf: int, p
 
 
 @njit(cache=True, nogil=True)
-def _half_max_fwhm_cfa(cfa: FloatArray, b: float, cx: float, cy: float, rf: int, green_main: bool,
+def _half_max_fwhm_cfa(cfa: FloatArray, b: float, cx: float, cy: float, rlim: float, green_main: bool,
                        spy: IntArray, spx: IntArray, spv: F64, nsp: int) -> float:  # pragma: no cover - numba
     """`_half_max_fwhm` on the green pixels of a CFA frame at their own positions (full resolution).
 
-    (cx, cy) and ``rf`` are full-resolution; green pixels whose superpixel holds a spike are skipped.
+    (cx, cy) and ``rlim`` are full-resolution; green pixels whose superpixel holds a spike are skipped.
     """
     h, w = cfa.shape
     xc, yc = math.floor(cx + 0.5), math.floor(cy + 0.5)
-    rf = max(rf, 2)
+    rf = max(math.ceil(rlim), 2)
+    r2lim = rlim * rlim
     if xc - rf < 0 or yc - rf < 0 or xc + rf >= w or yc + rf >= h:
         return np.nan
     parity = 0 if green_main else 1
@@ -868,7 +912,8 @@ def _half_max_fwhm_cfa(cfa: FloatArray, b: float, cx: float, cy: float, rf: int,
             if (x + y) % 2 != parity:
                 continue
             v = cfa[y, x] - b
-            if v < 0.5 * top:
+            r2 = (x - cx) ** 2 + (y - cy) ** 2
+            if v < 0.5 * top or r2 > r2lim:
                 continue
             spiked = False
             for t in range(nsp):
@@ -876,7 +921,6 @@ def _half_max_fwhm_cfa(cfa: FloatArray, b: float, cx: float, cy: float, rf: int,
                     spiked = True
             if spiked:
                 continue
-            r2 = (x - cx) ** 2 + (y - cy) ** 2
             wt = v * v
             lv = math.log(v)
             a0 += wt
@@ -957,11 +1001,12 @@ def _measure(image: FloatArray, ix: IntArray, iy: IntArray, bg: F64, weight_sigm
             ok, cx, cy = _windowed(image, b, x0, y0, sw, rmax, spy, spx, spv, nsp)
             if not ok:
                 continue
-            fwhm = _half_max_fwhm(image, b, cx, cy, min(rmax, math.ceil(3.0 * sw) + 1), pixel_var,
+            # Pixels above half maximum lie within FWHM/2 of the centre: 0.9 FWHM leaves room for noise.
+            fwhm = _half_max_fwhm(image, b, cx, cy, max(1.5, 0.9 * _FWHM_PER_SIGMA * sw), pixel_var,
                                   spy, spx, spv, nsp)
         else:
             # The star's own weight: a first FWHM around its brightest pixel, refined at the centroid.
-            fwhm = _half_max_fwhm(image, b, x0, y0, min(rmax, 6), 0.0, spy, spx, spv, nsp)
+            fwhm = _half_max_fwhm(image, b, x0, y0, min(rmax, 6.0), 0.0, spy, spx, spv, nsp)
             if not np.isfinite(fwhm):
                 continue
             ok = False
@@ -972,8 +1017,8 @@ def _measure(image: FloatArray, ix: IntArray, iy: IntArray, bg: F64, weight_sigm
                 ok, cx, cy = _windowed(image, b, x0, y0, sw, rmax, spy, spx, spv, nsp)
                 if not ok:
                     break
-                new = _half_max_fwhm(image, b, cx, cy, min(rmax, math.ceil(1.5 * fwhm) + 1),
-                                     pixel_var, spy, spx, spv, nsp)
+                new = _half_max_fwhm(image, b, cx, cy, min(float(rmax), max(1.5, 0.9 * fwhm)), pixel_var,
+                                     spy, spx, spv, nsp)
                 if not np.isfinite(new):
                     ok = False
                     break
@@ -985,8 +1030,9 @@ def _measure(image: FloatArray, ix: IntArray, iy: IntArray, bg: F64, weight_sigm
                 continue
 
         if cfa_green >= 0:
-            full = _half_max_fwhm_cfa(cfa, b, 2.0 * cx + 0.5, 2.0 * cy + 0.5, 2 * min(rmax, math.ceil(1.5 * fwhm) + 1),
-                                      cfa_green == 1, spy, spx, spv, nsp)
+            full = _half_max_fwhm_cfa(cfa, b, 2.0 * cx + 0.5, 2.0 * cy + 0.5,
+                                      2.0 * max(1.5, 0.9 * _FWHM_PER_SIGMA * sw), cfa_green == 1, spy, spx,
+                                      spv, nsp)
             if np.isfinite(full):
                 fwhm = 0.5 * full
 

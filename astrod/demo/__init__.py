@@ -6,12 +6,9 @@ shows what the tests check.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import shutil
-import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from astrod.config import Config, PathsConfig, SessionConfig, StackConfig, WatchConfig
 from astrod.model import Transform
+from astrod.service.feeder import FeedStep
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,34 +83,98 @@ def write_demo_night(root: Path, *, seed: int = 2026, size: tuple[int, int] = (3
     return DemoNight(root=root, calibration=tuple(calibration), lights=tuple(lights), bad=bad)
 
 
-def run_demo(*, workdir: Path | None = None, keep: bool = False) -> int:
-    """Write the demo night and show how astrod classifies every frame in it."""
-    from astrod.cli import main as cli_main
+def _feed_plan(night: DemoNight, root: Path, *, interval: float) -> list[FeedStep]:
+    """Calibration frames first (quickly), then lights of both targets and filters in turn, the broken one
+    in the middle."""
+    def step(delay: float, path: Path) -> FeedStep:
+        return FeedStep(delay=delay, source=path, target=root / path.relative_to(night.root))
+
+    steps = [step(0.05, p) for p in night.calibration]
+    lights = sorted(night.lights, key=lambda p: (p.name[-8:], p.as_posix()))  # interleave targets and filters
+    for i, path in enumerate(lights):
+        steps.append(step(interval, path))
+        if i == len(lights) // 2:
+            steps.append(step(interval, night.bad))
+    return steps
+
+
+def demo_config(root: Path) -> Config:
+    return Config(paths=PathsConfig(watch=(root / "capture",), output=root / "stacks", state=root / "state",
+                                    library=root / "library"),
+                  watch=WatchConfig(stable_seconds=2.0), session=SessionConfig(idle_minutes=60.0),
+                  stack=StackConfig(preview_every_frames=2, preview_every_seconds=5.0))
+
+
+def run_demo(*, workdir: Path | None = None, keep: bool = False, interval: float = 1.0) -> int:
+    """Start the daemon on a temporary observatory folder and feed it a synthetic night in real time."""
+    from astrod.service.daemon import Daemon
+    from astrod.service.feeder import Feeder
+    from astrod.service.logging import configure_logging
 
     root = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix="astrod-demo-"))
-    print(f"astrod demo: writing a synthetic night to {root}")
-    night = write_demo_night(root)
-    print(f"  {len(night.calibration)} calibration frames, {len(night.lights)} lights of 2 targets in 2 filters, "
-          f"1 broken frame")
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        cli_main(["inspect", "--json", str(root / "capture")])
-    records = json.loads(out.getvalue())
-    counts: dict[str, int] = {}
-    for record in records:
-        key = "unreadable" if "error" in record else str(record["kind"])
-        counts[key] = counts.get(key, 0) + 1
-    cli_main(["inspect", str(root / "capture" / "Lights" / "M 31" / "L")])
-    for record in records:
-        if "error" in record:
-            print(f"rejected: {record['error']}")
-    print("frames by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    expected_ok = counts.get("unreadable") == 1 and counts.get("light") == len(night.lights)
+    root.mkdir(parents=True, exist_ok=True)
+    configure_logging(level="warning")
+    print(f"astrod demo: a synthetic night in {root}")
+    night = write_demo_night(root / ".night")
+    steps = _feed_plan(night, root, interval=interval)
+    print(f"  feeding {len(night.calibration)} calibration frames, then {len(night.lights)} lights of 2 targets in "
+          f"2 filters (and 1 broken frame), one every {interval:g} s")
+    daemon = Daemon(demo_config(root), env={})
+    feeder = Feeder(steps, on_fed=lambda s: print(f"  + {s.target.relative_to(root)}", flush=True))
+    phase = {"closing": False, "last": 0.0}
+
+    def finished() -> bool:
+        now = time.monotonic()
+        if now - phase["last"] >= 3.0:
+            phase["last"] = now
+            print(f"  [{daemon.status_line()}]", flush=True)
+        if not feeder.done.is_set() or daemon.busy():
+            return False
+        if any(daemon.journal.file(step.target) is None for step in steps):
+            return False  # the watcher has not reported the last files yet
+        if not phase["closing"]:
+            print("  all frames in: closing the sessions (final stacks)", flush=True)
+            daemon.close_all("end of the demo night")
+            phase["closing"] = True
+            return False
+        return not daemon.workers
+
+    feeder.start()
+    try:
+        status = daemon.run(install_signals=False, until=finished)
+    finally:
+        feeder.stop()
+    counts = daemon_summary(root)
+    print(counts["text"])
+    ok = counts["sessions"] == 4 and counts["rejected_bad"] and status == 0
     if workdir is None and not keep:
         shutil.rmtree(root)
-    else:
-        print(f"demo files kept in {root}")
-    if not expected_ok:
-        print("demo: unexpected classification", file=sys.stderr)
-        return 1
-    return 0
+        print("(demo folder removed; run `astrod demo --keep` to keep it)")
+    return 0 if ok else 1
+
+
+def daemon_summary(root: Path) -> dict[str, Any]:
+    """What the demo night produced: one line per session with its outputs, and the rejected frames."""
+    from astrod.io.journal import Journal
+
+    journal = Journal(root / "state" / "journal.sqlite")
+    try:
+        lines = ["results:"]
+        sessions = journal.sessions(status="closed")
+        for s in sessions:
+            stats = s.info.get("stats", {})
+            out = Path(str(s.info.get("output")))
+            lines.append(f"  {s.info.get('label')}: {stats.get('stacked', 0)} stacked, {stats.get('rejected', 0)} "
+                         f"rejected -> {out}")
+            for name in ("stack.fits", "preview.jpg", "preview.fits", "frames.csv", "session.json"):
+                if (out / name).exists():
+                    lines.append(f"      {out / name}")
+        rejected = journal.files(status=["rejected"])
+        for r in rejected:
+            lines.append(f"  rejected: {r.reason}")
+        bad = any("truncated" in (r.reason or "") for r in rejected)
+        masters = sorted((root / "library").rglob("*.fits"))
+        lines.append(f"  library: {len(masters)} masters in {root / 'library'}")
+        return {"text": "\n".join(lines), "sessions": len(sessions), "rejected_bad": bad}
+    finally:
+        journal.close()

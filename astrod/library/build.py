@@ -55,6 +55,7 @@ from astrod.model import FrameKind, FrameMeta
 FloatArray = npt.NDArray[np.float32]
 Status = Literal["new", "rebuilt", "exists", "up to date", "failed"]
 SPOOL_NAME = ".spool"
+RUNTIME_RESERVE = 320 * 1024 * 1024  # interpreter, numpy, numba, astropy: what a build process holds anyway
 
 
 # ------------------------------------------------------------------------------------------------ options
@@ -442,6 +443,13 @@ class _Builder:
             layouts.append(lay)
         return kept, layouts
 
+    def band_budget(self, held: int) -> int:
+        """What the combination may use of the memory cap: the cap less what the process holds besides the bands
+        (``held`` bytes of masters, and a reserve for the interpreter, numba and one frame's decoded rows)."""
+        cap = self.options.memory_cap_bytes
+        reserve = min(RUNTIME_RESERVE, cap // 4)
+        return max(cap - reserve - held, cap // 8)
+
     def skip(self, path: Path, reason: str) -> None:
         self.skipped.append(Skipped(path, reason))
         self.log.warning("frame_skipped", path=str(path), reason=reason)
@@ -461,7 +469,7 @@ class _Builder:
     def combine_plain(self, key: CalibrationKey, layouts: Sequence[RowLayout]) -> tuple[CombineResult, list[str]]:
         kwargs, note = self._combine_kwargs(len(layouts))
         result = combine(lambda r0, r1: read_band(layouts, r0, r1), n_frames=len(layouts),
-                         shape=(key.height, key.width), memory_cap_bytes=self.options.memory_cap_bytes, **kwargs)
+                         shape=(key.height, key.width), memory_cap_bytes=self.band_budget(0), **kwargs)
         return result, [note] if note else []
 
     def flat_calibration(self, meta: FrameMeta) -> FlatCalibration:
@@ -525,7 +533,7 @@ class _Builder:
 
         shape = (key.height, key.width)
         held = sum(a.nbytes for a in (bias, dark, current) if a is not None)
-        cap = max(self.options.memory_cap_bytes - held, 64 * 1024 * 1024)
+        cap = self.band_budget(held)
         medians = frame_medians(calibrated, n_frames=len(frames), shape=shape, memory_cap_bytes=cap)
         good = [i for i, m in enumerate(medians) if np.isfinite(m) and m > 0]
         for i in sorted(set(range(len(frames))) - set(good)):

@@ -27,7 +27,7 @@ from astrod.io.frames import read_frame
 from astrod.io.headers import PathRule
 from astrod.library.keys import ascii_text
 from astrod.library.masters import MasterLibrary
-from astrod.library.match import MatchResult
+from astrod.library.match import MasterChoice, MatchResult
 from astrod.model import Frame, FrameMeta
 
 FloatArray = npt.NDArray[np.float32]
@@ -72,10 +72,10 @@ def calibrate_frame(library: MasterLibrary, frame: Frame, *, match: MatchResult 
     except ValueError as err:
         raise FrameRejected(f"{frame.path or 'frame'}: cannot be calibrated: {err}") from err
     cards: list[tuple[str, Any, str]] = []
-    for choice, card in ((result.bias, "CALBIAS"), (result.dark, "CALDARK"), (result.flat, "CALFLAT"),
-                         (result.badpixels if bad_pixels else None, "CALBPM")):
-        if choice is not None:
-            cards.append((card, choice.record.name, ""))  # long names leave no room for a comment
+    used = used_masters(result, bad_pixels=bad_pixels)
+    card_of = {"bias": "CALBIAS", "dark": "CALDARK", "flat": "CALFLAT", "badpixels": "CALBPM"}
+    for choice in used:
+        cards.append((card_of[choice.role], choice.record.name, ""))  # long names leave no room for a comment
     if result.dark is not None:
         cards.append(("DARKMODE", result.dark_mode or "exact", "exact, scaled (exposure) or optimised"))
         cards.append(("DARKSCAL", round(float(out.dark_scale), 6), "factor applied to the dark current"))
@@ -86,10 +86,23 @@ def calibrate_frame(library: MasterLibrary, frame: Frame, *, match: MatchResult 
     cards.append(("CALSOFT", f"astrod {__version__}", "calibrated by"))
     for step in out.steps:
         cards.append(("HISTORY", f"astrod: {step}", ""))
-    for choice in result.choices():
+    for choice in used:
         cards.append(("HISTORY", f"astrod: {choice.role}: {choice.reason}", ""))
     return CalibratedFrame(data=out.data, meta=meta, match=result, steps=out.steps, dark_scale=out.dark_scale,
                            cards=tuple(cards))
+
+
+def used_masters(result: MatchResult, *, bad_pixels: bool = True) -> tuple[MasterChoice, ...]:
+    """The chosen masters calibration actually applies: not the bias when an exact dark (which includes it) is
+    subtracted, not the bad-pixel map when ``bad_pixels`` is off."""
+    out = []
+    for choice in result.choices():
+        if choice.role == "bias" and result.dark is not None and result.dark_mode == "exact":
+            continue
+        if choice.role == "badpixels" and not bad_pixels:
+            continue
+        out.append(choice)
+    return tuple(out)
 
 
 def _with_shape(meta: FrameMeta, shape: tuple[int, ...]) -> FrameMeta:

@@ -19,7 +19,7 @@ from astrod.errors import AstrodError, ConfigError, LibraryError
 from astrod.io.frames import is_frame_name, read_meta
 from astrod.io.headers import describe, rules_from_config
 from astrod.library.build import BuildOptions, build_library, describe_outcome
-from astrod.library.calibration import calibrate_files
+from astrod.library.calibration import calibrate_files, used_masters
 from astrod.library.keys import sort_key
 from astrod.library.masters import MasterLibrary
 from astrod.library.match import MatchResult
@@ -259,7 +259,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             print(f"error: {o.error}", file=sys.stderr)
             continue
         assert o.match is not None
-        used = ", ".join(f"{c.role} ({c.reason})" for c in o.match.choices()) or "no masters"
+        used = ", ".join(f"{c.role} ({c.reason})" for c in used_masters(o.match, bad_pixels=not args.no_bad_pixels))
+        used = used or "no masters"
         print(f"{o.path} -> {o.output}: {used}")
         for m in o.match.missing:
             print(f"  missing   {m}")

@@ -249,6 +249,8 @@ def choose_dark(meta: FrameMeta, records: Sequence[MasterRecord], rules: MatchRu
         return (MasterChoice("dark", chosen, f"{what} scaled {t_dark:g} s → {exp:g} s (×{scale:.4g}); {phrase_t}"),
                 "scaled", scale, warning, "")
     # explain why none fits
+    if meta.exposure is None:
+        return None, None, None, None, " (the frame has no exposure time)"
     if not _within(t_frame, candidates, rules.tolerances()[-1]):
         why = f" within ±{rules.tolerances()[-1]:g} °C{_closest_beyond(t_frame, candidates)}"
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from typing import Protocol, TextIO
@@ -80,15 +81,18 @@ class BarProgress:
 
     def finish(self) -> None:
         self._draw("")
-        self._stream.write("\n")
+        self._stream.write("\n")  # keep the finished bar
         self._stream.flush()
 
     def _draw(self, item: str) -> None:
         total = max(self._total, 1)
         filled = min(self._width, self._width * self._done // total)
         bar = "#" * filled + "-" * (self._width - filled)
-        text = f"\r{self._stage:<6} [{bar}] {self._done}/{self._total}  {item}"[:160]
-        self._stream.write(text + "\x1b[K")  # erase what a longer previous line left
+        columns = shutil.get_terminal_size((100, 24)).columns
+        text = f"{self._stage:<6} [{bar}] {self._done}/{self._total}  {item}"[: max(columns - 1, 20)]
+        # erase the rest of the line, and leave the cursor at its start: a log line printed meanwhile
+        # overwrites the bar instead of being glued to its end
+        self._stream.write(f"\r{text}\x1b[K\r")
         self._stream.flush()
 
 

@@ -69,8 +69,7 @@ TABLE_COLUMNS = ("path", "status", "reason", "dx", "dy", "rotation_deg", "scale"
 STAGES = ("calibrate", "detect", "register", "warp", "accumulate", "cache")
 _MODEL_POINTS = {"similarity": 2, "affine": 3, "homography": 4}
 _STATE_FORMAT = 1
-# The map from 2×2-binned (superpixel) coordinates to full-resolution ones: X = 2·x + 0.5.
-_BIN2 = np.array([[2.0, 0.0, 0.5], [0.0, 2.0, 0.5], [0.0, 0.0, 1.0]])
+_PHASE_FULL_PIXELS = 4_000_000  # frames up to this size keep a full-resolution copy for phase correlation
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,18 +334,19 @@ class LiveStack:
                 pattern = effective_pattern(meta.bayer, meta.bayer_offset)
             except ValueError as err:
                 return early(f"cannot demosaic: {err}")
-        stars = detect_stars(data, bayer=pattern, max_stars=self.settings.max_stars,
-                             threshold_sigma=self.settings.detection_sigma)
         h, w = data.shape[-2:]
-        box = int(min(256, max(32, min(h, w) // 8)))
-        background = estimate_background(data, box=box, bayer=pattern)
+        # Background meshes fine enough to follow vignetting on small frames, coarse (fast) on large ones.
+        stars = detect_stars(data, bayer=pattern, max_stars=self.settings.max_stars,
+                             threshold_sigma=self.settings.detection_sigma,
+                             box=int(min(128, max(32, min(h, w) // 8))))
+        background = estimate_background(data, box=int(min(256, max(32, min(h, w) // 8))), bayer=pattern)
         quality = measure_quality(data, stars, background, bayer=pattern)
         timings["detect"] = _ms(t0)
 
         small = None
         if ref is None or len(stars) < 2 * self.settings.min_matches:
             # the reference's copy for the phase-correlation fallback, or this star-poor frame's own
-            small = _luminance_bin2(data)
+            small = _phase_image(data, cfa=pattern is not None)
         registration = None
         registration_error = None
         reason = "no stars detected" if quality.star_count == 0 or len(stars) == 0 else None
@@ -414,15 +414,19 @@ class LiveStack:
         timings["warp"] = _ms(t0)
 
         weight = self._weight(q, prepared.stars, reg)
-        offset = self._ref.background - q.background
+        # Flux is conserved: a frame whose pixels cover less sky (scale > 1) spreads each star over more
+        # reference pixels than it had, and resampling alone would multiply its flux by that area ratio.
+        scale = 1.0 / _area_ratio(reg.transform, self._ref.frame_shape)
+        offset = self._ref.background - q.background * scale
         t0 = time.perf_counter()
-        self._stacker.add(buffer, weight if self._stacker.weighting != "none" else 1.0, norm=(offset, 1.0))
+        self._stacker.add(buffer, weight if self._stacker.weighting != "none" else 1.0, norm=(offset, scale))
         timings["accumulate"] = _ms(t0)
         metrics["weight"] = weight if self._stacker.weighting != "none" else 1.0
         if self._caching:
             t0 = time.perf_counter()
             name = self._cache_frame(buffer)
-            self._session.cached.append({"file": name, "offset": offset, "weight": metrics["weight"]})
+            self._session.cached.append({"file": name, "offset": offset, "scale": scale,
+                                         "weight": metrics["weight"]})
             timings["cache"] = _ms(t0)
         self._session.accepted.append((q.fwhm, float(q.star_count), q.background))
         return self._record(prepared, "stacked", None, metrics, timings)
@@ -455,15 +459,17 @@ class LiveStack:
             if small is None or ref.small is None or small.shape != ref.small.shape \
                     or len(stars) >= 2 * s.min_matches:
                 raise
-        # Phase correlation of the 2×2-binned frames; the stars the frame has polish the shift.
-        to_half = np.linalg.inv(_BIN2)
-        src = Transform.from_array(to_half).apply(stars.xy) if len(stars) else np.empty((0, 2))
-        ref_half = Transform.from_array(to_half).apply(ref.asterisms.xy)
-        half = register(src, ref_half, image=small, reference_image=ref.small, model=s.transform,
-                        min_matches=s.min_matches, match_radius_px=max(1.0, s.match_radius_px / 2), downsample=2)
-        full = _BIN2 @ half.transform.as_array() @ to_half
-        return replace(half, transform=Transform.from_array(full),
-                       residual_px=half.residual_px * 2 if math.isfinite(half.residual_px) else math.nan)
+        # Phase correlation of the (possibly 2×2-binned) images; the stars the frame has polish the shift.
+        f = max(1, ref.frame_shape[1] // ref.small.shape[1])
+        to_full = np.array([[f, 0.0, (f - 1) / 2], [0.0, f, (f - 1) / 2], [0.0, 0.0, 1.0]])
+        to_small = Transform.from_array(np.linalg.inv(to_full))
+        src = to_small.apply(stars.xy) if len(stars) else np.empty((0, 2))
+        found = register(src, to_small.apply(ref.asterisms.xy), image=small, reference_image=ref.small,
+                         model=s.transform, min_matches=s.min_matches,
+                         match_radius_px=max(1.0, s.match_radius_px / f), downsample=2)
+        full = to_full @ found.transform.as_array() @ np.linalg.inv(to_full)
+        return replace(found, transform=Transform.from_array(full),
+                       residual_px=found.residual_px * f if math.isfinite(found.residual_px) else math.nan)
 
     def _set_reference(self, prepared: Prepared) -> None:
         assert prepared.stars is not None and prepared.data is not None and prepared.quality is not None
@@ -475,7 +481,7 @@ class LiveStack:
             stack_shape = tuple(int(n) for n in data.shape)
         asterisms = build_reference(prepared.stars, max_stars=self.settings.max_stars)
         flux = np.array(prepared.stars.flux[: len(asterisms)], dtype=np.float64)
-        small = prepared.small if prepared.small is not None else _luminance_bin2(data)
+        small = prepared.small if prepared.small is not None else _phase_image(data, cfa=prepared.pattern is not None)
         q = prepared.quality
         self._ref = _Reference(id=1, path="" if prepared.path is None else str(prepared.path), asterisms=asterisms,
                                flux=flux, small=small, frame_shape=frame_shape, stack_shape=stack_shape,
@@ -587,7 +593,7 @@ class LiveStack:
             result = self._stacker.finalize()
         header = self._header(method)
         for name in s.masters:
-            history.append(f"astrod: master {name}")
+            history.append(f"master: {name}")  # short: a HISTORY card holds 72 characters
         for note in s.notes:
             history.append(f"astrod: {note}")
         return StackProduct(image=result.image, header=header, rows=self.rows, history=tuple(history),
@@ -611,7 +617,7 @@ class LiveStack:
             return band
 
         weights = [float(c["weight"]) for c in self._session.cached]
-        norms = [(float(c["offset"]), 1.0) for c in self._session.cached]
+        norms = [(float(c["offset"]), float(c["scale"])) for c in self._session.cached]
         return integrate_bands(read_band, len(files), shape, method=self.settings.final_rejection,
                                kappa_low=self.settings.kappa if math.isfinite(self.settings.kappa) else 3.0,
                                kappa_high=self.settings.kappa if math.isfinite(self.settings.kappa) else 3.0,
@@ -634,6 +640,7 @@ class LiveStack:
             "REGMODEL": (st.transform, "registration model"),
             "INTERP": (st.interpolation, "warp interpolation"),
             "NORMALIS": ("additive", "background normalisation onto the reference"),
+            "FLUXCONS": (True, "warped frames scaled by 1/area ratio: flux conserved"),
             "REFFRAME": (Path(self._ref.path).name[:68], "registration reference"),
             "NMASTERS": (len(s.masters), "calibration masters used"),
             "CREATOR": (f"astrod {__version__}", "software that made this stack"),
@@ -772,9 +779,25 @@ def _planes(prepared: Prepared) -> int:
     return 1 if prepared.data is None or prepared.data.ndim == 2 else int(prepared.data.shape[0])
 
 
-def _luminance_bin2(data: FloatArray) -> FloatArray:
-    """2×2 block mean of the (plane-averaged) image: the superpixel luminance for a CFA frame."""
+def _area_ratio(transform: Transform, frame_shape: tuple[int, int]) -> float:
+    """Reference-grid area covered by one frame pixel (|det| of the transform's Jacobian, at the frame centre
+    for a homography)."""
+    m = transform.as_array()
+    h, w = frame_shape
+    x, y = (w - 1) / 2.0, (h - 1) / 2.0
+    den = m[2, 0] * x + m[2, 1] * y + m[2, 2]
+    # Jacobian of (a·p + t) / (c·p + 1): (A - (A·p + t)·c / den) / den
+    top = m[:2, :2] - np.outer(m[:2, :2] @ [x, y] + m[:2, 2], m[2, :2]) / den
+    area = abs(float(np.linalg.det(top / den)))
+    return area if math.isfinite(area) and area > 0 else 1.0
+
+
+def _phase_image(data: FloatArray, *, cfa: bool) -> FloatArray:
+    """The image kept for phase correlation: the (plane-averaged) frame, 2×2-binned when it is a CFA mosaic
+    (superpixel luminance) or larger than `_PHASE_FULL_PIXELS` (to bound the memory it holds)."""
     lum: FloatArray = data if data.ndim == 2 else np.asarray(np.mean(data, axis=0, dtype=np.float32))
+    if not cfa and lum.size <= _PHASE_FULL_PIXELS:
+        return np.array(lum, dtype=np.float32, copy=True)
     h, w = lum.shape[0] // 2 * 2, lum.shape[1] // 2 * 2
     return np.asarray(cv2.resize(lum[:h, :w], (w // 2, h // 2), interpolation=cv2.INTER_AREA), dtype=np.float32)
 

@@ -30,10 +30,10 @@ from astrod.io.frames import read_meta
 from astrod.io.headers import rules_from_config
 from astrod.io.journal import Journal, quick_hash
 from astrod.library.build import BuildOptions, build_library
-from astrod.library.calibration import calibrate_frame
 from astrod.library.masters import MasterLibrary
 from astrod.model import Frame, FrameKind, FrameMeta
-from astrod.pipeline.live import PipelineSettings
+from astrod.pipeline.calibration import library_calibrator
+from astrod.pipeline.live import Calibrated, Calibrator, PipelineSettings
 from astrod.pipeline.night import next_dawn
 from astrod.pipeline.sessions import Pointing, SessionKey, session_key, slug, target_of
 from astrod.service.notify import Notifier
@@ -131,13 +131,12 @@ class Daemon:
                 return None
         return self._library
 
-    def _calibrator(self) -> Callable[[Frame], Frame]:
-        def calibrate(frame: Frame) -> Frame:
+    def _calibrator(self) -> Calibrator:
+        def calibrate(frame: Frame) -> Frame | Calibrated:
             library = self._open_library()
-            if library is None:
-                return frame
-            done = calibrate_frame(library, frame)
-            return Frame(meta=done.meta, data=done.data, path=frame.path)
+            if library is None:  # no masters yet: stack uncalibrated, the stack's history says so
+                return Calibrated(frame=frame, notes=("no master library yet",))
+            return library_calibrator(library)(frame)
 
         return calibrate
 
@@ -381,6 +380,8 @@ class Daemon:
         if site.latitude is None or site.longitude is None:
             return
         dawn = next_dawn(self._clock(), latitude=site.latitude, longitude=site.longitude, elevation=site.elevation)
+        if dawn is None:  # polar day or night: no dawn within 36 h, sessions close when idle
+            return
         self._scheduler.add_job(self._dawn, "date", run_date=dawn, id="dawn", replace_existing=True)
         log.info("dawn_scheduled", at=dawn.isoformat())
 
@@ -432,6 +433,15 @@ class Daemon:
         self.errors.append({"at": self._clock().isoformat(), "where": where, "error": text})
         del self.errors[:-50]
         self._status_dirty = True
+
+    def busy(self) -> bool:
+        """Whether any frame is still waiting somewhere (router queue, calibration batch, session queues)."""
+        if self._ready.qsize() or self._pending_calibration:
+            return True
+        if self.journal.counts().get("queued", 0):
+            return True
+        with self._lock:
+            return any(w.queue_length for w in self.workers.values())
 
     def status_line(self) -> str:
         with self._lock:

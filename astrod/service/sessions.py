@@ -24,7 +24,7 @@ from astrod.io.atomic import atomic_write_text
 from astrod.io.frames import read_frame
 from astrod.io.journal import Journal
 from astrod.model import Frame
-from astrod.pipeline.live import FrameResult, LiveStack, PipelineSettings
+from astrod.pipeline.live import Calibrator, FrameResult, LiveStack, PipelineSettings
 from astrod.pipeline.outputs import write_preview, write_session_outputs
 
 log = structlog.get_logger()
@@ -66,7 +66,7 @@ class SessionWorker:
     """Owns one session's LiveStack and thread. All methods but the thread body are called from other threads."""
 
     def __init__(self, *, session_id: str, label: str, key: dict[str, Any], paths: SessionPaths, journal: Journal,
-                 settings: PipelineSettings, calibrator: Callable[[Frame], Frame] | None,
+                 settings: PipelineSettings, calibrator: Calibrator | None,
                  checkpoint_every: int, preview_every_frames: int, preview_every_seconds: float,
                  read_options: dict[str, Any], on_closed: Callable[[str], None]) -> None:
         self.id = session_id
@@ -249,7 +249,7 @@ class SessionWorker:
                 "session": self.id, "label": self.label, "key": self.key, "closed_because": why,
                 "stacked": self.stats.stacked, "rejected": self.stats.rejected,
                 "total_exposure_s": self.stats.exposure, "rejections": self.stats.rejections,
-                "masters": product.header.get("MASTERS") if isinstance(product.header, dict) else None,
+                "masters": list(product.masters),
                 "timings_ms": {"per_frame_median": float(np.median(timings)) if timings else None,
                                "per_frame_worst": float(np.max(timings)) if timings else None,
                                "finalize": None},

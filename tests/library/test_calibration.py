@@ -15,12 +15,14 @@ from astropy.nddata import CCDData
 
 from astrod.cli import main
 from astrod.io.frames import read_frame
+from astrod.io.index import file_digest
+from astrod.library.build import build_library
 from astrod.library.calibration import calibrate_frame, output_name
 from astrod.library.masters import MasterLibrary
 from astrod.library.match import MatchRules
 from astrod.model import Frame
 from tests import synth
-from tests.library.observatory import CAMERA_A, Group, write_group
+from tests.library.observatory import CAMERA_A, Group, build_options, write_group
 
 SKY = 2000.0  # electrons per pixel in every light (gain 1 e-/ADU)
 W, H = 192, 144
@@ -33,6 +35,7 @@ class Night:
     outputs: Path
     config: Path
     sensor: synth.Sensor
+    light_digests: dict[float, str]
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +60,12 @@ def night(tmp_path_factory: pytest.TempPathFactory) -> Night:
     config.write_text("[site]\nlatitude = 51.5\nlongitude = 0.0\n", encoding="utf-8")
     library = root / "library"
     assert main(["library", "build", "--source", str(src), "--library", str(library), "--config", str(config)]) == 0
+    digests = {e: file_digest(p) for e, p in lights.items()}
     outputs = root / "calibrated"
     assert main(["calibrate", str(root / "lights"), "-o", str(outputs), "--library", str(library),
                  "--config", str(config)]) == 0
-    return Night(library=library, lights=lights, outputs=outputs, config=config, sensor=sensor)
+    return Night(library=library, lights=lights, outputs=outputs, config=config, sensor=sensor,
+                 light_digests=digests)
 
 
 def block_means(image: np.ndarray, size: int = 16) -> np.ndarray:
@@ -113,15 +118,17 @@ def test_equals_ccdproc_with_the_same_masters(night: Night, exposure: float) -> 
 
 
 def test_outputs_carry_provenance_and_inputs_are_untouched(night: Night) -> None:
-    """The output names its masters and steps; the input file is byte for byte what was written."""
+    """The output names the masters it used and its steps; the input file is untouched."""
     header = fits.getheader(night.outputs / output_name(night.lights[120.0]))
     assert header["CALDARK"].startswith("dark_g100_o50_bin1x1_192x144_m10C_60s_")
     assert header["DARKMODE"] == "scaled" and header["DARKSCAL"] == 2.0
     assert header["CALFLAT"].startswith("flat_") and header["CALBPM"].startswith("badpixels_")
     history = "".join(str(h) for h in header["HISTORY"])  # long lines continue on the next card
     assert "dark current subtracted (scaled by exposure x2)" in history and "dark scaled 60 s -> 120 s" in history
-    assert fits.getheader(night.lights[120.0])["IMAGETYP"] == "LIGHT"
-    assert fits.getdata(night.lights[120.0]).dtype.kind in "iu"
+    exact = fits.getheader(night.outputs / output_name(night.lights[300.0]))
+    assert exact["DARKMODE"] == "exact" and "CALBIAS" not in exact, "an exact dark includes the bias"
+    assert header["CALBIAS"].startswith("bias_"), "a scaled dark needs the bias"
+    assert {e: file_digest(p) for e, p in night.lights.items()} == night.light_digests
 
 
 def test_calibrate_frame_leaves_its_input_alone(night: Night) -> None:
@@ -150,3 +157,30 @@ def test_missing_masters_give_exit_1_and_are_recorded(night: Night, tmp_path: Pa
     header = fits.getheader(tmp_path / "out" / "gain0_cal.fits")
     assert header["CALMISS"].startswith("darkless: no dark for ZWO ASI2600MM Pro gain 0")
     assert "CALFLAT" in header and "CALDARK" not in header
+
+
+def test_colour_sensor_flat_is_applied_per_cfa_colour(tmp_path: Path) -> None:
+    """For a Bayer sensor (flat normalised per CFA colour, bad pixels from same-colour neighbours) each colour
+    plane of a calibrated uniform scene is flat: its 8×8 block means scatter as the noise allows, while the raw
+    plane shows the vignetting."""
+    sensor = synth.Sensor(width=128, height=96, seed=43, bayer="RGGB", vignetting=0.3, amp_glow=1.0)
+    src = tmp_path / "calibration"
+    for i, group in enumerate([Group(CAMERA_A, "bias", 7), Group(CAMERA_A, "dark", 7, exposure=300.0),
+                               Group(CAMERA_A, "flat", 7, exposure=1.0, filter="L")]):
+        write_group(src / group.kind, sensor, group, seed=60 + i, dialect="nina")
+    build_library(tmp_path / "lib", [src], options=build_options())
+    scene = synth.to_rgb(np.full((96, 128), SKY, dtype=np.float32))
+    data = sensor.light(scene, exposure=300.0, temperature=-10.0, seed=9)
+    path = synth.write_fits(tmp_path / "light.fits", data, kind="light", exposure=300.0, camera=CAMERA_A, filter="L",
+                            bayer="RGGB", date_obs=Group(CAMERA_A, "light", 1).night)
+    with MasterLibrary.open(tmp_path / "lib", rules=MatchRules(longitude=0.0)) as library:
+        frame = read_frame(path)
+        assert frame.meta.bayer == "RGGB"
+        result = calibrate_frame(library, frame)
+    assert any("per CFA colour" in step for step in result.steps)
+    for y0, x0 in ((0, 0), (0, 1), (1, 1)):  # R, G, B
+        plane = result.data[y0::2, x0::2].astype(np.float64)
+        raw = data[y0::2, x0::2].astype(np.float64)
+        noise = np.std(plane[:, 1:] - plane[:, :-1]) / np.sqrt(2)
+        assert block_means(plane, 8).std() < 2.0 * noise / 8
+        assert block_means(raw, 8).std() > 10 * noise / 8

@@ -73,6 +73,14 @@ def test_scaling_needs_a_bias() -> None:
                               "exposure (have 60 s; scaling needs a master bias)",)
 
 
+def test_a_frame_without_exposure_gets_no_dark() -> None:
+    """Without an exposure time no dark can be chosen (not even scaled), and the message says why."""
+    result = match_frame(replace(LIGHT, exposure=None), [BIAS, DARK_300, FLAT_L], RULES)
+    assert result.dark is None
+    assert result.missing == ("darkless: no dark for ZWO ASI2600MM Pro gain 100 offset 50 -10 °C (the frame has no "
+                              "exposure time)",)
+
+
 def test_temperature_widens_step_by_step_with_a_warning() -> None:
     """A dark 3 °C away is used once the tolerance has widened to ±3 °C, with a warning; 10 °C away is beyond
     the ±5 °C maximum and the frame is darkless, the message naming the nearest."""

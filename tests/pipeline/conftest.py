@@ -63,25 +63,32 @@ def grid_rms(a: Transform, b: Transform, *, width: int, height: int, step: int =
     return float(np.sqrt(np.mean(np.sum(d**2, axis=1))))
 
 
-def aperture_flux(image: F64, xy: F64, *, radius: float = 8.0, annulus: tuple[float, float] = (11.0, 15.0)) -> F64:
-    """Aperture sums minus the median of a surrounding annulus times the aperture area."""
+def aperture_flux(image: F64, xy: F64, *, sky: npt.NDArray[np.bool_], radius: float = 8.0) -> F64:
+    """Aperture sums minus the image's sky level (median over the ``sky`` pixels) times the aperture area.
+
+    One sky level for the whole image keeps the measure linear: a local median of a noisy annulus that holds a
+    neighbour's wings is biased differently from the same median of a noiseless image.
+    """
+    level = float(np.median(image[sky]))
     yy, xx = np.mgrid[0:image.shape[0], 0:image.shape[1]]
     out = []
     for x, y in xy:
-        d2 = (xx - x) ** 2 + (yy - y) ** 2
-        ap = d2 <= radius**2
-        an = (d2 >= annulus[0] ** 2) & (d2 <= annulus[1] ** 2)
-        out.append(image[ap].sum() - np.median(image[an]) * ap.sum())
+        ap = (xx - x) ** 2 + (yy - y) ** 2 <= radius**2
+        out.append(image[ap].sum() - level * ap.sum())
     return np.asarray(out, dtype=np.float64)
 
 
-def block_noise(image: F64, *, block: int = 8, crop: int = 40) -> float:
-    """Robust σ of ``block``×``block`` means of a residual image (centre crop): noise at a scale where the
-    smoothing of the warp's interpolation barely matters."""
+def block_noise(image: F64, *, mask: npt.NDArray[np.bool_], block: int = 8, crop: int = 40) -> float:
+    """Robust σ of the ``block``×``block`` means of a residual image (centre crop) over blocks with no ``mask``
+    pixel: noise at a scale where the smoothing of the warp's interpolation barely matters."""
     r = image[crop:-crop, crop:-crop]
+    m0 = mask[crop:-crop, crop:-crop]
     h, w = r.shape[0] // block * block, r.shape[1] // block * block
-    m = r[:h, :w].reshape(h // block, block, w // block, block).mean(axis=(1, 3))
-    return float(1.4826 * np.median(np.abs(m - np.median(m))))
+    means = r[:h, :w].reshape(h // block, block, w // block, block).mean(axis=(1, 3))
+    clean = ~m0[:h, :w].reshape(h // block, block, w // block, block).any(axis=(1, 3))
+    v = means[clean]
+    assert v.size > 100, "too few star-free blocks to measure noise"
+    return float(1.4826 * np.median(np.abs(v - np.median(v))))
 
 
 @dataclass(frozen=True)
