@@ -36,6 +36,7 @@ from astrod.errors import RegistrationError
 from astrod.model import Transform
 
 F64 = npt.NDArray[np.float64]
+C128 = npt.NDArray[np.complex128]
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.intp]
 Model = Literal["similarity", "affine", "homography"]
@@ -228,7 +229,7 @@ def register(
     try:
         reg = phase_correlate(image, reference_image, downsample=downsample)
     except RegistrationError as err:
-        raise RegistrationError(f"{star_error}; {err}") from err
+        raise RegistrationError(f"{star_error}; {str(err).removeprefix('registration failed: ')}") from err
     ref_xy = reference.xy if isinstance(reference, ReferenceAsterisms) else _xy(reference)
     return _polish_translation(reg, src, ref_xy, radius=max(match_radius_px, 1.5))
 
@@ -279,19 +280,20 @@ def _orientation(p: F64) -> F64:
 
 
 def _hypotheses(src: F64, neighbours: int, ref: ReferenceAsterisms, *, tolerance: float,
-                max_scale_change: float, radius: float) -> tuple[F64, F64, IntArray]:
+                max_scale_change: float, radius: float) -> tuple[C128, C128, IntArray]:
     """Similarities (a, b as complex numbers: z_ref = a·z + b) proposed by matched triangle pairs, ordered
     by the number of proposals that agree with them; returns (a, b, votes)."""
-    empty = (np.empty(0, dtype=np.complex128), np.empty(0, dtype=np.complex128), np.empty(0, dtype=np.intp))
+    empty: tuple[C128, C128, IntArray] = (np.empty(0, dtype=np.complex128), np.empty(0, dtype=np.complex128),
+                                          np.empty(0, dtype=np.intp))
     tri, inv = _asterisms(src, neighbours)
     if tri.shape[0] == 0 or ref.triangles.shape[0] == 0:
-        return empty  # type: ignore[return-value]
+        return empty
     k = min(8, ref.triangles.shape[0])
     dist, idx = ref.invariant_tree.query(inv, k=k, distance_upper_bound=tolerance)
     dist, idx = dist.reshape(inv.shape[0], k), idx.reshape(inv.shape[0], k)
     si, col = np.nonzero(np.isfinite(dist))
     if si.size == 0:
-        return empty  # type: ignore[return-value]
+        return empty
     ri = idx[si, col]
     ps, pr = src[tri[si]], ref.xy[ref.triangles[ri]]
     same = _orientation(ps) == _orientation(pr)
@@ -306,7 +308,7 @@ def _hypotheses(src: F64, neighbours: int, ref: ReferenceAsterisms, *, tolerance
     ok = (fit <= radius) & (scale >= 1.0 / (1.0 + max_scale_change)) & (scale <= 1.0 + max_scale_change)
     a, b, fit = a[ok], b[ok], fit[ok]
     if a.size == 0:
-        return empty  # type: ignore[return-value]
+        return empty
     # Vote: proposals from correctly matched triangles share rotation, scale and shift.
     key = np.column_stack([
         np.round(np.degrees(np.angle(a)) / 0.5), np.round(np.log(np.abs(a)) / 0.002),
@@ -315,10 +317,10 @@ def _hypotheses(src: F64, neighbours: int, ref: ReferenceAsterisms, *, tolerance
     _, inverse, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
     votes = counts[inverse.ravel()]
     order = np.lexsort((fit, -votes))
-    return a[order], b[order], votes[order]  # type: ignore[return-value]
+    return a[order], b[order], votes[order]
 
 
-def _best_hypothesis(hyps: tuple[F64, F64, IntArray], src: F64, ref: ReferenceAsterisms, *, radius: float,
+def _best_hypothesis(hyps: tuple[C128, C128, IntArray], src: F64, ref: ReferenceAsterisms, *, radius: float,
                      min_matches: int, max_trials: int, rng: np.random.Generator) -> tuple[F64 | None, int]:
     """The proposal that brings most frame stars onto reference stars, as a 3×3 matrix, and that count."""
     a, b, _ = hyps

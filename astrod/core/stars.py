@@ -1,28 +1,35 @@
 """Sky background, star detection and star measurement.
 
 Background
-    The frame is cut into a mesh of boxes (64 px by default). Each box gets a σ-clipped median (its sky
-    level) and a σ-clipped standard deviation corrected for the clipping (its noise), from one sort of a
-    strided sample of its pixels. A 3×3 median over the mesh removes boxes spoiled by bright stars; the
-    mesh is interpolated bilinearly (the `cv2.resize` convention) where a full map is wanted.
+    The frame is cut into a mesh of boxes (64 px by default). Each box gets the σ-clipped median of a
+    strided sample of its pixels (one radix sort, then clipping by binary search) as its sky level, and as
+    its noise the clipped RMS of differences between pixels a few columns apart, over √2: a difference
+    cancels a gradient across the box and the wings of stars, which would inflate the spread of the values.
+    A 3×3 median over the mesh removes boxes spoiled by bright stars; the mesh is interpolated bilinearly
+    (the `cv2.resize` convention) where a full map is wanted.
 
 Detection
     Stars are found on a 2×2-binned frame smoothed by a [1 2 1]⊗[1 2 1] kernel (one fused pass over the
     frame). A Bayer frame is always binned: every 2×2 block holds one whole CFA cell, so the binned frame
     is a luminance whatever the pattern. The background mesh is measured on that detection image, so the
-    threshold (level + k·σ, interpolated from the mesh) accounts for whatever the smoothing did to the
-    noise. `cv2.connectedComponents` labels the pixels above threshold and one pass over the labels
-    finds each blob's area and peak. Blobs too large, touching the border, flat-topped (saturated) or
-    single hot pixels (whose neighbours carry no light) are rejected.
+    threshold (level + k·σ, interpolated from the mesh) accounts for what binning and smoothing did to the
+    noise. The thresholding pass also marks local maxima; `cv2.connectedComponents` labels the blobs, and
+    every significant maximum of a blob is a candidate (a faint star merged with a cosmic-ray hit or a
+    neighbour's wing is not lost). Blobs too large, peaks at the border, flat tops (saturation) and single
+    hot pixels (whose neighbours carry no light) are rejected.
 
 Measurement
-    Only the brightest ``max_stars`` candidates are measured, on the full-resolution frame (on the binned
-    luminance for Bayer frames), by adaptive elliptical-Gaussian-weighted moments (Bernstein & Jarvis
-    2002): the weight is iterated until it matches the star, which gives an unbiased centroid for any
-    symmetric profile and the star's second moments (its eccentricity). FWHM comes from a log-quadratic
-    fit of the pixels above half maximum, which unlike second moments does not depend on the wings of a
-    Moffat profile; the pixel's own box (variance 1/12 px²) is removed so the FWHM is that of the PSF.
-    HFR is the radius holding half of the flux within an aperture of 3 FWHM.
+    Only the brightest ``max_stars`` candidates are measured, on the full-resolution frame (for Bayer
+    frames on the mean of each cell's two greens, which sits at the cell centre whatever the star's
+    colour). Hot pixels and cosmic-ray hits inside a star's window are replaced by their neighbours'
+    median first. The centroid is weighted by a circular Gaussian the size of the PSF (the brightest
+    stars' median), iterated to its fixed point (SExtractor's XWIN): unbiased for any symmetric star, and
+    the weight keeps the noise of the wings out. Eccentricity comes from the second moments under the
+    same weight, deconvolved from it and from the pixel's footprint. FWHM comes from a log-quadratic fit
+    of the pixels above half maximum, which unlike second moments does not depend on the wings of a
+    Moffat profile; the pixel's box (variance 1/12 px²) is removed, so the FWHM is that of the PSF (for
+    Bayer frames the fit uses the green pixels at their own positions). HFR is the radius holding half of
+    the flux within an aperture of 3 FWHM.
 """
 
 from __future__ import annotations
@@ -31,9 +38,9 @@ import math
 from dataclasses import dataclass
 
 import cv2
+import numba
 import numpy as np
 import numpy.typing as npt
-import numba
 from numba import njit, prange
 from scipy.spatial import cKDTree
 
@@ -136,8 +143,9 @@ def estimate_background(
 ) -> Background:
     """Sky level and noise of ``data`` (H, W) on a mesh of ``box``-pixel boxes.
 
-    Each box uses every ``step``-th pixel in both directions (default: about 256 samples per box). With ``bayer`` set (any pattern name) the statistics are those of the 2×2 superpixel luminance
-    and ``box`` counts full-resolution pixels. ``with_map`` adds the interpolated full map.
+    Each box uses every ``step``-th pixel in both directions (default: about 256 samples per box). With
+    ``bayer`` set (any pattern name) the statistics are those of the 2×2 superpixel luminance and ``box``
+    counts full-resolution pixels. ``with_map`` adds the interpolated full map.
     """
     image = _as_2d_float32(data)
     if bayer is not None:
@@ -232,7 +240,7 @@ def detect_stars(
         & (px >= 1) & (py >= 1) & (px < dw - 1) & (py < dh - 1)
     )
     # Every local maximum of a blob is a candidate, so a faint star merged with a cosmic-ray hit or a
-    # brighter neighbour is not lost; maxima within 2 px of a higher one in the same blob are its noise.
+    # brighter neighbour is not lost; maxima within 2.5 px of a higher one in the same blob are its noise.
     cand = np.flatnonzero(keep)
     cand = cand[np.argsort(-height_above[cand], kind="stable")]
     if cand.size > 1:
@@ -367,12 +375,14 @@ def _background(image: FloatArray, *, box: int, clip_sigma: float, step: int | N
 
 
 def _fill_and_filter(mesh: FloatArray) -> FloatArray:
-    """Boxes without data take the median of the others; then a 3×3 median removes outlying boxes."""
+    """Boxes without data take the median of the others (all NaN if none has data); then a 3×3 median
+    removes outlying boxes."""
     out = mesh.astype(np.float32, copy=True)
     bad = ~np.isfinite(out)
     if bad.all():
-        out[:] = 0.0
-    elif bad.any():
+        out[:] = np.nan
+        return out
+    if bad.any():
         out[bad] = np.median(out[~bad])
     if min(out.shape) >= 3:
         out = np.asarray(cv2.medianBlur(out, 3), dtype=np.float32)
@@ -520,12 +530,13 @@ def _bayer_planes(image: FloatArray, green_main: bool) -> tuple[FloatArray, Floa
 
 
 @njit(cache=True, nogil=True)
-def _clipped_stats(v: FloatArray, cs: F64, cs2: F64, k: float, iterations: int) -> tuple[float, float]:
+def _clipped_stats(v: FloatArray, cs: F64, cs2: F64, k: float,
+                   iterations: int) -> tuple[float, float]:  # pragma: no cover - numba
     """Median and standard deviation of sorted ``v`` after iterated k-σ clipping about the median.
 
     ``cs``, ``cs2`` are scratch (len(v) + 1): prefix sums of (v - pivot) and its square give the mean and
     σ of any clipped range in O(1), so each iteration costs two binary searches.
-    """  # pragma: no cover - numba
+    """
     n = v.shape[0]
     pivot = float(v[n // 2])
     cs[0] = 0.0

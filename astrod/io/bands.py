@@ -123,12 +123,30 @@ def open_rows(path: str | os.PathLike[str], *, spool_dir: str | os.PathLike[str]
                      size=layout.size, mtime_ns=layout.mtime_ns)
 
 
-def _decode(buf: npt.NDArray[np.uint8], layout: RowLayout) -> FloatArray:
+def _exact_in_float32(layout: RowLayout) -> bool:
+    """Whether ``raw + BZERO`` is exact in float32 arithmetic (8- and 16-bit integers with an integral BZERO,
+    or unscaled floats): then one numpy pass decodes straight into the destination."""
+    if layout.bscale != 1.0:
+        return False
+    if layout.bitpix in (8, 16):
+        return float(layout.bzero).is_integer() and abs(layout.bzero) <= 2**23
+    return layout.bitpix in (-32, -64) and layout.bzero == 0.0
+
+
+def _decode_into(buf: npt.NDArray[np.uint8], layout: RowLayout, out: FloatArray) -> None:
+    flat = out.reshape(-1)
+    if _exact_in_float32(layout):
+        raw = buf.view(_DTYPES[layout.bitpix])
+        if layout.bzero:
+            np.add(raw, np.float32(layout.bzero), out=flat, dtype=np.float32, casting="unsafe")
+        else:
+            np.copyto(flat, raw, casting="unsafe")
+        return
     if layout.bitpix == 16:
-        return int16be_to_float32(buf, bscale=layout.bscale, bzero=layout.bzero)
-    data = scaled_to_float32(buf.view(_DTYPES[layout.bitpix]), bscale=layout.bscale, bzero=layout.bzero)
-    # a float32 view of the mapped bytes must not outlive the map
-    return data.copy() if np.shares_memory(data, buf) else data
+        flat[...] = int16be_to_float32(buf, bscale=layout.bscale, bzero=layout.bzero)
+    else:
+        # 32/64-bit integers or scaled data: float64 keeps them exact before the final rounding
+        flat[...] = scaled_to_float32(buf.view(_DTYPES[layout.bitpix]), bscale=layout.bscale, bzero=layout.bzero)
 
 
 def read_rows(path: str | os.PathLike[str], row0: int, row1: int, *, layout: RowLayout | None = None,
@@ -160,21 +178,19 @@ def read_rows(path: str | os.PathLike[str], row0: int, row1: int, *, layout: Row
     if st.st_size < start + count:
         raise FrameReadError(f"{lay.source}: truncated: rows [{row0}, {row1}) end at byte {start + count}, "
                              f"the file has {st.st_size}")
+    dest = out if out is not None else np.empty((rows, lay.width), dtype=np.float32)
     aligned = start - start % mmap.ALLOCATIONGRANULARITY
     try:
         with lay.path.open("rb") as handle, mmap.mmap(handle.fileno(), start + count - aligned,
                                                       access=mmap.ACCESS_READ, offset=aligned) as mapped:
             buf = np.frombuffer(mapped, dtype=np.uint8, count=count, offset=start - aligned)
             try:
-                decoded = _decode(buf, lay).reshape(rows, lay.width)
+                _decode_into(buf, lay, dest)
             finally:
                 del buf  # the map cannot close while a view of it is alive
     except (OSError, ValueError) as err:
         raise FrameReadError(f"{lay.source}: cannot map rows [{row0}, {row1}): {err}") from err
-    if out is None:
-        return decoded
-    out[...] = decoded
-    return out
+    return dest
 
 
 def read_band(layouts: Sequence[RowLayout], row0: int, row1: int, *,

@@ -20,11 +20,14 @@ one-line reason. Memory stays flat with the number of frames: the stacker state,
 list of small per-frame rows; registered frames for the final full-rejection pass go to ``cache_dir`` on
 disk.
 
-Normalisation is additive only (the frame's sky is moved onto the reference's): scaling each frame by a
-noise ratio, as siril's ``addscale`` does, also scales its star fluxes whenever the noise changes for
-another reason than transparency (a brighter sky), which biases photometry. Noisier or hazier frames are
-instead down-weighted (``weighting = "snr"``: weight ∝ (transparency / noise)², transparency being the
-median flux ratio of the stars shared with the reference).
+Normalisation is additive (the frame's sky is moved onto the reference's) and flux-conserving (a frame
+whose transform changes pixel area by a factor ``a`` is divided by ``a``, so resampling does not change star
+fluxes). Frames are not scaled by a noise ratio as siril's ``addscale`` does: that also scales star fluxes
+whenever the noise changes for another reason than transparency (a brighter sky), which biases photometry
+(siril 1.0.6's addscale stack of a synthetic session has its star fluxes 4 % low; see
+tests/pipeline/test_siril.py). Noisier or hazier frames are instead down-weighted (``weighting = "snr"``:
+weight ∝ (transparency / noise)², transparency being the median flux ratio of the stars shared with the
+reference).
 """
 
 from __future__ import annotations
@@ -231,8 +234,10 @@ class LiveStack:
     """The live stack of one session; see the module docstring for the stages.
 
     ``calibrator`` turns a raw frame into a calibrated one (or a `Calibrated`); it may raise `AstrodError`
-    for a frame it cannot calibrate. ``cache_dir`` receives the registered frames when
-    ``settings.final_rejection`` is not ``"none"`` (one float32 ``.npy`` per stacked frame).
+    for a frame it cannot calibrate. It may reuse one output buffer only when ``prepare`` and ``accumulate``
+    are not overlapped (the prepared frame holds the calibrated pixels until it is accumulated).
+    ``cache_dir`` receives the registered frames when ``settings.final_rejection`` is not ``"none"`` (one
+    float32 ``.npy`` per stacked frame).
     """
 
     def __init__(self, settings: PipelineSettings, *, calibrator: Calibrator | None = None,
@@ -408,8 +413,11 @@ class LiveStack:
         t0 = time.perf_counter()
         pixels = debayer(data, pattern=prepared.pattern) if prepared.pattern is not None else data
         buffer = self._buffer()
-        warp(pixels, reg.transform, shape=self._ref.frame_shape, interpolation=self.settings.interpolation,
-             out=buffer)
+        try:
+            warp(pixels, reg.transform, shape=self._ref.frame_shape, interpolation=self.settings.interpolation,
+                 out=buffer)
+        except ValueError as err:  # a degenerate fitted transform (a wild homography)
+            return self._record(prepared, "rejected", f"cannot warp: {_one_line(err)}", metrics, timings)
         del pixels
         timings["warp"] = _ms(t0)
 

@@ -20,7 +20,8 @@ UNKNOWN_OBJECTS = frozenset({"", "unknown", "none", "null", "-"})
 
 @dataclass(frozen=True, slots=True)
 class SessionKey:
-    """Lights with equal keys are stacked together."""
+    """Lights with equal keys are stacked together. The frame size is not part of the key: a frame whose size
+    differs from its session's is rejected with that reason rather than silently starting a session."""
 
     night: date
     target: str
@@ -29,19 +30,17 @@ class SessionKey:
     gain: float | None
     offset: float | None
     binning: tuple[int, int]
-    width: int
-    height: int
     bayer: str | None
 
     def settings_tag(self) -> str:
         """A short stable tag of the camera settings (tells apart sessions of one target and filter)."""
-        text = repr((self.camera, self.gain, self.offset, self.binning, self.width, self.height, self.bayer))
+        text = repr((self.camera, self.gain, self.offset, self.binning, self.bayer))
         return hashlib.blake2b(text.encode(), digest_size=3).hexdigest()
 
     def as_dict(self) -> dict[str, object]:
         return {"night": self.night.isoformat(), "target": self.target, "filter": self.filter,
                 "camera": self.camera, "gain": self.gain, "offset": self.offset, "binning": list(self.binning),
-                "width": self.width, "height": self.height, "bayer": self.bayer}
+                "bayer": self.bayer}
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +86,7 @@ def session_key(meta: FrameMeta, *, target: str, longitude: float | None) -> Ses
         raise ValueError("a light without DATE-OBS has no night")
     return SessionKey(night=night_of(meta.date_obs, longitude=longitude), target=target, filter=meta.filter,
                       camera=meta.camera, gain=meta.gain, offset=meta.offset, binning=meta.binning,
-                      width=meta.width, height=meta.height, bayer=meta.bayer if meta.planes == 1 else None)
+                      bayer=meta.bayer if meta.planes == 1 else None)
 
 
 def slug(text: str) -> str:

@@ -491,8 +491,7 @@ def _key_from_dict(data: dict[str, Any]) -> SessionKey:
 
     return SessionKey(night=date.fromisoformat(data["night"]), target=data["target"], filter=data["filter"],
                       camera=data["camera"], gain=data["gain"], offset=data["offset"],
-                      binning=(int(data["binning"][0]), int(data["binning"][1])), width=data["width"],
-                      height=data["height"], bayer=data["bayer"])
+                      binning=(int(data["binning"][0]), int(data["binning"][1])), bayer=data["bayer"])
 
 
 def read_status(config: Config) -> dict[str, Any] | None:

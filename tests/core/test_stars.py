@@ -120,7 +120,7 @@ def test_centroids_fwhm_and_completeness_against_truth(fwhm: float, beta: float)
 
 def test_detection_on_the_full_resolution_frame_agrees() -> None:
     """Without 2×2 binning the same bright stars are found with the same precision."""
-    data, truth, sensor = _mono_frame(fwhm=3.0, beta=4.0, seed=20, hot_pixels=0, n_stars=100, flux_min=1e4)
+    data, truth, _ = _mono_frame(fwhm=3.0, beta=4.0, seed=20, hot_pixels=0, n_stars=100, flux_min=1e4)
     stars = detect_stars(data, bin2=False)
     det, tru = _match(stars, truth)
     bright = _isolated_bright(truth, flux_min=2e4)
@@ -196,7 +196,7 @@ def test_saturated_stars_are_rejected() -> None:
 def test_star_list_is_sorted_frozen_and_capped() -> None:
     """Stars come brightest first, at most ``max_stars`` of them, while ``n_detected`` still counts every
     detected star; the arrays are read-only and the input frame is not modified."""
-    data, truth, _ = _mono_frame(fwhm=3.0, beta=4.0, seed=60)
+    data, _, _ = _mono_frame(fwhm=3.0, beta=4.0, seed=60)
     before = data.copy()
     full = detect_stars(data)
     capped = detect_stars(data, max_stars=20)

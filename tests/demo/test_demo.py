@@ -1,7 +1,8 @@
-"""The built-in demo (the README's main command) runs and classifies its synthetic night correctly."""
+"""The built-in demo (the README's main command) runs the daemon through a synthetic night."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,22 @@ from astrod.io.frames import read_meta
 from astrod.model import FrameKind
 
 
-def test_demo_night_classifies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`astrod demo` exits 0, reports the broken frame with its reason, and counts every kind."""
-    assert main(["demo", "--workdir", str(tmp_path)]) == 0
+@pytest.mark.slow
+def test_demo_night_ends_with_four_stacks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`astrod demo` exits 0 with four closed sessions (2 targets × 2 filters), their stacks and previews, the
+    masters built from the calibration frames, and the broken frame rejected with its reason."""
+    assert main(["demo", "--workdir", str(tmp_path), "--interval", "0.2"]) == 0
     out = capsys.readouterr().out
     assert "M31_L_truncated.fits: truncated: the image needs" in out
-    assert "frames by kind: bias 5, dark 5, flat 10, light 16, unreadable 1" in out
+    stacks = sorted(tmp_path.rglob("stack.fits"))
+    assert len(stacks) == 4
+    for stack in stacks:
+        assert (stack.parent / "preview.jpg").stat().st_size > 0
+        summary = json.loads((stack.parent / "session.json").read_text())
+        assert summary["stacked"] == 4 and summary["rejected"] == 0
+        assert {m.split("_")[0] for m in summary["masters"]} == {"bias", "dark", "flat", "badpixels"}
+        assert str(stack) in out
+    assert "library: " in out and " masters in " in out
 
 
 def test_demo_frames_carry_their_dialects(tmp_path: Path) -> None:

@@ -112,3 +112,18 @@ def test_compressed_frames_are_spooled(tmp_path: Path) -> None:
     layout = open_rows(packed, spool_dir=tmp_path / "spool")
     assert layout.source == packed and layout.path.parent == tmp_path / "spool"
     np.testing.assert_array_equal(read_rows(layout.path, 4, 9, layout=layout), data[4:9].astype(np.float32))
+
+
+def test_bscale_and_uint32_bzero_rows(tmp_path: Path) -> None:
+    """Scaled data (BSCALE, BZERO) and uint32 (BZERO 2**31, beyond float32's exact integers) read the rows
+    exactly as astropy's float64 values rounded to float32."""
+    raw = np.arange(-600, 600, dtype=np.int16).reshape(40, 30)
+    hdu = fits.PrimaryHDU(raw)
+    hdu.header["BSCALE"] = 0.25
+    hdu.header["BZERO"] = 1000.5
+    hdu.writeto(tmp_path / "scaled.fits")
+    big = (np.arange(40 * 30, dtype=np.uint64).reshape(40, 30) * 3_000_001 + 7).astype(np.uint32)
+    fits.PrimaryHDU(big).writeto(tmp_path / "u32.fits")
+    for name in ("scaled.fits", "u32.fits"):
+        whole = astropy_float(tmp_path / name)
+        np.testing.assert_array_equal(read_rows(tmp_path / name, 7, 23), whole[7:23])

@@ -16,6 +16,14 @@ def observatory(tmp_path_factory: pytest.TempPathFactory) -> Observatory:
     return make_observatory(tmp_path_factory.mktemp("observatory"))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def default_logging_per_module() -> Iterator[None]:
+    """The same before a module's fixtures run (a test elsewhere may have called `main` last)."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+
+
 @pytest.fixture(autouse=True)
 def default_logging() -> Iterator[None]:
     """structlog as unconfigured around each test: `astrod.cli.main` binds logging to the stderr of the moment,

@@ -1,0 +1,122 @@
+"""Running the real daemon (`python -m astrod run`) in a subprocess on a temporary observatory, for the tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from astrod.io.journal import FileRecord, Journal
+
+
+@dataclass
+class Observatory:
+    root: Path
+
+    @property
+    def capture(self) -> Path:
+        return self.root / "capture"
+
+    @property
+    def stacks(self) -> Path:
+        return self.root / "stacks"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "astrod.toml"
+
+    def write_config(self, *, idle_minutes: float = 60.0, checkpoint_every: int = 1, extra: str = "") -> Path:
+        self.config.write_text(f"""
+[paths]
+watch = ["capture"]
+output = "stacks"
+state = "state"
+library = "library"
+[watch]
+stable_seconds = 1.0
+[session]
+idle_minutes = {idle_minutes}
+checkpoint_every = {checkpoint_every}
+[stack]
+preview_every_frames = 2
+preview_every_seconds = 2.0
+{extra}
+""", encoding="utf-8")
+        return self.config
+
+    def publish(self, source: Path, relative: str) -> Path:
+        """Put a finished frame into the capture folder the way careful capture programs do (rename)."""
+        target = self.capture / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".part")
+        tmp.write_bytes(source.read_bytes())
+        os.replace(tmp, target)
+        return target
+
+    def journal_files(self) -> list[FileRecord]:
+        path = self.state / "journal.sqlite"
+        if not path.exists():
+            return []
+        journal = Journal(path)
+        try:
+            return journal.files()
+        finally:
+            journal.close()
+
+    def wait_for(self, what: Callable[[], bool], *, timeout: float = 60.0, message: str = "") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if what():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {message or what}")
+
+    def statuses(self) -> dict[str, str]:
+        return {Path(r.path).name: r.status for r in self.journal_files()}
+
+
+class DaemonProcess:
+    def __init__(self, obs: Observatory, *, env: dict[str, str] | None = None) -> None:
+        self.obs = obs
+        self.log = obs.root / "daemon.log"
+        full_env = {**os.environ, **(env or {})}
+        if "NOTIFY_SOCKET" not in (env or {}):
+            full_env.pop("NOTIFY_SOCKET", None)  # not ours: the test runner may itself run under systemd
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "astrod", "run", "--config", str(obs.config)],
+            stdout=subprocess.DEVNULL, stderr=self.log.open("ab"), env=full_env, cwd=obs.root)
+
+    def wait_started(self, timeout: float = 60.0) -> None:
+        status = self.obs.state / "status.json"
+
+        def started() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+            try:
+                return f'"pid": {self.proc.pid}' in status.read_text(encoding="utf-8")
+            except OSError:
+                return False
+
+        self.obs.wait_for(started, timeout=timeout, message="daemon start")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def close_all(self) -> None:
+        result = subprocess.run([sys.executable, "-m", "astrod", "session", "close", "--all", "--config",
+                                 str(self.obs.config)], capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
