@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 pytest_plugins = ["pytester"]
 
@@ -21,6 +22,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def reset_logging() -> Iterator[None]:
+    """Each test starts with structlog's defaults: a CLI call configures it to write to a stream (pytest's
+    captured stderr) that is closed once the test ends."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(autouse=True)

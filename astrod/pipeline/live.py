@@ -238,6 +238,9 @@ class LiveStack:
     are not overlapped (the prepared frame holds the calibrated pixels until it is accumulated).
     ``cache_dir`` receives the registered frames when ``settings.final_rejection`` is not ``"none"`` (one
     float32 ``.npy`` per stacked frame).
+
+    Concurrency: ``prepare`` may run in one thread while ``accumulate`` runs in another; ``accumulate``,
+    ``reject``, ``save``, ``preview`` and ``finalize`` must not run at the same time as each other.
     """
 
     def __init__(self, settings: PipelineSettings, *, calibrator: Calibrator | None = None,
