@@ -126,6 +126,51 @@ class SiteConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebConfig:
+    enabled: bool = _opt(False, "serve the dashboard and the JSON API")
+    host: str = _opt("127.0.0.1", "address to bind; 0.0.0.0 opens it to the network")
+    port: int = _opt(8080, "TCP port", min=1, max=65535)
+    token: str = _opt("", "token for POST actions (closing sessions); empty: read-only")
+
+
+@dataclass(frozen=True, slots=True)
+class IndiConfig:
+    enabled: bool = _opt(False, "drive a camera through INDI (needs pyindi-client)")
+    host: str = _opt("localhost", "indiserver host")
+    port: int = _opt(7624, "indiserver port", min=1, max=65535)
+    camera: str = _opt("CCD Simulator", "INDI camera device name")
+    filter_wheel: str = _opt("", "INDI filter wheel device name (empty: none)")
+    mount: str = _opt("", "INDI mount device name (empty: none)")
+    upload: str = _opt("client", "client: astrod receives each image as a BLOB and writes it into the capture folder; "
+                                 "local: the driver writes it there itself (same host only)", choices=("client", "local"))
+    connect_timeout: float = _opt(10.0, "seconds to wait for the server and devices", min=0.5, max=600)
+    exposure_retries: int = _opt(2, "retries of a failed exposure", min=0, max=100)
+    cooler_tolerance: float = _opt(1.0, "°C around the set-point that counts as reached", min=0.1, max=20)
+    cooler_timeout: float = _opt(600.0, "seconds to wait for the set-point before going on with a warning", min=0,
+                                 max=7200)
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureStepConfig:
+    target: str = _opt("", "target name, written as OBJECT (empty for calibration frames)")
+    frame: str = _opt("light", "frame type", choices=("light", "dark", "flat", "bias", "darkflat"))
+    filter: str = _opt("", "filter name (empty: leave the wheel where it is)")
+    exposure: float = _opt(1.0, "seconds", min=0.0, max=36000)
+    count: int = _opt(1, "frames to take", min=1, max=100000)
+    gain: float | None = _opt(None, "camera gain (unset: leave as is)", min=0, max=100000)
+    offset: float | None = _opt(None, "camera offset (unset: leave as is)", min=0, max=100000)
+    binning: int = _opt(1, "binning, both axes", min=1, max=16)
+    temperature: float | None = _opt(None, "cooler set-point, °C (unset: cooler untouched)", min=-100, max=50)
+    start: str = _opt("", "when the step may start: empty (now), 'dusk' (astronomical), or an ISO 8601 time")
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureConfig:
+    name: str = _opt("plan", "name of the capture plan (its progress is journaled under this name)")
+    steps: tuple[CaptureStepConfig, ...] = _opt((), "the plan's steps ([[capture.steps]] tables), in order")
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = _opt("info", "log level", choices=("debug", "info", "warning", "error"))
     format: str = _opt("auto", "auto: JSON under systemd or when not on a terminal, else coloured",
@@ -142,6 +187,9 @@ class Config:
     quality: QualityConfig = field(default_factory=QualityConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
     site: SiteConfig = field(default_factory=SiteConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+    indi: IndiConfig = field(default_factory=IndiConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def state_dir(self, env: Mapping[str, str] | None = None) -> Path:
