@@ -8,7 +8,7 @@ used (by file name) and what was missing, for the stack's provenance header.
 from __future__ import annotations
 
 from astrod.errors import FrameRejected
-from astrod.library.calibration import calibrate_frame
+from astrod.library.calibration import calibrate_frame, used_masters
 from astrod.library.masters import MasterLibrary
 from astrod.model import Frame
 from astrod.pipeline.live import Calibrated, Calibrator
@@ -28,7 +28,7 @@ def library_calibrator(library: MasterLibrary, *, require_complete: bool = False
         match = result.match
         if require_complete and match.missing:
             raise FrameRejected(f"missing masters: {'; '.join(match.missing)}")
-        masters = tuple(choice.record.name for choice in match.choices())
+        masters = tuple(choice.record.name for choice in used_masters(match, bad_pixels=bad_pixels))
         notes = tuple(f"missing master: {m}" for m in match.missing)
         return Calibrated(frame=Frame(meta=result.meta, data=result.data, path=frame.path), masters=masters,
                           notes=notes)

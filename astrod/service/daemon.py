@@ -104,6 +104,7 @@ class Daemon:
         self._last_calibration = 0.0
         self._library: MasterLibrary | None = None
         self.errors: list[dict[str, str]] = []
+        self.progress: dict[str, Any] = {}  # a long job under way: {"what", "done", "total"}
         self.started_at = clock()
         self._scheduler = BackgroundScheduler(timezone="UTC")
         self._router = threading.Thread(target=self._route_loop, name="astrod-router", daemon=True)
@@ -345,7 +346,7 @@ class Daemon:
             checkpoint_every=self.config.session.checkpoint_every,
             preview_every_frames=self.config.stack.preview_every_frames,
             preview_every_seconds=self.config.stack.preview_every_seconds,
-            read_options=self._read_options(), on_closed=self._on_session_closed)
+            read_options=self._read_options(), on_closed=self._on_session_closed, on_progress=self._set_progress)
         self.workers[sid] = worker
         worker.start()
         return worker
@@ -358,7 +359,7 @@ class Daemon:
         self._pending_calibration = []
         options = BuildOptions.from_config(self.config, refresh=True)
         try:
-            report = build_library(self.paths.library, sources, options=options)
+            report = build_library(self.paths.library, sources, options=options, progress=_StatusProgress(self))
         except AstrodError as err:
             self._error("library", str(err))
             log.error("library_update_failed", reason=str(err))
@@ -402,6 +403,10 @@ class Daemon:
         with self._lock:
             ids = list(self.workers)
         return sum(self.close_session(sid, why) for sid in ids)
+
+    def _set_progress(self, progress: dict[str, Any] | None) -> None:
+        self.progress = dict(progress) if progress else {}
+        self._status_dirty = True
 
     def _on_session_closed(self, sid: str) -> None:
         with self._lock:
@@ -464,7 +469,8 @@ class Daemon:
             for record in library.records():
                 counts[record.kind.value] = counts.get(record.kind.value, 0) + 1
             lib_summary["masters"] = counts
-        return {"running": running, "pid": os.getpid(), "version": __version__,
+        progress = dict(self.progress) if self.progress else None
+        return {"running": running, "pid": os.getpid(), "version": __version__, "progress": progress,
                 "started_at": self.started_at.isoformat(), "updated_at": self._clock().isoformat(),
                 "queue": self._ready.qsize(), "files": self.journal.counts(), "sessions": sessions,
                 "closed_sessions": [{"id": s.id, "label": s.info.get("label"), "output": s.info.get("output"),
@@ -477,6 +483,27 @@ class Daemon:
         status = self.status(running=running)
         atomic_write_text(self.paths.status, json.dumps(status, indent=2, default=str) + "\n")
         self.notifier.status(status["status_line"])
+
+
+class _StatusProgress:
+    """Library-build progress as the status file shows it (the dashboard renders it)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    def start(self, stage: str, total: int) -> None:
+        self._daemon.progress = {"what": f"library {stage}", "done": 0, "total": total}
+        self._daemon._status_dirty = True
+
+    def advance(self, item: str = "", n: int = 1) -> None:
+        p = self._daemon.progress
+        if p:
+            self._daemon.progress = {**p, "done": p["done"] + n, "item": item}
+            self._daemon._status_dirty = True
+
+    def finish(self) -> None:
+        self._daemon.progress = {}
+        self._daemon._status_dirty = True
 
 
 def _key_dict(key: SessionKey, meta: FrameMeta | None) -> dict[str, Any]:

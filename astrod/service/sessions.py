@@ -68,7 +68,8 @@ class SessionWorker:
     def __init__(self, *, session_id: str, label: str, key: dict[str, Any], paths: SessionPaths, journal: Journal,
                  settings: PipelineSettings, calibrator: Calibrator | None,
                  checkpoint_every: int, preview_every_frames: int, preview_every_seconds: float,
-                 read_options: dict[str, Any], on_closed: Callable[[str], None]) -> None:
+                 read_options: dict[str, Any], on_closed: Callable[[str], None],
+                 on_progress: Callable[[dict[str, Any] | None], None] = lambda _: None) -> None:
         self.id = session_id
         self.label = label
         self.key = key
@@ -81,6 +82,7 @@ class SessionWorker:
         self._preview_seconds = preview_every_seconds
         self._read_options = read_options
         self._on_closed = on_closed
+        self._on_progress = on_progress
         self._queue: queue.Queue[object] = queue.Queue()
         self._pending: list[tuple[Path, str, str | None, dict[str, Any]]] = []
         self._seq = 0
@@ -242,7 +244,11 @@ class SessionWorker:
         started = time.perf_counter()
         if self._live.n_stacked > 0:
             self._maybe_preview(force=True)
-            product = self._live.finalize()
+            self._on_progress({"what": f"final stack of {self.label}", "done": 0, "total": 1})
+            try:
+                product = self._live.finalize()
+            finally:
+                self._on_progress(None)
             info = self._stats_info()
             timings = self.stats.timings_ms
             summary = {

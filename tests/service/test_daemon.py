@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import random
 import socket
 import subprocess
@@ -131,8 +133,8 @@ def test_sigkill_at_random_points_gives_the_same_stack(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_bad_input_is_rejected_with_reasons_and_left_untouched(obs: Observatory, tmp_path: Path) -> None:
-    """Zero-byte, truncated, non-FITS, NaN-filled, wrong-size, EXPTIME-less frames, a symlink loop and a folder
-    named like a frame: each rejected with a one-line reason, source untouched, good frames still stacked."""
+    """Zero-byte, truncated, non-FITS, NaN-filled, wrong-size, EXPTIME-less frames, a symlink loop and an
+    unreadable file (a FIFO): each rejected with a one-line reason, source untouched, good frames still stacked."""
     obs.write_config()
     good = _lights(tmp_path, n=4, seed=3, target="M 51", band="L")
     blob = good[0].read_bytes()
@@ -163,6 +165,8 @@ def test_bad_input_is_rejected_with_reasons_and_left_untouched(obs: Observatory,
             obs.publish(p, f"Lights/{p.name}")
         loop = obs.capture / "Lights" / "loop.fits"
         loop.symlink_to(loop)
+        # root reads any file, so "unreadable" here is a FIFO: opening it would block a naive reader forever
+        os.mkfifo(obs.capture / "Lights" / "fifo.fits")
         (obs.capture / "Lights" / "folder.fits").mkdir()
         for p in good[2:]:
             obs.publish(p, f"Lights/{p.name}")
@@ -173,13 +177,14 @@ def test_bad_input_is_rejected_with_reasons_and_left_untouched(obs: Observatory,
         assert daemon.terminate() == 0
         daemon = DaemonProcess(obs)
         daemon.wait_started()
-        obs.wait_for(lambda: "loop.fits" in obs.statuses(), message="loop journaled")
+        obs.wait_for(lambda: "loop.fits" in obs.statuses() and "fifo.fits" in obs.statuses(),
+                     message="loop and fifo journaled")
     finally:
         assert daemon.terminate() == 0
     records = {Path(r.path).name: r for r in obs.journal_files()}
     expected = {"zero.fits": "empty file", "truncated.fits": "truncated", "text.fits": "not a FITS file",
                 "nan.fits": "NaN", "small.fits": "the session's stack is", "noexp.fits": "no exposure time",
-                "loop.fits": "cannot stat"}
+                "loop.fits": "cannot stat", "fifo.fits": "not a regular file"}
     for name, fragment in expected.items():
         record = records[name]
         assert record.status == "rejected", (name, record)
@@ -269,3 +274,21 @@ def test_status_works_when_the_daemon_is_down(obs: Observatory) -> None:
                                       str(obs.config)], capture_output=True, text=True, timeout=60,
                                      check=True).stdout)
     assert data["running"] is False and data["sessions"] == []
+
+
+def test_sighup_rereads_the_config(obs: Observatory) -> None:
+    """SIGHUP re-reads the config file; a broken one is reported and the daemon goes on with the old one."""
+    obs.write_config()
+    daemon = DaemonProcess(obs)
+    try:
+        daemon.wait_started()
+        obs.write_config(idle_minutes=5.0)
+        daemon.proc.send_signal(signal.SIGHUP)
+        obs.wait_for(lambda: "config_reloaded" in daemon.log.read_text(), message="config_reloaded")
+        obs.config.write_text("[session]\nidle_minutes = -3\n", encoding="utf-8")
+        daemon.proc.send_signal(signal.SIGHUP)
+        obs.wait_for(lambda: "config_reload_failed" in daemon.log.read_text(), message="config_reload_failed")
+        assert daemon.proc.poll() is None
+        assert "session.idle_minutes: -3 is out of range" in daemon.log.read_text()
+    finally:
+        assert daemon.terminate() == 0
