@@ -37,19 +37,6 @@ def _inspect_record(path: Path, config: Config) -> dict[str, Any]:
     return record
 
 
-def _expand(paths: Sequence[str]) -> list[Path]:
-    from astrod.io.frames import is_frame_name
-
-    out: list[Path] = []
-    for name in paths:
-        p = Path(name)
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_frame_name(f)))
-        else:
-            out.append(p)
-    return out
-
-
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
@@ -62,7 +49,9 @@ def _fmt(value: Any) -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     config = _config_or_exit(args.config)
-    records = [_inspect_record(p, config) for p in _expand(args.files)]
+    from astrod.io.frames import expand_frame_paths
+
+    records = [_inspect_record(p, config) for p in expand_frame_paths(args.files)]
     if args.json:
         json.dump(records, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")

@@ -141,8 +141,9 @@ class IndiConfig:
     camera: str = _opt("CCD Simulator", "INDI camera device name")
     filter_wheel: str = _opt("", "INDI filter wheel device name (empty: none)")
     mount: str = _opt("", "INDI mount device name (empty: none)")
-    upload: str = _opt("client", "client: astrod receives each image as a BLOB and writes it into the capture folder; "
-                                 "local: the driver writes it there itself (same host only)", choices=("client", "local"))
+    upload: str = _opt("client", "client: astrod receives each image as a BLOB and writes it into the capture "
+                                 "folder; local: the driver writes it there itself (same host only)",
+                       choices=("client", "local"))
     connect_timeout: float = _opt(10.0, "seconds to wait for the server and devices", min=0.5, max=600)
     exposure_retries: int = _opt(2, "retries of a failed exposure", min=0, max=100)
     cooler_tolerance: float = _opt(1.0, "°C around the set-point that counts as reached", min=0.1, max=20)

@@ -26,6 +26,19 @@ def is_frame_name(path: Path) -> bool:
     return fitsio.is_fits_name(path) or is_raw_name(path)
 
 
+def expand_frame_paths(names: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given; folders replaced by the frame files under them (recursively, sorted, no dotfiles)."""
+    out: list[Path] = []
+    for name in names:
+        p = Path(name)
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_frame_name(f)
+                              and not f.name.startswith(".")))
+        else:
+            out.append(p)
+    return out
+
+
 def _check_file(path: Path) -> None:
     try:
         st = path.stat()

@@ -16,7 +16,7 @@ from typing import Any
 
 from astrod.config import EX_CONFIG, Config, load_config
 from astrod.errors import AstrodError, ConfigError, LibraryError
-from astrod.io.frames import is_frame_name, read_meta
+from astrod.io.frames import expand_frame_paths, read_meta
 from astrod.io.headers import describe, rules_from_config
 from astrod.library.build import BuildOptions, build_library, describe_outcome
 from astrod.library.calibration import calibrate_files, used_masters
@@ -97,17 +97,6 @@ def _config(args: argparse.Namespace) -> Config:
 
 def _library_dir(args: argparse.Namespace, config: Config) -> Path:
     return Path(args.library) if args.library else config.library_dir()
-
-
-def _expand(paths: Sequence[str]) -> list[Path]:
-    out: list[Path] = []
-    for name in paths:
-        p = Path(name)
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_frame_name(f)))
-        else:
-            out.append(p)
-    return out
 
 
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:
@@ -209,7 +198,7 @@ def cmd_library_match(args: argparse.Namespace) -> int:
     status = 0
     try:
         with MasterLibrary.open(library, config=config) as lib:
-            for path in _expand(args.files):
+            for path in expand_frame_paths(args.files):
                 try:
                     meta = read_meta(path, rename=config.headers.rename, rules=rules)
                 except AstrodError as err:
@@ -242,7 +231,7 @@ def cmd_library_match(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     config = _config(args)
     library = _library_dir(args, config)
-    paths = _expand(args.files)
+    paths = expand_frame_paths(args.files)
     if not paths:
         print("error: no frame files given", file=sys.stderr)
         return EXIT_MISSING

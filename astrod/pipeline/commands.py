@@ -15,12 +15,13 @@ from pathlib import Path
 
 from astrod.config import EX_CONFIG, Config, load_config
 from astrod.errors import AstrodError, ConfigError
+from astrod.io.frames import expand_frame_paths
 from astrod.io.headers import rules_from_config
 from astrod.library.masters import MasterLibrary
 from astrod.library.progress import progress_for
 from astrod.pipeline.calibration import library_calibrator
 from astrod.pipeline.live import Calibrator, PipelineSettings, write_outputs
-from astrod.pipeline.oneshot import expand_paths, stack_files
+from astrod.pipeline.oneshot import stack_files
 
 EXIT_NOTHING_STACKED = 1
 EXIT_UNUSABLE = 2
@@ -88,7 +89,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
     if reference is not None and not reference.is_file():
         print(f"error: reference {reference} is not a file", file=sys.stderr)
         return EXIT_UNUSABLE
-    paths = expand_paths(args.files)
+    paths = expand_frame_paths(args.files)
     if not paths and reference is None:
         print("error: no frame files found", file=sys.stderr)
         return EXIT_UNUSABLE

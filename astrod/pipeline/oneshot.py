@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -12,23 +11,10 @@ from pathlib import Path
 import structlog
 
 from astrod.errors import AstrodError
-from astrod.io.frames import is_frame_name, read_frame
+from astrod.io.frames import read_frame
 from astrod.io.headers import PathRule
 from astrod.library.progress import NoProgress, Progress
 from astrod.pipeline.live import Calibrator, FrameResult, LiveStack, PipelineSettings, StackProduct
-
-
-def expand_paths(names: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Files as given, folders replaced by the frame files under them (recursively, sorted by path)."""
-    out: list[Path] = []
-    for name in names:
-        p = Path(name)
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_frame_name(f)
-                              and not f.name.startswith(".")))
-        else:
-            out.append(p)
-    return out
 
 
 def order_frames(paths: Sequence[Path], reference: Path | None) -> list[Path]:

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from astrod.errors import AstrodError
+from astrod.io.frames import expand_frame_paths as expand_paths
 from astrod.pipeline.live import FrameResult, PipelineSettings
-from astrod.pipeline.oneshot import expand_paths, order_frames, stack_files
+from astrod.pipeline.oneshot import order_frames, stack_files
 from tests import synth
 
 
