@@ -47,11 +47,13 @@ class CalibratedFrame:
 
 
 def calibrate_frame(library: MasterLibrary, frame: Frame, *, match: MatchResult | None = None,
-                    cosmic: bool = False, electrons: bool = False, bad_pixels: bool = True) -> CalibratedFrame:
+                    cosmic: bool = False, electrons: bool = False, bad_pixels: bool = True,
+                    out: FloatArray | None = None) -> CalibratedFrame:
     """Calibrate one frame with the masters the library matches to it (or those of ``match``).
 
     Missing masters are left out (``match.missing`` says which); ``electrons`` multiplies by the frame's EGAIN;
-    ``cosmic`` cleans cosmic rays (L.A.Cosmic). Raises FrameRejected for a frame that cannot be calibrated.
+    ``cosmic`` cleans cosmic rays (L.A.Cosmic). ``out`` (float32, the frame's shape) receives the result when
+    given. Raises FrameRejected for a frame that cannot be calibrated.
     """
     meta = frame.meta
     if frame.data.ndim != 2:
@@ -68,7 +70,8 @@ def calibrate_frame(library: MasterLibrary, frame: Frame, *, match: MatchResult 
         gain = meta.egain
     try:
         prepared = library.prepared(result, use_badpixels=bad_pixels)
-        out = apply(prepared, frame.data, light_exposure=meta.exposure, gain=gain, cosmic=cosmic)
+        done = apply(prepared, frame.data, light_exposure=meta.exposure, gain=gain, cosmic=cosmic,
+                     out=out if out is not None and out.shape == frame.data.shape else None)
     except ValueError as err:
         raise FrameRejected(f"{frame.path or 'frame'}: cannot be calibrated: {err}") from err
     cards: list[tuple[str, Any, str]] = []
@@ -78,17 +81,17 @@ def calibrate_frame(library: MasterLibrary, frame: Frame, *, match: MatchResult 
         cards.append((card_of[choice.role], choice.record.name, ""))  # long names leave no room for a comment
     if result.dark is not None:
         cards.append(("DARKMODE", result.dark_mode or "exact", "exact, scaled (exposure) or optimised"))
-        cards.append(("DARKSCAL", round(float(out.dark_scale), 6), "factor applied to the dark current"))
+        cards.append(("DARKSCAL", round(float(done.dark_scale), 6), "factor applied to the dark current"))
     if result.missing:
         cards.append(("CALMISS", "; ".join(result.missing)[:68], "required masters that were missing"))
     if gain is not None:
         cards.append(("BUNIT", "electron", "pixel unit"))
     cards.append(("CALSOFT", f"astrod {__version__}", "calibrated by"))
-    for step in out.steps:
+    for step in done.steps:
         cards.append(("HISTORY", f"astrod: {step}", ""))
     for choice in used:
         cards.append(("HISTORY", f"astrod: {choice.role}: {choice.reason}", ""))
-    return CalibratedFrame(data=out.data, meta=meta, match=result, steps=out.steps, dark_scale=out.dark_scale,
+    return CalibratedFrame(data=done.data, meta=meta, match=result, steps=done.steps, dark_scale=done.dark_scale,
                            cards=tuple(cards))
 
 

@@ -7,24 +7,41 @@ used (by file name) and what was missing, for the stack's provenance header.
 
 from __future__ import annotations
 
+import numpy as np
+import numpy.typing as npt
+
 from astrod.errors import FrameRejected
 from astrod.library.calibration import calibrate_frame, used_masters
 from astrod.library.masters import MasterLibrary
 from astrod.model import Frame
 from astrod.pipeline.live import Calibrated, Calibrator
 
+FloatArray = npt.NDArray[np.float32]
+
 
 def library_calibrator(library: MasterLibrary, *, require_complete: bool = False,
-                       bad_pixels: bool = True) -> Calibrator:
+                       bad_pixels: bool = True, reuse_output: bool = False) -> Calibrator:
     """A calibrator using ``library``'s matching masters.
 
     A frame lacking a required master is calibrated with the masters there are (the stack's history says
     what was missing), or rejected when ``require_complete``. Raises `FrameRejected` (an `AstrodError`) for a
     frame that cannot be calibrated; `LiveStack` turns that into a rejection with the reason.
+
+    ``reuse_output`` calibrates every frame into one buffer (no fresh 100 MB array and its page faults per
+    frame): only for a caller that consumes each calibrated frame before calibrating the next, as a session
+    worker running ``LiveStack.process`` frame after frame does.
     """
+    buffers: dict[tuple[int, ...], FloatArray] = {}
 
     def calibrate(frame: Frame) -> Calibrated:
-        result = calibrate_frame(library, frame, bad_pixels=bad_pixels)
+        out = None
+        if reuse_output and frame.data.ndim == 2:
+            shape = tuple(frame.data.shape)
+            out = buffers.get(shape)
+            if out is None:
+                buffers.clear()
+                out = buffers[shape] = np.empty(shape, dtype=np.float32)
+        result = calibrate_frame(library, frame, bad_pixels=bad_pixels, out=out)
         match = result.match
         if require_complete and match.missing:
             raise FrameRejected(f"missing masters: {'; '.join(match.missing)}")

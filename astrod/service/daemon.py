@@ -133,11 +133,21 @@ class Daemon:
         return self._library
 
     def _calibrator(self) -> Calibrator:
+        """A calibrator for one session worker: it reuses one output buffer (the worker stacks frame after
+        frame), and follows the library as masters arrive."""
+        cache: dict[int, Calibrator] = {}
+
+        def calibrator_for(library: MasterLibrary) -> Calibrator:
+            if id(library) not in cache:
+                cache.clear()
+                cache[id(library)] = library_calibrator(library, reuse_output=True)
+            return cache[id(library)]
+
         def calibrate(frame: Frame) -> Frame | Calibrated:
             library = self._open_library()
             if library is None:  # no masters yet: stack uncalibrated, the stack's history says so
                 return Calibrated(frame=frame, notes=("no master library yet",))
-            return library_calibrator(library)(frame)
+            return calibrator_for(library)(frame)
 
         return calibrate
 
