@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from astropy.io import fits
+from astropy.io.fits.verify import VerifyWarning
 from astropy.utils.exceptions import AstropyWarning
 
 from astrod.core.convert import int16be_to_float32, scaled_to_float32
@@ -228,6 +229,7 @@ def write_fits(path: str | os.PathLike[str], data: npt.NDArray[Any],
     hdu = fits.PrimaryHDU(data=np.asarray(data), header=hdr)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyWarning)
+        warnings.simplefilter("ignore", VerifyWarning)  # an over-long comment is truncated, as FITS requires
         with atomic_write(target, "wb") as handle:
             hdu.writeto(handle, output_verify="silentfix")
     return target
