@@ -39,6 +39,7 @@ from astrod.pipeline.sessions import Pointing, SessionKey, session_key, slug, ta
 from astrod.service.notify import Notifier
 from astrod.service.sessions import SessionPaths, SessionWorker
 from astrod.service.watcher import FolderWatcher, WatchSettings, scan_folders
+from astrod.service.web import WebServer, journal_frames
 
 log = structlog.get_logger()
 
@@ -110,6 +111,7 @@ class Daemon:
         self._router = threading.Thread(target=self._route_loop, name="astrod-router", daemon=True)
         self._watcher = FolderWatcher(self._watch_settings(), self._on_ready)
         self._status_dirty = True
+        self.web: WebServer | None = None
 
     # ----------------------------------------------------------------------------------- set-up
     def _watch_settings(self) -> WatchSettings:
@@ -125,12 +127,13 @@ class Daemon:
         return PipelineSettings.from_config(self.config)
 
     def _open_library(self) -> MasterLibrary | None:
-        if self._library is None:
-            try:
-                self._library = MasterLibrary.open(self.paths.library, config=self.config)
-            except LibraryError:
-                return None
-        return self._library
+        with self._lock:  # the router, the workers and the web server's threads all ask
+            if self._library is None:
+                try:
+                    self._library = MasterLibrary.open(self.paths.library, config=self.config)
+                except LibraryError:
+                    return None
+            return self._library
 
     def _calibrator(self) -> Calibrator:
         """A calibrator for one session worker: it reuses one output buffer (the worker stacks frame after
@@ -171,9 +174,23 @@ class Daemon:
         for path in scan_folders(self._watch_settings()):
             self._ready.put(path)
         self._schedule_dawn()
+        self._start_web()
         self.notifier.ready(self.status_line())
         log.info("daemon_started", version=__version__, state=str(self.paths.state), library=str(self.paths.library),
                  output=str(self.paths.output), sessions=len(self.workers))
+
+    def _start_web(self, *, port: int | None = None) -> None:
+        if not self.config.web.enabled:
+            return
+        web = WebServer(self.config, status=self.status, frames=journal_frames(self.journal),
+                        close_session=lambda sid: self.close_session(sid, "closed from the dashboard"), port=port)
+        try:
+            web.start()
+        except OSError as err:  # port taken: go on without the dashboard, say so in the status
+            log.error("web_start_failed", host=self.config.web.host, port=self.config.web.port, reason=str(err))
+            self._error("web", f"{self.config.web.host}:{self.config.web.port}: {err.strerror or err}")
+            return
+        self.web = web
 
     def run(self, *, install_signals: bool = True, until: Callable[[], bool] | None = None) -> int:
         """Run until SIGTERM/SIGINT (or ``until()``); returns the exit status."""
@@ -209,6 +226,8 @@ class Daemon:
         """Stop taking frames, let every worker finish its current frame and checkpoint, then exit."""
         self.notifier.stopping()
         log.info("daemon_stopping")
+        if self.web is not None:
+            self.web.stop()
         self._watcher.stop()
         self._ready.put(_STOP)
         self._router.join(timeout=30)

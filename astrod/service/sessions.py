@@ -57,8 +57,13 @@ class SessionStats:
     timings_ms: list[float] = field(default_factory=list)
 
 
-def _reason_class(reason: str | None) -> str:
-    text = (reason or "unknown").split(":")[0].strip()
+def _reason_class(reason: str | None, path: Path) -> str:
+    """The kind of a rejection, for counts by reason: 'truncated', 'registration failed', 'FWHM 5.1 px is ...'."""
+    text = (reason or "unknown").strip()
+    prefix = f"{path}: "
+    if text.startswith(prefix):
+        text = text[len(prefix):]
+    text = text.split(":")[0].strip()
     return text if len(text) <= 40 else text[:40]
 
 
@@ -198,7 +203,7 @@ class SessionWorker:
             self.stats.stacked += 1
         else:
             self.stats.rejected += 1
-            cls = _reason_class(reason)
+            cls = _reason_class(reason, path)
             self.stats.rejections[cls] = self.stats.rejections.get(cls, 0) + 1
             if not seen_by_pipeline:  # unreadable or mismatched: still a row of the frames table
                 self._live.note_rejected(path, reason or "rejected")

@@ -12,6 +12,7 @@ only when it changed).
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import math
@@ -48,6 +49,7 @@ _FILE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png",
                ".pdf": "application/pdf"}
 _METRICS = ("fwhm", "stars", "background", "eccentricity", "noise", "weight", "dx", "dy", "rotation_deg",
             "residual_px")
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 _PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
              "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
@@ -121,10 +123,8 @@ class _Server(ThreadingHTTPServer):
         with self._conn_lock:
             connections = list(self._connections)
         for conn in connections:
-            try:
+            with contextlib.suppress(OSError):  # already closed by the client
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed by the client
 
 
 class WebServer:
@@ -262,6 +262,15 @@ class WebServer:
             return None
         return self._close(session_id)
 
+    def host_allowed(self, header: str | None) -> bool:
+        """Bound to loopback, only loopback names: a page elsewhere cannot reach us through DNS rebinding."""
+        if self.host not in _LOOPBACK:
+            return True
+        if not header:
+            return False
+        name = header.rsplit(":", 1)[0] if not header.endswith("]") else header
+        return name.strip("[]").lower() in _LOOPBACK
+
     def authorised(self, header: str | None) -> bool:
         if not self.token or not header or not header.startswith("Bearer "):
             return False
@@ -279,10 +288,10 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"  # one request per connection: no idle keep-alive threads to wait for
 
     def setup(self) -> None:
-        self.timeout = self.server.app.limits.timeout_s
+        self.request.settimeout(self.server.app.limits.timeout_s)  # the base class leaves it when timeout is None
         super().setup()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's signature
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("web_request", client=self.client_address[0], line=format % args)
 
     # ------------------------------------------------------------------------------------ responses
@@ -309,9 +318,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(int(code), {"error": text, "status": int(code)}, head=head)
 
     def _target(self) -> str | None:
-        """The request path without query or fragment; None (after answering) when it is too long."""
+        """The request path without query or fragment; None (after answering) when it is too long or the Host
+        header names another server."""
         if len(self.path) > self.server.app.limits.max_url:
             self._error(HTTPStatus.REQUEST_URI_TOO_LONG, "request target too long")
+            return None
+        if not self.server.app.host_allowed(self.headers.get("Host")):
+            self._error(HTTPStatus.MISDIRECTED_REQUEST, "unexpected Host header")
             return None
         return self.path.split("?", 1)[0].split("#", 1)[0]
 

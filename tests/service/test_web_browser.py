@@ -1,0 +1,224 @@
+"""The dashboard in a real headless Chromium, driven through chromedriver's W3C WebDriver HTTP API (urllib only).
+
+Skips cleanly where /usr/bin/chromium or chromedriver is absent. Leaves screenshots in the test's tmp folder
+(dashboard.png, dashboard-red.png, dashboard-phone.png) and a copy of the first in /tmp/astrod-dashboard.png.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import synth
+from tests.service.test_web import START, TOKEN, H, Running, W, lights, publish, request, running, wait_for
+
+__all__ = ["running"]  # the fixture, imported for this module's tests
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT_COPY = Path("/tmp/astrod-dashboard.png")
+CHROME_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1280,1000"]
+
+
+def _chromedriver() -> str | None:
+    found = shutil.which("chromedriver")
+    return found or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Browser:
+    """Just enough of WebDriver: navigate, run a script, resize, screenshot."""
+
+    def __init__(self, endpoint: str, session: str) -> None:
+        self.base = f"{endpoint}/session/{session}"
+
+    @staticmethod
+    def call(url: str, method: str = "GET", payload: Any = None, timeout: float = 60.0) -> Any:
+        data = None if payload is None else json.dumps(payload).encode()
+        req = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json; charset=utf-8"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as response:
+                return json.loads(response.read())["value"]
+        except urllib.error.HTTPError as err:
+            raise AssertionError(f"WebDriver {method} {url}: {err.code} {err.read()[:500]!r}") from err
+
+    def get(self, url: str) -> None:
+        self.call(f"{self.base}/url", "POST", {"url": url})
+
+    def js(self, script: str, *args: Any) -> Any:
+        return self.call(f"{self.base}/execute/sync", "POST", {"script": script, "args": list(args)})
+
+    def resize(self, width: int, height: int) -> None:
+        self.call(f"{self.base}/window/rect", "POST", {"width": width, "height": height})
+
+    def screenshot(self, path: Path) -> Path:
+        path.write_bytes(base64.b64decode(self.call(f"{self.base}/screenshot")))
+        return path
+
+    def until(self, script: str, *args: Any, timeout: float = 30.0, message: str = "") -> Any:
+        """Poll a script until it returns something truthy; on time-out, say what the page showed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.js(script, *args)
+            if value:
+                return value
+            time.sleep(0.2)
+        text = self.js("return document.body.innerText.slice(0, 1500);")
+        raise AssertionError(f"timed out waiting for {message or script}; page text:\n{text}")
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Browser]:
+    """Headless Chromium under chromedriver, with a fresh profile; both end with the test."""
+    driver = _chromedriver()
+    if not CHROMIUM.exists() or driver is None:
+        pytest.skip("chromium or chromedriver is not installed")
+    port = _free_port()
+    log = (tmp_path / "chromedriver.log").open("ab")
+    proc = subprocess.Popen([driver, f"--port={port}"], stdout=log, stderr=log, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    session: str | None = None
+    try:
+        wait_for(lambda: _ready(endpoint, proc), timeout=30, message="chromedriver")
+        caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+            "binary": str(CHROMIUM), "args": [*CHROME_ARGS, f"--user-data-dir={tmp_path / 'profile'}"]}}}}
+        session = Browser.call(f"{endpoint}/session", "POST", caps)["sessionId"]
+        yield Browser(endpoint, str(session))
+    finally:
+        if session is not None:
+            with contextlib.suppress(Exception):
+                Browser.call(f"{endpoint}/session/{session}", "DELETE", timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # chromedriver and any Chromium it left
+        proc.wait(timeout=30)
+        log.close()
+
+
+def _ready(endpoint: str, proc: subprocess.Popen[bytes]) -> bool:
+    if proc.poll() is not None:
+        raise AssertionError(f"chromedriver exited with {proc.returncode}")
+    try:
+        return bool(Browser.call(f"{endpoint}/status", timeout=2)["ready"])
+    except (OSError, AssertionError):
+        return False
+
+
+CARD = "return document.querySelector(`[data-session='${arguments[0]}']`)"
+PREVIEW = """const c = document.querySelector(`[data-session='${arguments[0]}']`);
+const img = c && c.querySelector('img');
+return img && img.complete && img.naturalWidth > 0 ? [img.getAttribute('src'), img.naturalWidth] : null;"""
+CIRCLES = """const c = document.querySelector(`[data-session='${arguments[0]}']`);
+const n = c ? c.querySelectorAll('svg.plot-fwhm circle').length : -1;
+return n === arguments[1] ? n : null;"""
+MARKS = """const c = document.querySelector(`[data-session='${arguments[0]}']`);
+const n = c ? c.querySelectorAll('svg.plot-fwhm line.rej-mark').length : -1;
+return n === arguments[1] ? n : null;"""
+
+
+@pytest.mark.slow
+def test_dashboard_in_headless_chromium(running: Running, browser: Browser, tmp_path: Path) -> None:
+    """The page shows the open session with its preview loaded (naturalWidth > 0) and one FWHM point per frame;
+    after more frames the preview's URL changes, the image reloads and the plot has a point per frame again; a
+    closed session is listed with a working link to its stack; the progress entry is drawn; the red-light
+    palette is remembered across a reload; on a phone-sized window nothing overflows sideways."""
+    src = tmp_path / "src"
+    m31 = lights(src / "m31", n=6, seed=51)
+    m33 = lights(src / "m33", n=2, seed=52, target="M 33")
+    # Same target and night, another frame size: the session rejects it (a red mark on the plots, no point).
+    odd = synth.make_session(n_frames=1, width=W + 40, height=H + 30, seed=53, n_stars=60, max_shift=6,
+                             max_rotation_deg=0.5).write(src / "odd", object="M 31", filter="L",
+                                                         start=START + timedelta(hours=1))
+
+    # A session closed through the API, for the closed list.
+    publish(m33, running.capture)
+    first = wait_for(lambda: [s for s in running.status()["sessions"] if s["target"] == "M 33"
+                              and s["stacked"] + s["rejected"] == 2], message="M 33 processed")[0]
+    code, _, _ = request(running.port, "POST", f"/api/sessions/{first['id']}/close",
+                         headers={"Authorization": f"Bearer {TOKEN}"})
+    assert code == 202
+
+    publish(m31[:3], running.capture)
+    session = wait_for(lambda: [s for s in running.status()["sessions"] if s["target"] == "M 31"
+                                and s["stacked"] + s["rejected"] == 3 and "preview.jpg" in s["files"]],
+                       message="M 31: 3 frames and a preview")[0]
+    sid = session["id"]
+    wait_for(lambda: any(c["id"] == first["id"] and "stack.fits" in c["files"]
+                         for c in running.status()["closed_sessions"]), message="M 33 final stack")
+    running.daemon.extra_status = {"progress": {"what": "library build: dark 300 s", "done": 7, "total": 20}}
+
+    base = f"http://127.0.0.1:{running.port}/"
+    browser.get(base)
+    browser.until(CARD, sid, message="the session card")
+    src1, width1 = browser.until(PREVIEW, sid, message="the preview image")
+    assert width1 > 0
+    assert browser.until(CIRCLES, sid, 3, message="3 FWHM points") == 3
+
+    browser.until("return !document.getElementById('progress').hidden;", message="the progress bar")
+    text = browser.js("return document.body.innerText;")
+    assert "M 31/L" in text and "M 33/L" in text
+    assert "library build: dark 300 s" in text and "7 / 20" in text
+    stack_href = browser.js("const a = [...document.querySelectorAll('#closed a')].find(a => a.textContent === "
+                            "'stack'); return a && a.getAttribute('href');")
+    assert stack_href and stack_href.endswith("/stack.fits")
+    assert request(running.port, "GET", stack_href)[0] == 200
+
+    # More frames: the preview is rewritten and the page reloads it (new cache-busting URL); a point per frame
+    # with a FWHM, a rejection mark per rejected frame.
+    publish(odd + m31[3:], running.capture)
+    assert browser.until(CIRCLES, sid, 6, timeout=60, message="6 FWHM points") == 6
+    marks = browser.until(MARKS, sid, 1, timeout=30, message="1 rejection mark")
+    assert marks == 1
+    src2, width2 = browser.until(PREVIEW.replace("? [img", "&& img.getAttribute('src') !== arguments[1] ? [img"),
+                                 sid, src1, timeout=30, message="a new preview")
+    assert src2 != src1 and width2 > 0
+    frames = running.daemon.journal.files(session=sid)
+    assert [r.status for r in frames].count("stacked") == 6 == sum(1 for r in frames if "fwhm" in r.metrics)
+    assert [r.status for r in frames].count("rejected") == 1
+    assert browser.js("return document.querySelector('.chip.bad').textContent;").endswith(": 1")
+
+    browser.resize(1280, 1250)  # the whole page of a night with one open and one closed session
+    shot = browser.screenshot(tmp_path / "dashboard.png")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    shutil.copyfile(shot, SCREENSHOT_COPY)
+
+    # Red light: toggled, remembered in localStorage across a reload.
+    browser.js("document.getElementById('red-toggle').click();")
+    assert browser.js("return document.documentElement.classList.contains('red') && "
+                      "localStorage.getItem('astrod-theme');") == "red"
+    browser.get(base)
+    browser.until(CARD, sid, message="the card after reload")
+    assert browser.js("return document.documentElement.classList.contains('red');") is True
+    browser.until(PREVIEW, sid, message="the preview after reload")
+    browser.screenshot(tmp_path / "dashboard-red.png")
+    browser.js("document.getElementById('red-toggle').click();")
+
+    # A phone: one column, nothing wider than the screen.
+    browser.resize(390, 1400)
+    browser.get(base)
+    browser.until(CARD, sid, message="the card on a phone")
+    browser.until(PREVIEW, sid, message="the preview on a phone")
+    overflow = browser.js("return document.documentElement.scrollWidth - window.innerWidth;")
+    assert overflow <= 0
+    browser.screenshot(tmp_path / "dashboard-phone.png")
