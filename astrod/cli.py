@@ -12,6 +12,9 @@ from typing import Any
 from astrod import __version__
 from astrod.config import EX_CONFIG, Config, load_config
 from astrod.errors import AstrodError, ConfigError
+from astrod.library.commands import register as register_library
+from astrod.pipeline.commands import register as register_stack
+from astrod.service.capture_commands import register as register_capture
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -210,10 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between lights (default 1)")
     p.set_defaults(func=cmd_demo)
-    from astrod.library.commands import register as register_library
+
+    # command groups that live beside the code they drive
     register_library(sub)
-    from astrod.pipeline.commands import register as register_stack
     register_stack(sub)
+    register_capture(sub)
     return parser
 
 

@@ -36,6 +36,7 @@ from astrod.pipeline.calibration import library_calibrator
 from astrod.pipeline.live import Calibrated, Calibrator, PipelineSettings
 from astrod.pipeline.night import next_dawn
 from astrod.pipeline.sessions import Pointing, SessionKey, session_key, slug, target_of
+from astrod.service.capture import CaptureRunner
 from astrod.service.notify import Notifier
 from astrod.service.sessions import SessionPaths, SessionWorker
 from astrod.service.watcher import FolderWatcher, WatchSettings, scan_folders
@@ -112,6 +113,9 @@ class Daemon:
         self._watcher = FolderWatcher(self._watch_settings(), self._on_ready)
         self._status_dirty = True
         self.web: WebServer | None = None
+        # INDI capture plan: the runner's frames arrive through the watcher like any other frame
+        self.capture: CaptureRunner | None = (CaptureRunner.for_daemon(self)
+                                              if config.indi.enabled and config.capture.steps else None)
 
     # ----------------------------------------------------------------------------------- set-up
     def _watch_settings(self) -> WatchSettings:
@@ -170,6 +174,8 @@ class Daemon:
             if f.session is None:
                 self._ready.put(Path(f.path))
         self._router.start()
+        if self.capture is not None:
+            self.capture.start()
         self._watcher.start()
         for path in scan_folders(self._watch_settings()):
             self._ready.put(path)
@@ -226,6 +232,8 @@ class Daemon:
         """Stop taking frames, let every worker finish its current frame and checkpoint, then exit."""
         self.notifier.stopping()
         log.info("daemon_stopping")
+        if self.capture is not None:
+            self.capture.stop()
         if self.web is not None:
             self.web.stop()
         self._watcher.stop()
@@ -505,7 +513,8 @@ class Daemon:
                 "closed_sessions": [{"id": s.id, "label": s.info.get("label"), "output": s.info.get("output"),
                                      "closed_at": s.closed_at, **s.info.get("stats", {})}
                                     for s in self.journal.sessions(status="closed")][-50:],
-                "library": lib_summary, "errors": self.errors[-20:], "status_line": self.status_line()}
+                "library": lib_summary, "errors": self.errors[-20:], "status_line": self.status_line(),
+                "capture": self.capture.status() if self.capture is not None else None}
 
     def write_status(self, *, running: bool = True) -> None:
         self._status_dirty = False

@@ -365,10 +365,20 @@ class IndiCamera:
         """Drop the server connection (devices stay connected in indiserver)."""
         self._ready = False
         if self._client is not None:
+            snap = self._snapshot
+            with snap.cond:
+                was_up = snap.up
             try:
                 self._client.disconnectServer()
             except Exception as err:  # the old connection may already be half gone
                 log.debug("indi_disconnect_failed", reason=repr(err))
+            if was_up:
+                # let libindiclient's listener thread see its socket close and finish before anything else
+                # happens to the connection (a server dying under a half-closed client has aborted the process)
+                deadline = time.monotonic() + min(self.timeout, 5.0)
+                with snap.cond:
+                    while snap.up and time.monotonic() < deadline:
+                        snap.cond.wait(0.05)
 
     # ------------------------------------------------------------------------------------------ settings
     def apply(self, settings: CameraSettings) -> None:

@@ -277,8 +277,9 @@ During = Callable[[Daemon, CaptureRunner], None]
 
 def _run_daemon_with_plan(config: Config, until: Until, *, timeout: float,
                           during: During | None = None) -> tuple[Daemon, dict[str, Any]]:
-    daemon = Daemon(config, env={})
-    runner = CaptureRunner.for_daemon(daemon, backoff=Backoff(first=0.5, factor=2.0, cap=2.0))
+    daemon = Daemon(config, env={})  # [indi] enabled with plan steps: the daemon wires its own runner
+    runner = daemon.capture
+    assert runner is not None
     deadline = time.monotonic() + timeout
     state: dict[str, Any] = {}
 
@@ -290,11 +291,7 @@ def _run_daemon_with_plan(config: Config, until: Until, *, timeout: float,
             return True
         return until(daemon, runner)
 
-    runner.start()
-    try:
-        daemon.run(install_signals=False, until=stop)
-    finally:
-        runner.stop()
+    daemon.run(install_signals=False, until=stop)  # starts the runner, and stops it on the way out
     state["capture"] = runner.status()
     return daemon, state
 
