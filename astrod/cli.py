@@ -169,8 +169,10 @@ def cmd_session_close(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from astrod.demo import run_demo
+    from astrod.demo import run_demo, run_indi_demo
 
+    if args.indi:
+        return run_indi_demo(workdir=Path(args.workdir) if args.workdir else None, keep=args.keep)
     return run_demo(workdir=Path(args.workdir) if args.workdir else None, keep=args.keep, interval=args.interval)
 
 
@@ -212,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", help="folder for the demo observatory (default: a new temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between lights (default 1)")
+    p.add_argument("--indi", action="store_true", help="capture through INDI's CCD simulator instead")
     p.set_defaults(func=cmd_demo)
 
     # command groups that live beside the code they drive

@@ -153,6 +153,89 @@ def run_demo(*, workdir: Path | None = None, keep: bool = False, interval: float
     return 0 if ok else 1
 
 
+INDI_PLAN = """
+[[capture.steps]]
+frame = "bias"
+exposure = 0.01
+count = 3
+
+[[capture.steps]]
+frame = "dark"
+exposure = 1.0
+count = 3
+
+[[capture.steps]]
+target = "M 31"
+exposure = 1.0
+count = 6
+"""
+
+
+def run_indi_demo(*, workdir: Path | None = None, keep: bool = False) -> int:
+    """The demo with a real camera protocol: indiserver with the INDI CCD and telescope simulators, a capture
+    plan (biases, darks, then lights of M 31) run by the daemon, stacked live, closed at the plan's end."""
+    from astrod.config import parse_config
+    from astrod.service.daemon import Daemon
+    from astrod.service.indiserver import CAMERA, MOUNT, IndiServer, missing_indi
+    from astrod.service.logging import configure_logging
+
+    reason = missing_indi()
+    if reason is not None:
+        print(f"astrod demo --indi: {reason} (install indi-bin, and pyindi-client with --no-deps)")
+        return 1
+    root = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix="astrod-indi-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    configure_logging(level="warning")
+    server = IndiServer(root / "indi").start()
+    print(f"astrod demo --indi: indiserver with the CCD and telescope simulators on port {server.port}; "
+          f"observatory in {root}")
+    config = parse_config(f"""
+[paths]
+watch = ["capture"]
+output = "stacks"
+state = "state"
+library = "library"
+[watch]
+stable_seconds = 1.0
+[stack]
+preview_every_frames = 2
+[indi]
+enabled = true
+host = "127.0.0.1"
+port = {server.port}
+camera = "{CAMERA}"
+mount = "{MOUNT}"
+[capture]
+name = "demo"
+{INDI_PLAN}
+""", base=root)
+    daemon = Daemon(config, env={})
+    runner = daemon.capture
+    assert runner is not None
+    last = {"t": 0.0}
+
+    def finished() -> bool:
+        now = time.monotonic()
+        if now - last["t"] >= 3.0:
+            last["t"] = now
+            st = runner.status()
+            print(f"  [plan step {st.get('step')}: {st.get('frames_done')}/{st.get('frames_total')} frames; "
+                  f"{daemon.status_line()}]", flush=True)
+        return runner.finished and not daemon.workers and not daemon.busy()
+
+    try:
+        status = daemon.run(install_signals=False, until=finished)
+    finally:
+        server.stop()
+    summary = daemon_summary(root)
+    print(summary["text"])
+    ok = status == 0 and summary["sessions"] == 1
+    if workdir is None and not keep:
+        shutil.rmtree(root)
+        print("(demo folder removed; run `astrod demo --indi --keep` to keep it)")
+    return 0 if ok else 1
+
+
 def daemon_summary(root: Path) -> dict[str, Any]:
     """What the demo night produced: one line per session with its outputs, and the rejected frames."""
     from astrod.io.journal import Journal
