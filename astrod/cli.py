@@ -143,6 +143,14 @@ def cmd_status(args: argparse.Namespace) -> int:
               + (f", last {Path(str(last.get('path'))).name} {last.get('status')}" if last else ""))
     for s in status.get("closed_sessions", [])[-5:]:
         print(f"  closed {s.get('label')}: {s.get('stacked', 0)} stacked -> {s.get('output')}")
+    capture = status.get("capture")
+    if capture:
+        temp = capture.get("camera_temperature")
+        print(f"capture plan {capture.get('plan')}: {capture.get('state')}, step {capture.get('step')}, "
+              f"{capture.get('frames_done')}/{capture.get('frames_total')} frames"
+              + (f", next exposure {capture['next_exposure_eta']}" if capture.get("next_exposure_eta") else "")
+              + (f", camera {temp:.1f} °C" if isinstance(temp, int | float) else "")
+              + (f"; last error: {capture['last_error']}" if capture.get("last_error") else ""))
     masters = status.get("library", {}).get("masters")
     print(f"library {status.get('library', {}).get('path')}: "
           + (", ".join(f"{k} {v}" for k, v in sorted(masters.items())) if masters else "no masters"))
