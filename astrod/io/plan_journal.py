@@ -7,13 +7,11 @@ record (and the runner checks whether that frame's file already exists before ta
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from astrod.io.sqlite import SqliteStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -46,32 +44,11 @@ class PlanRun:
     finished_at: str | None
 
 
-class PlanJournal:
+class PlanJournal(SqliteStore):
     """Thread-safe: one connection serialised by a lock."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        super().__init__(path, SCHEMA)
 
     def latest_run(self, plan: str, digest: str) -> PlanRun | None:
         """The most recent run of this plan with these steps, finished or not."""
