@@ -180,8 +180,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from astrod.demo import run_demo, run_indi_demo
 
     if args.indi:
-        return run_indi_demo(workdir=Path(args.workdir) if args.workdir else None, keep=args.keep)
-    return run_demo(workdir=Path(args.workdir) if args.workdir else None, keep=args.keep, interval=args.interval)
+        return run_indi_demo(workdir=Path(args.workdir) if args.workdir else None, clean=args.clean)
+    return run_demo(workdir=Path(args.workdir) if args.workdir else None, clean=args.clean, interval=args.interval)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the built-in demo on synthetic frames")
     p.add_argument("--workdir", help="folder for the demo observatory (default: a new temporary folder)")
-    p.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    p.add_argument("--clean", action="store_true", help="remove the demo's folder at the end")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between lights (default 1)")
     p.add_argument("--indi", action="store_true", help="capture through INDI's CCD simulator instead")
     p.set_defaults(func=cmd_demo)

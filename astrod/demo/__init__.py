@@ -105,7 +105,7 @@ def demo_config(root: Path) -> Config:
                   stack=StackConfig(preview_every_frames=2, preview_every_seconds=5.0))
 
 
-def run_demo(*, workdir: Path | None = None, keep: bool = False, interval: float = 1.0) -> int:
+def run_demo(*, workdir: Path | None = None, clean: bool = False, interval: float = 1.0) -> int:
     """Start the daemon on a temporary observatory folder and feed it a synthetic night in real time."""
     from astrod.service.daemon import Daemon
     from astrod.service.feeder import Feeder
@@ -147,10 +147,16 @@ def run_demo(*, workdir: Path | None = None, keep: bool = False, interval: float
     counts = daemon_summary(root)
     print(counts["text"])
     ok = counts["sessions"] == 4 and counts["rejected_bad"] and status == 0
-    if workdir is None and not keep:
-        shutil.rmtree(root)
-        print("(demo folder removed; run `astrod demo --keep` to keep it)")
+    _finish(root, clean=clean)
     return 0 if ok else 1
+
+
+def _finish(root: Path, *, clean: bool) -> None:
+    if clean:
+        shutil.rmtree(root)
+        print(f"(demo folder {root} removed)")
+    else:
+        print(f"the demo's files stay in {root} (remove them with: rm -rf '{root}')")
 
 
 INDI_PLAN = """
@@ -171,7 +177,7 @@ count = 6
 """
 
 
-def run_indi_demo(*, workdir: Path | None = None, keep: bool = False) -> int:
+def run_indi_demo(*, workdir: Path | None = None, clean: bool = False) -> int:
     """The demo with a real camera protocol: indiserver with the INDI CCD and telescope simulators, a capture
     plan (biases, darks, then lights of M 31) run by the daemon, stacked live, closed at the plan's end."""
     from astrod.config import parse_config
@@ -230,9 +236,7 @@ name = "demo"
     summary = daemon_summary(root)
     print(summary["text"])
     ok = status == 0 and summary["sessions"] == 1
-    if workdir is None and not keep:
-        shutil.rmtree(root)
-        print("(demo folder removed; run `astrod demo --indi --keep` to keep it)")
+    _finish(root, clean=clean)
     return 0 if ok else 1
 
 

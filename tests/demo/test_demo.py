@@ -40,3 +40,19 @@ def test_demo_frames_carry_their_dialects(tmp_path: Path) -> None:
     assert {m.object for m in metas} == {"M 31", "NGC 7000"}
     assert {m.filter for m in metas} == {"L", "Ha"}
     assert all(m.exposure == 60.0 and m.gain == 100.0 and m.temperature == -10.0 for m in metas)
+
+
+@pytest.mark.slow
+def test_indi_demo_captures_and_stacks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`astrod demo --indi`: the daemon runs a capture plan on the INDI simulators (biases, darks, 6 lights of
+    M 31), builds the masters and closes the session at the plan's end with all 6 lights stacked."""
+    from tests.service.indi_harness import require_indi
+
+    require_indi()
+    assert main(["demo", "--indi", "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    (stack,) = tmp_path.rglob("stack.fits")
+    summary = json.loads((stack.parent / "session.json").read_text())
+    assert summary["stacked"] == 6 and summary["closed_because"] == "capture plan finished"
+    assert {m.split("_")[0] for m in summary["masters"]} >= {"dark"}
+    assert str(stack) in out
