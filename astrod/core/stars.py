@@ -845,6 +845,21 @@ def _windowed(image: FloatArray, b: float, x0: float, y0: float, sw: float, rmax
 
 
 @njit(cache=True, nogil=True)
+def _fwhm_from_sums(a0: float, a1: float, a2: float, t0: float, t1: float, npx: int,
+                    pixel_var: float) -> float:  # pragma: no cover - numba
+    """FWHM from the weighted least-squares sums of ln(v) against r² (a Gaussian core: ln v = c − r²/2σ²),
+    less the pixel's own variance; NaN when the fit is degenerate or not a peak."""
+    den = a0 * a2 - a1 * a1
+    if npx < 3 or den <= 1e-12 * a0 * a2:
+        return np.nan
+    slope = (a0 * t1 - a1 * t0) / den
+    if slope >= 0.0:
+        return np.nan
+    var = -0.5 / slope - pixel_var
+    return _FWHM_PER_SIGMA * math.sqrt(var) if var > 0.0 else np.nan
+
+
+@njit(cache=True, nogil=True)
 def _half_max_fwhm(image: FloatArray, b: float, cx: float, cy: float, rlim: float, pixel_var: float,
                    spy: IntArray, spx: IntArray, spv: F64, nsp: int) -> float:  # pragma: no cover - numba
     """FWHM from a weighted least-squares fit of ln(v) = c - r²/(2σ²) over the pixels above half of the
@@ -881,14 +896,7 @@ def _half_max_fwhm(image: FloatArray, b: float, cx: float, cy: float, rlim: floa
                 t0 += wt * lv
                 t1 += wt * r2 * lv
                 npx += 1
-    den = a0 * a2 - a1 * a1
-    if npx < 3 or den <= 1e-12 * a0 * a2:
-        return np.nan
-    slope = (a0 * t1 - a1 * t0) / den
-    if slope >= 0.0:
-        return np.nan
-    var = -0.5 / slope - pixel_var
-    return _FWHM_PER_SIGMA * math.sqrt(var) if var > 0.0 else np.nan
+    return _fwhm_from_sums(a0, a1, a2, t0, t1, npx, pixel_var)
 
 
 @njit(cache=True, nogil=True)
@@ -940,14 +948,7 @@ def _half_max_fwhm_cfa(cfa: FloatArray, b: float, cx: float, cy: float, rlim: fl
             t0 += wt * lv
             t1 += wt * r2 * lv
             npx += 1
-    den = a0 * a2 - a1 * a1
-    if npx < 3 or den <= 1e-12 * a0 * a2:
-        return np.nan
-    slope = (a0 * t1 - a1 * t0) / den
-    if slope >= 0.0:
-        return np.nan
-    var = -0.5 / slope - 1.0 / 12.0
-    return _FWHM_PER_SIGMA * math.sqrt(var) if var > 0.0 else np.nan
+    return _fwhm_from_sums(a0, a1, a2, t0, t1, npx, 1.0 / 12.0)
 
 
 @njit(cache=True, nogil=True)
