@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from astrod.service.capture import Backoff, CaptureRunner, frame_path, plan_dige
 from astrod.service.daemon import Daemon
 from astrod.service.indi import CameraSettings, Exposure, ExposureError, IndiConnectionError
 from tests import synth
+from tests.service.daemon_harness import Observatory
 from tests.service.indi_harness import CAMERA, MOUNT, IndiServer, free_port, require_indi
 
 pytestmark = pytest.mark.timeout(300)
@@ -231,32 +232,10 @@ def test_unreachable_server_is_retried_with_the_error_in_status(tmp_path: Path) 
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[IndiServer]:
-    require_indi()
-    srv = IndiServer(tmp_path / "indi").start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
 def _observatory_config(tmp_path: Path, *, port: int, steps: str, name: str = "night") -> Config:
-    root = tmp_path / "obs"
-    root.mkdir(exist_ok=True)
-    path = root / "astrod.toml"
-    path.write_text(f"""
-[paths]
-watch = ["capture"]
-output = "stacks"
-state = "state"
-library = "library"
-[watch]
-stable_seconds = 1.0
-[session]
-idle_minutes = 60
-[stack]
-preview_every_frames = 2
+    obs = Observatory(tmp_path / "obs")
+    obs.root.mkdir(exist_ok=True)
+    return load_config(obs.write_config(extra=f"""
 [indi]
 enabled = true
 host = "127.0.0.1"
@@ -267,8 +246,7 @@ connect_timeout = 5.0
 [capture]
 name = "{name}"
 {steps}
-""", encoding="utf-8")
-    return load_config(path)
+"""))
 
 
 Until = Callable[[Daemon, CaptureRunner], bool]

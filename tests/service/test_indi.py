@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,16 +21,6 @@ from astrod.service.indi import (
 from tests.service.indi_harness import CAMERA, HEIGHT, MOUNT, WIDTH, IndiServer, free_port, require_indi
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[IndiServer]:
-    require_indi()
-    srv = IndiServer(tmp_path / "indi").start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def _camera(server: IndiServer, **kwargs: object) -> IndiCamera:

@@ -1,0 +1,21 @@
+"""Fixtures of the service tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.service.indi_harness import IndiServer, require_indi
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[IndiServer]:
+    """A real indiserver with the CCD and telescope simulators on a free port (the test skips without INDI)."""
+    require_indi()
+    srv = IndiServer(tmp_path / "indi").start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
