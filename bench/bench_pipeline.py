@@ -8,9 +8,9 @@ accumulate) with a preview every 5 frames, and prints per stage the median and w
 peak RSS. When ``siril-cli`` is on the PATH it then runs siril on the same files in the same run
 (preprocess with the same masters, register, ``stack rej 3 3 -norm=addscale``) and prints the ratio.
 
-    /work/venv/bin/python bench/bench_pipeline.py                 # both sizes, 20 frames, with siril if present
-    /work/venv/bin/python bench/bench_pipeline.py --sizes 26 --frames 200   # RSS over 200 frames (files reused)
-    /work/venv/bin/python bench/bench_pipeline.py --no-siril --keep --workdir /tmp/astrod-bench
+    .venv/bin/python bench/bench_pipeline.py                 # both sizes, 20 frames, with siril if present
+    .venv/bin/python bench/bench_pipeline.py --sizes 26 --frames 200   # RSS over 200 frames (files reused)
+    .venv/bin/python bench/bench_pipeline.py --no-siril --keep --workdir /tmp/astrod-bench
 
 The machine should be quiet: the load average at the start and the end is printed with the figures.
 """
@@ -140,19 +140,20 @@ def run_astrod(folder: Path, *, n_frames: int, preview_every: int) -> dict[str, 
     from astrod.core.calibrate import apply, prepare
     from astrod.io.fits import read_fits
     from astrod.io.frames import read_frame
+    from astrod.io.mapped_masters import map_prepared
     from astrod.io.previews import write_preview
     from astrod.model import Frame
     from astrod.pipeline.live import LiveStack, PipelineSettings
 
     dark, _ = read_fits(folder / "masters" / "master_dark.fit")
     flat, _ = read_fits(folder / "masters" / "master_flat.fit")
-    masters = prepare(dark=dark, flat=flat)
+    # as the daemon keeps them: mapped from scratch files, a band of rows resident while a frame is calibrated
+    masters = map_prepared(prepare(dark=dark, flat=flat), folder / "prepared-masters")
     del dark, flat
-    buffer = np.empty(masters.shape, dtype=np.float32)
 
     def calibrate(frame: Frame) -> Frame:
-        # One reused output buffer: LiveStack.process consumes it before the next frame is calibrated.
-        out = apply(masters, frame.data, light_exposure=frame.meta.exposure, out=buffer)
+        # In place, as the daemon's session workers do: the frame was read into a scratch array.
+        out = apply(masters, frame.data, light_exposure=frame.meta.exposure, out=frame.data)
         return Frame(meta=frame.meta, data=out.data, path=frame.path)
 
     files = sorted((folder / "lights").glob("light_*.fit"))
@@ -166,10 +167,13 @@ def run_astrod(folder: Path, *, n_frames: int, preview_every: int) -> dict[str, 
     warm.process(read_frame(files[0]))
     warm.process(read_frame(files[1]))
     del warm
+    scratch = None
     for i in range(n_frames):
         path = files[i % len(files)]
         t0 = time.perf_counter()
-        frame = read_frame(path)
+        # into one reused array, calibrated there in place, as the daemon's session workers do
+        frame = read_frame(path, out=scratch)
+        scratch = frame.data
         read_ms = (time.perf_counter() - t0) * 1e3
         result = stack.process(frame)
         total_ms = (time.perf_counter() - t0) * 1e3
@@ -186,6 +190,7 @@ def run_astrod(folder: Path, *, n_frames: int, preview_every: int) -> dict[str, 
             preview_ms.append((time.perf_counter() - t1) * 1e3)
         if i + 1 in (1, 10, 20, 50, 100, 200, n_frames):
             rss_at[i + 1] = _peak_rss_mb()
+    scratch = None  # as a session worker does before its final stack
     t1 = time.perf_counter()
     product = stack.finalize()
     finalize_ms = (time.perf_counter() - t1) * 1e3

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -122,10 +123,12 @@ def flat_normalisation(flat: npt.NDArray[np.floating], *, bayer: str | None = No
     Returns an array that broadcasts against ``flat`` (shape (1, 1) for mono). Non-finite pixels are
     ignored. Normalising each colour on its own removes the colour of the flat's light source.
     """
-    values = np.asarray(flat, dtype=np.float64)
+    # sums accumulate in float64 without a float64 copy of the flat (800 MB of temporaries at 26 MP)
+    values = np.asarray(flat, dtype=np.float32)
     finite = np.isfinite(values)
     if bayer is None:
-        mean = float(values[finite].mean()) if finite.any() else math.nan
+        n = int(np.count_nonzero(finite))
+        mean = float(np.sum(values, where=finite, dtype=np.float64)) / n if n else math.nan
         if not mean > 0:
             raise ValueError(f"flat mean must be positive, got {mean}")
         return np.full((1, 1), mean, dtype=np.float32)
@@ -134,7 +137,8 @@ def flat_normalisation(flat: npt.NDArray[np.floating], *, bayer: str | None = No
     for colour in range(3):
         sel = colours == colour
         good = sel & finite
-        mean = float(values[good].mean()) if good.any() else math.nan
+        n = int(np.count_nonzero(good))
+        mean = float(np.sum(values, where=good, dtype=np.float64)) / n if n else math.nan
         if not mean > 0:
             raise ValueError(f"flat mean of colour {'RGB'[colour]} must be positive, got {mean}")
         norm[sel] = mean
@@ -387,6 +391,11 @@ class PreparedMasters:
     ``offset`` is subtracted as it is (the bias, or the bias-including dark in exact mode);
     ``dark_current`` (dark minus bias) is subtracted times the frame's scale in the scaled and optimised
     modes; ``inverse_flat`` multiplies (mean-normalised, per colour for CFA).
+
+    ``release_rows``, when set, is called with ``(first, stop)`` after :func:`apply` has used those rows of
+    the masters: `apply` then works in bands of ``band_rows`` rows, so that a caller whose masters are
+    memory-mapped from files can drop each band's pages at once (see `astrod.io.mapped_masters`) and never
+    holds whole masters in memory.
     """
 
     shape: tuple[int, int]
@@ -402,6 +411,8 @@ class PreparedMasters:
     bayer: str | None
     bayer_offset: tuple[int, int]
     steps: tuple[str, ...]
+    release_rows: Callable[[int, int], None] | None = None
+    band_rows: int = 256
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -482,9 +493,9 @@ def prepare(*, bias: npt.NDArray[np.floating] | None = None, dark: npt.NDArray[n
         norm = flat_normalisation(flat, bayer=bayer, bayer_offset=bayer_offset)
         flat32 = np.asarray(flat, dtype=np.float32)
         usable = np.isfinite(flat32) & (flat32 > 0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            # unusable flat pixels leave the frame uncorrected there; the bad pixel map should cover them
-            inverse_flat = np.where(usable, norm / flat32, np.float32(1.0)).astype(np.float32)
+        # unusable flat pixels leave the frame uncorrected there; the bad pixel map should cover them
+        inverse_flat = np.ones(flat32.shape, dtype=np.float32)
+        np.divide(norm, flat32, out=inverse_flat, where=usable)
         if bayer is None:
             steps.append("flat divided (normalised by its mean)")
         else:
@@ -520,12 +531,15 @@ def _clean_cosmics(data: FloatArray, *, bad: BoolArray | None, gain: float, read
 def apply(prepared: PreparedMasters, light: npt.NDArray[np.generic], *, light_exposure: float | None = None,
           gain: float | None = None, cosmic: bool = False, cosmic_readnoise: float = 6.5,
           cosmic_sigclip: float = 4.5, out: FloatArray | None = None) -> CalibrationResult:
-    """Calibrate one (already trimmed) frame with prepared masters; ``light`` is not modified.
+    """Calibrate one (already trimmed) frame with prepared masters; ``light`` is not modified unless it is
+    ``out``.
 
     Order: bias and dark, flat, bad pixels, cosmic rays (L.A.Cosmic via astroscrappy, imported only
     when ``cosmic``), gain (``gain`` e-/ADU multiplies the result into electrons). ``out`` (float32, the
-    frame's shape, not ``light``) receives the result: reusing one buffer saves the page faults of a
-    fresh 100 MB array per frame, which cost more than the calibration itself.
+    frame's shape) receives the result: reusing one buffer saves the page faults of a fresh 100 MB array
+    per frame, which cost more than the calibration itself. ``out`` may be ``light`` itself (a float32
+    scratch copy of the file's pixels): every step reads a pixel before it writes it, so calibrating in
+    place gives the same values and saves the second frame-sized array. Any other overlap is refused.
     """
     if light.shape != prepared.shape:
         raise ValueError(f"frame shape {light.shape} does not match the masters {prepared.shape}")
@@ -542,6 +556,8 @@ def apply(prepared: PreparedMasters, light: npt.NDArray[np.generic], *, light_ex
             what = f"scaled by exposure x{k:.6g}"
         else:
             k = optimise_dark_scale(light, dark_current, bias=prepared.offset, cfa=prepared.bayer is not None)
+            if prepared.release_rows is not None:
+                prepared.release_rows(0, prepared.shape[0])
             what = f"optimised x{k:.6g}"
         # the dark step goes after the bias step, before the flat
         at = 1 if steps and steps[0] == "bias subtracted" else 0
@@ -550,9 +566,17 @@ def apply(prepared: PreparedMasters, light: npt.NDArray[np.generic], *, light_ex
         out = np.empty(prepared.shape, dtype=np.float32)
     elif out.shape != prepared.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous float32 array of shape {prepared.shape}")
-    elif np.shares_memory(out, light):
-        raise ValueError("out must not share memory with the frame: inputs are never modified")
-    _fused(light, prepared.offset, dark_current, float(k), prepared.inverse_flat, out)
+    elif np.shares_memory(out, light) and not _same_array(out, light):
+        raise ValueError("out must be the frame itself or not share memory with it")
+    if prepared.release_rows is None:
+        _fused(light, prepared.offset, dark_current, float(k), prepared.inverse_flat, out)
+    else:
+        height, step = prepared.shape[0], max(1, prepared.band_rows)
+        for first in range(0, height, step):
+            rows = slice(first, min(height, first + step))
+            _fused(light[rows], _rows(prepared.offset, rows), _rows(dark_current, rows), float(k),
+                   _rows(prepared.inverse_flat, rows), out[rows])
+            prepared.release_rows(rows.start, rows.stop)
     n_bad = _replace_bad(out, prepared.bad_index, prepared.bad_neighbours)
     if prepared.bad_pixels is not None:
         steps.append(f"bad pixels replaced by the median of same-colour neighbours ({n_bad})")
@@ -567,6 +591,16 @@ def apply(prepared: PreparedMasters, light: npt.NDArray[np.generic], *, light_ex
         steps.append(f"multiplied by gain {gain:g} e-/ADU")
     return CalibrationResult(data=out, steps=tuple(steps), dark_scale=k, n_bad_pixels=n_bad,
                              n_cosmic=n_cosmic)
+
+
+def _rows(master: FloatArray | None, rows: slice) -> FloatArray | None:
+    return None if master is None else master[rows]
+
+
+def _same_array(out: FloatArray, light: npt.NDArray[np.generic]) -> bool:
+    """Whether ``out`` and ``light`` are views of exactly the same float32 pixels (in-place calibration)."""
+    return (light.dtype == np.float32 and light.shape == out.shape and light.strides == out.strides
+            and light.ctypes.data == out.ctypes.data)
 
 
 def calibrate(light: npt.NDArray[np.generic], *, bias: npt.NDArray[np.floating] | None = None,

@@ -34,7 +34,7 @@ Normalisation maps a frame onto the reference frame's background and noise, ``x'
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -266,6 +266,26 @@ class Stacker:
         """
         if frame.shape != self._shape:
             raise ValueError(f"frame shape {frame.shape} does not match the stack shape {self._shape}")
+        _, height, width = _plane_shape(self._shape)
+        mask2d: npt.NDArray[np.uint8] | None = None
+        if mask is not None:
+            if mask.shape not in ((height, width), self._shape):
+                raise ValueError(f"mask shape {mask.shape} must be {(height, width)} or {self._shape}")
+            # bool and uint8 masks are viewed, not copied
+            plain = mask.dtype in (np.uint8, np.bool_)
+            mask2d = np.ascontiguousarray(mask if plain else mask != 0).view(np.uint8).reshape(-1, width)
+        return self.add_bands([(0, frame)], weight, norm=norm, mask=mask2d)
+
+    def add_bands(self, bands: Iterable[tuple[int, npt.NDArray[np.floating]]], weight: float = 1.0, *,
+                  norm: tuple[float, float] = (0.0, 1.0),
+                  mask: npt.NDArray[np.uint8] | None = None) -> AddResult:
+        """Add one registered frame given as bands of rows: ``(first_row, band)`` pairs, top to bottom,
+        each band (rows, W) or (planes, rows, W); what `add` does, without the whole frame in memory.
+
+        Rows no band covers do not count for this frame. Every argument is checked before the first band
+        is taken, but a band of the wrong shape found later leaves the rows before it added: give bands
+        from a producer whose shapes are known, such as `astrod.core.warp.warp_bands`.
+        """
         if not (math.isfinite(weight) and weight > 0.0):
             raise ValueError(f"weight must be positive and finite, got {weight}")
         if self._wsum is None and weight != 1.0:
@@ -276,33 +296,58 @@ class Stacker:
         if self._frames >= _MAX_COUNT:
             raise ValueError(f"the stack already holds {_MAX_COUNT} frames, the most a uint16 count can hold")
         planes, height, width = _plane_shape(self._shape)
-        rows = planes * height
-        data = np.ascontiguousarray(frame, dtype=np.float32).reshape(rows, width)
-        if mask is None:
-            mask2d = np.ones((1, 1), dtype=np.uint8)
-        else:
-            if mask.shape not in ((height, width), self._shape):
-                raise ValueError(f"mask shape {mask.shape} must be {(height, width)} or {self._shape}")
-            # bool and uint8 masks are viewed, not copied
-            plain = mask.dtype in (np.uint8, np.bool_)
-            mask2d = np.ascontiguousarray(mask if plain else mask != 0).view(np.uint8).reshape(-1, width)
-        wsum = self._wsum if self._wsum is not None else np.zeros((1, 1), dtype=np.float32)
-        row_acc = np.empty(rows, dtype=np.int64)
-        row_rej = np.empty(rows, dtype=np.int64)
-        _accumulate(data, mask2d, mask is not None, float(weight), offset, scale, math.isfinite(self._kappa),
-                    *self._t, self._min_n,
-                    self._mean.reshape(rows, width), self._m2.reshape(rows, width),
-                    wsum.reshape(rows, width) if self._wsum is not None else wsum, self._wsum is not None,
-                    self._count.reshape(rows, width), self._rejected.reshape(rows, width), row_acc, row_rej)
+        reject = math.isfinite(self._kappa)
+        mean3, m23 = self._mean.reshape(planes, height, width), self._m2.reshape(planes, height, width)
+        count3 = self._count.reshape(planes, height, width)
+        rejected3 = self._rejected.reshape(planes, height, width)
+        wsum3 = None if self._wsum is None else self._wsum.reshape(planes, height, width)
+        no_wsum = np.zeros((1, 1), dtype=np.float32)
+        no_mask = np.ones((1, 1), dtype=np.uint8)
+        accepted = rejected = 0
+        next_row = 0
+        for row0, band in bands:
+            n = band.shape[-2]
+            if band.shape[:-2] != self._shape[:-2] or band.shape[-1] != width or row0 < next_row \
+                    or row0 + n > height:
+                raise ValueError(f"band of shape {band.shape} at row {row0} does not fit the stack "
+                                 f"{self._shape} after row {next_row}")
+            next_row = row0 + n
+            data = np.ascontiguousarray(band, dtype=np.float32).reshape(planes, n, width)
+            for p in range(planes):
+                rows = slice(row0, row0 + n)
+                wsum = no_wsum if wsum3 is None else wsum3[p, rows]
+                if mask is None:
+                    mask_rows = no_mask
+                elif mask.shape[0] == height:
+                    mask_rows = mask[rows]
+                else:
+                    mask_rows = mask[p * height + row0:p * height + row0 + n]
+                row_acc = np.empty(n, dtype=np.int64)
+                row_rej = np.empty(n, dtype=np.int64)
+                _accumulate(data[p], mask_rows, mask is not None, float(weight), offset, scale, reject, *self._t,
+                            self._min_n, mean3[p, rows], m23[p, rows], wsum, wsum3 is not None, count3[p, rows],
+                            rejected3[p, rows], row_acc, row_rej)
+                accepted += int(row_acc.sum())
+                rejected += int(row_rej.sum())
         self._frames += 1
-        return AddResult(accepted=int(row_acc.sum()), rejected=int(row_rej.sum()), frames=self._frames)
+        return AddResult(accepted=accepted, rejected=rejected, frames=self._frames)
 
-    def finalize(self, *, fill: float = math.nan) -> StackResult:
-        """The current stack: the weighted mean (``fill`` where no frame counted), with copies of the maps."""
-        image = np.where(self._count > 0, self._mean, np.float32(fill)).astype(np.float32, copy=False)
-        return StackResult(image=image, count=self._count.copy(), rejected=self._rejected.copy(),
-                           frames=self._frames, rejection="online-sigma", kappa_low=self._kappa,
-                           kappa_high=self._kappa)
+    def finalize(self, *, fill: float = math.nan, copy_maps: bool = True) -> StackResult:
+        """The current stack: the weighted mean (``fill`` where no frame counted), with copies of the maps,
+        or, with ``copy_maps=False`` (a stack that takes no more frames), read-only views of them."""
+        image = self._mean.copy()
+        flat_image, flat_count = image.reshape(-1), self._count.reshape(-1)
+        step = 1 << 20  # the uncovered pixels are found a slice at a time: no full-size mask
+        for start in range(0, flat_image.size, step):
+            piece = flat_image[start:start + step]
+            piece[flat_count[start:start + step] == 0] = np.float32(fill)
+        if copy_maps:
+            count, rejected = self._count.copy(), self._rejected.copy()
+        else:
+            count, rejected = self._count.view(), self._rejected.view()
+            count.flags.writeable = rejected.flags.writeable = False
+        return StackResult(image=image, count=count, rejected=rejected, frames=self._frames,
+                           rejection="online-sigma", kappa_low=self._kappa, kappa_high=self._kappa)
 
     def sigma(self) -> FloatArray:
         """Per-pixel weighted standard deviation of the accepted samples (NaN below two samples)."""

@@ -9,10 +9,17 @@ touches anything outside the frame is NaN (for linear interpolation, a sample ex
 column also counts as touching outside, since its zero-weight neighbour is NaN). `astrod.core.stack`
 skips NaN samples, so no separate mask is warped or allocated. Pure integer translations, the reference
 frame itself included, are copied exactly instead of interpolated.
+
+`warp_bands` yields the warped image a band of rows at a time in one small reused buffer, so the live
+stack never holds a whole warped frame (104 MB at 26 MP): each band is accumulated while it is still in
+the CPU cache. A band is the same as the matching rows of `warp` (the output rows are shifted into the
+matrix, so OpenCV sees the same map up to the last bit of its double arithmetic).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from typing import Literal
 
 import cv2
@@ -39,6 +46,52 @@ def warp(image: npt.NDArray[np.floating], transform: Transform, *, shape: tuple[
     (planes, H_ref, W_ref), NaN where the image does not cover the reference; ``out`` may be given to
     reuse a buffer. The input is not modified.
     """
+    out_shape = _check(image, transform, shape, interpolation)
+    if out is None:
+        out = np.empty(out_shape, dtype=np.float32)
+    elif out.shape != out_shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous float32 of shape {out_shape}")
+    _warp_rows(np.asarray(image, dtype=np.float32), transform.as_array(), 0, out, interpolation)
+    return out
+
+
+def warp_bands(image: npt.NDArray[np.floating], transform: Transform, *, shape: tuple[int, int],
+               interpolation: Interpolation = "linear", band_rows: int = 256,
+               buffer: FloatArray | None = None) -> Iterator[tuple[int, FloatArray]]:
+    """`warp` a band of ``band_rows`` rows at a time: yields ``(first_row, band)`` top to bottom, ``band``
+    being (rows, W_ref) or (planes, rows, W_ref) and valid until the next band is produced.
+
+    ``buffer`` (float32, C-contiguous, at least one band) is reused for every band. The arguments are
+    checked here, before the first band, so a caller sees a bad transform before it has consumed anything.
+    """
+    out_shape = _check(image, transform, shape, interpolation)
+    if band_rows < 1:
+        raise ValueError(f"band_rows must be positive, got {band_rows}")
+    height = out_shape[-2]
+    band_rows = min(band_rows, height)
+    band_size = math.prod(out_shape[:-2]) * band_rows * out_shape[-1]
+    if buffer is None:
+        buffer = np.empty(band_size, dtype=np.float32)
+    elif buffer.dtype != np.float32 or not buffer.flags.c_contiguous or buffer.size < band_size:
+        raise ValueError(f"buffer must be C-contiguous float32 with at least {band_size} elements")
+    return _bands(np.asarray(image, dtype=np.float32), transform.as_array(), out_shape, band_rows,
+                  buffer.reshape(-1), interpolation)
+
+
+def _bands(src: FloatArray, m: npt.NDArray[np.float64], out_shape: tuple[int, ...], band_rows: int,
+           flat: FloatArray, interpolation: Interpolation) -> Iterator[tuple[int, FloatArray]]:
+    height = out_shape[-2]
+    for row0 in range(0, height, band_rows):
+        rows = min(band_rows, height - row0)
+        band_shape = (*out_shape[:-2], rows, out_shape[-1])
+        band = flat[: math.prod(band_shape)].reshape(band_shape)
+        _warp_rows(src, m, row0, band, interpolation)
+        yield row0, band
+
+
+def _check(image: npt.NDArray[np.floating], transform: Transform, shape: tuple[int, int],
+           interpolation: str) -> tuple[int, ...]:
+    """The output shape, after checking the arguments of a warp."""
     if interpolation not in _CV_INTERPOLATION:
         raise ValueError(f"unknown interpolation {interpolation!r}")
     if image.ndim not in (2, 3):
@@ -46,30 +99,32 @@ def warp(image: npt.NDArray[np.floating], transform: Transform, *, shape: tuple[
     height, width = int(shape[0]), int(shape[1])
     if height < 1 or width < 1:
         raise ValueError(f"reference shape must be positive, got {shape}")
-    out_shape = (height, width) if image.ndim == 2 else (image.shape[0], height, width)
-    if out is None:
-        out = np.empty(out_shape, dtype=np.float32)
-    elif out.shape != out_shape or out.dtype != np.float32 or not out.flags.c_contiguous:
-        raise ValueError(f"out must be C-contiguous float32 of shape {out_shape}")
-    src = np.asarray(image, dtype=np.float32)
     m = transform.as_array()
     if not np.all(np.isfinite(m)) or abs(np.linalg.det(m)) < 1e-12:
         raise ValueError(f"transform is not invertible: {transform.matrix}")
+    return (height, width) if image.ndim == 2 else (int(image.shape[0]), height, width)
+
+
+def _warp_rows(src: FloatArray, m: npt.NDArray[np.float64], row0: int, out: FloatArray,
+               interpolation: str) -> None:
+    """Rows ``row0 .. row0 + out.shape[-2]`` of the warped image into ``out``."""
+    rows, width = out.shape[-2], out.shape[-1]
+    # output row y of the band is reference row y + row0: move the output grid up by row0
+    shifted = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, -float(row0)], [0.0, 0.0, 1.0]]) @ m
     src_planes = [src] if src.ndim == 2 else list(src)
     out_planes = [out] if out.ndim == 2 else list(out)
-    shift = _integer_shift(m)
+    shift = _integer_shift(shifted)
     for s, o in zip(src_planes, out_planes, strict=True):
         if shift is not None:
             _shift_copy(s, o, shift)
-        elif np.array_equal(m[2], [0.0, 0.0, 1.0]):
-            cv2.warpAffine(np.ascontiguousarray(s), m[:2], (width, height), dst=o,
+        elif np.array_equal(shifted[2], [0.0, 0.0, 1.0]):
+            cv2.warpAffine(np.ascontiguousarray(s), shifted[:2], (width, rows), dst=o,
                            flags=_CV_INTERPOLATION[interpolation], borderMode=cv2.BORDER_CONSTANT,
                            borderValue=float("nan"))
         else:
-            cv2.warpPerspective(np.ascontiguousarray(s), m, (width, height), dst=o,
+            cv2.warpPerspective(np.ascontiguousarray(s), shifted, (width, rows), dst=o,
                                 flags=_CV_INTERPOLATION[interpolation], borderMode=cv2.BORDER_CONSTANT,
                                 borderValue=float("nan"))
-    return out
 
 
 def _integer_shift(m: npt.NDArray[np.float64]) -> tuple[int, int] | None:

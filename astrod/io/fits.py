@@ -1,20 +1,26 @@
 """FITS reading and writing.
 
 Reading takes a fast path for the common case (an uncompressed file with an image in the primary HDU or
-the first image extension): the header is parsed by astropy, the pixels are read with one ``readinto`` and
-decoded to float32 in one fused pass. Astropy's own scaling would cost about twice as much, and astropy
-refuses to memory-map BZERO-scaled data. Compressed (gzip, tile-compressed) files go through astropy.
+the first image extension): the header is parsed by astropy, the pixels are read in chunks of
+``_CHUNK_BYTES`` by a few threads, each into its own small buffer, and each chunk is decoded to float32 in one
+fused pass straight into its slice of the output. Peak memory is the float32 output plus a few chunks:
+neither the file's bytes nor a map of them are ever held whole (mapped pages would count in RSS), and a
+file that shrinks while being read gives an error rather than a crash (as a bus error on a map would). Astropy's own
+scaling would cost about twice as much, and astropy refuses to memory-map BZERO-scaled data. Compressed
+(gzip, tile-compressed) files go through astropy.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import math
-import mmap
 import os
+import threading
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +37,11 @@ from astrod.io.atomic import atomic_write
 FITS_EXTENSIONS = frozenset({".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fz"})
 _BLOCK = 2880
 _DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+# Raw bytes each reader thread reads and decodes per step (rounded down to whole pixels): small enough to
+# stay in a core's cache between the copy and the decode, large enough that per-chunk costs vanish.
+# Reading holds at most _MAX_READERS chunks beside the output.
+_CHUNK_BYTES = 1 << 20
+_MAX_READERS = 4
 
 
 def is_fits_name(path: Path) -> bool:
@@ -106,7 +117,20 @@ def _locate_image(path: Path) -> _ImageLocation | None:
     raise FrameReadError(f"{path}: no image in any HDU")
 
 
-def _read_with_astropy(path: Path) -> tuple[npt.NDArray[np.float32], fits.Header]:
+def _fitting(out: npt.NDArray[np.float32] | None, shape: tuple[int, ...]) -> npt.NDArray[np.float32] | None:
+    """``out`` viewed with ``shape`` when the image can be decoded into it in place, else None.
+
+    It fits when it is float32, C-contiguous, writeable and holds exactly as many elements as the image.
+    ``out`` itself is returned when its shape is already ``shape``, so callers may test ``result is out``.
+    """
+    if (out is None or out.dtype != np.float32 or not out.flags.c_contiguous or not out.flags.writeable
+            or out.size != math.prod(shape)):
+        return None
+    return out if out.shape == shape else out.reshape(shape)
+
+
+def _read_with_astropy(path: Path, out: npt.NDArray[np.float32] | None,
+                       ) -> tuple[npt.NDArray[np.float32], fits.Header]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyWarning)
         with fits.open(path, memmap=False, do_not_scale_image_data=True) as hdul:
@@ -116,11 +140,18 @@ def _read_with_astropy(path: Path) -> tuple[npt.NDArray[np.float32], fits.Header
                     if raw is None:
                         continue
                     header = hdu.header if hdu is hdul[0] else _merged(hdul[0].header, hdu.header)
+                    target = _fitting(out, tuple(raw.shape))
                     if isinstance(hdu, fits.CompImageHDU):
-                        return np.asarray(raw, dtype=np.float32), header
+                        if target is None:
+                            return np.asarray(raw, dtype=np.float32), header
+                        np.copyto(target, raw, casting="unsafe")
+                        return target, header
                     bscale = float(header.get("BSCALE", 1.0))
                     bzero = float(header.get("BZERO", 0.0))
-                    return scaled_to_float32(raw, bscale=bscale, bzero=bzero), header
+                    if target is None:
+                        return scaled_to_float32(raw, bscale=bscale, bzero=bzero), header
+                    scaled_to_float32(raw, bscale=bscale, bzero=bzero, out=target)
+                    return target, header
     raise FrameReadError(f"{path}: no image in any HDU")
 
 
@@ -137,10 +168,16 @@ def _check_readable(path: Path) -> bytes:
     return head
 
 
-def read_fits(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32], fits.Header]:
+def read_fits(path: str | os.PathLike[str], *, out: npt.NDArray[np.float32] | None = None,
+              ) -> tuple[npt.NDArray[np.float32], fits.Header]:
     """Pixels (float32, physical values after BSCALE/BZERO) and header of the first image in a FITS file.
 
     Shape is (NAXIS2, NAXIS1) or (NAXIS3, NAXIS2, NAXIS1), as stored (row 0 is the first row in the file).
+    ``out``: a buffer to decode into, reused between frames to save an allocation. It is used when it is a
+    writeable C-contiguous float32 array with as many elements as the image (the result is then ``out``
+    itself, or a reshaped view of it when its shape differs); otherwise it is ignored and a fresh array is
+    returned, so a caller that cares checks ``result is out`` or ``np.shares_memory(result, out)``. After an
+    error the contents of ``out`` are undefined.
     Raises FrameReadError with a one-line cause for anything unreadable.
     """
     p = Path(path)
@@ -149,42 +186,102 @@ def read_fits(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32], fi
         if head[:2] == b"\x1f\x8b" or not head.startswith(b"SIMPLE"):
             if head[:2] != b"\x1f\x8b":
                 raise FrameReadError(f"{p}: not a FITS file (no SIMPLE card at the start)")
-            return _read_with_astropy(p)
+            return _read_with_astropy(p, out)
         loc = _locate_image(p)
         if loc is None:
-            return _read_with_astropy(p)
-        return _read_located(p, loc), loc.header
+            return _read_with_astropy(p, out)
+        return _read_located(p, loc, out), loc.header
     except FrameReadError:
         raise
     except (OSError, ValueError, KeyError, EOFError, gzip.BadGzipFile, TypeError) as err:
         raise FrameReadError(f"{p}: corrupt FITS: {err}") from err
 
 
-def _read_located(path: Path, loc: _ImageLocation) -> npt.NDArray[np.float32]:
+def _read_located(path: Path, loc: _ImageLocation, out: npt.NDArray[np.float32] | None,
+                  ) -> npt.NDArray[np.float32]:
     if loc.bitpix not in _DTYPES:
         raise FrameReadError(f"{path}: unsupported BITPIX {loc.bitpix}")
     count = math.prod(loc.shape)
-    nbytes = count * abs(loc.bitpix) // 8
-    bscale = float(loc.header.get("BSCALE", 1.0))
-    bzero = float(loc.header.get("BZERO", 0.0))
-    with path.open("rb") as handle:
+    itemsize = abs(loc.bitpix) // 8
+    nbytes = count * itemsize
+    with path.open("rb", buffering=0) as handle:
         available = os.fstat(handle.fileno()).st_size - loc.data_offset
         if available < nbytes:
             raise FrameReadError(
                 f"{path}: truncated: the image needs {nbytes} bytes, the file has {max(available, 0)}")
-        # Decoding straight from the mapped pages saves a copy of the raw bytes.
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            buf = np.frombuffer(mapped, dtype=np.uint8, count=nbytes, offset=loc.data_offset)
-            try:
-                if loc.bitpix == 16:
-                    data = int16be_to_float32(buf, bscale=bscale, bzero=bzero)
-                else:
-                    data = scaled_to_float32(buf.view(_DTYPES[loc.bitpix]), bscale=bscale, bzero=bzero)
-                    if np.shares_memory(data, buf):
-                        data = data.copy()
-            finally:
-                del buf  # the map cannot close while a view of it is alive
-    return data.reshape(loc.shape)
+        target = _fitting(out, loc.shape)
+        if target is None:
+            target = np.empty(loc.shape, dtype=np.float32)
+        reader = _ChunkReader(path=path, handle=handle, loc=loc, out=target.reshape(-1),
+                              step=max(_CHUNK_BYTES // itemsize, 1), nbytes=nbytes)
+        starts = range(0, count, reader.step)
+        # Several threads, each reading (pread copies out of the page cache) and decoding its own chunks
+        # while they are hot in cache, beat one thread copying and a parallel kernel decoding: the copy is
+        # half the work. Without pread (Windows) one handle cannot be shared, so one thread reads.
+        workers = min(len(starts), _MAX_READERS, os.cpu_count() or 1) if hasattr(os, "preadv") else 1
+        if workers <= 1:
+            reader.run(starts)
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fits-read") as pool:
+                futures = [pool.submit(reader.run, starts[i::workers]) for i in range(workers)]
+                for future in futures:
+                    future.result()  # re-raises a worker's FrameReadError here
+    return target
+
+
+@dataclass(frozen=True, slots=True)
+class _ChunkReader:
+    """Reads chunks of one image's pixel bytes and decodes each into its slice of ``out``; thread-safe
+    (positional reads, one buffer per call of ``run``)."""
+
+    path: Path
+    handle: io.FileIO
+    loc: _ImageLocation
+    out: npt.NDArray[np.float32]  # flat, as many elements as the image
+    step: int  # pixels per chunk
+    nbytes: int
+    failed: threading.Event = field(default_factory=threading.Event)
+
+    def run(self, starts: range) -> None:
+        try:
+            self._run(starts)
+        except BaseException:
+            self.failed.set()  # the other workers stop at their next chunk
+            raise
+
+    def _run(self, starts: range) -> None:
+        itemsize = abs(self.loc.bitpix) // 8
+        bscale = float(self.loc.header.get("BSCALE", 1.0))
+        bzero = float(self.loc.header.get("BZERO", 0.0))
+        chunk = np.empty(min(self.step, self.out.size) * itemsize, dtype=np.uint8)
+        for first in starts:
+            if self.failed.is_set():
+                return
+            n = min(self.step, self.out.size - first)
+            raw = chunk[: n * itemsize]
+            if self._fill(raw, self.loc.data_offset + first * itemsize) < raw.size:
+                # the file shrank after the size check
+                available = os.fstat(self.handle.fileno()).st_size - self.loc.data_offset
+                raise FrameReadError(f"{self.path}: truncated: the image needs {self.nbytes} bytes, the file "
+                                     f"has {max(available, 0)}")
+            dest = self.out[first:first + n]
+            if self.loc.bitpix == 16:
+                int16be_to_float32(raw, bscale=bscale, bzero=bzero, out=dest, parallel=False)
+            else:
+                scaled_to_float32(raw.view(_DTYPES[self.loc.bitpix]), bscale=bscale, bzero=bzero, out=dest)
+
+    def _fill(self, buf: npt.NDArray[np.uint8], offset: int) -> int:
+        """Read ``buf.size`` bytes at ``offset``; the number read (fewer only at the end of the file)."""
+        view = buf.data  # buf is a contiguous uint8 array: a flat byte view
+        done = 0
+        if hasattr(os, "preadv"):
+            while done < len(view) and (got := os.preadv(self.handle.fileno(), [view[done:]], offset + done)):
+                done += got
+            return done
+        self.handle.seek(offset)  # only ever one reader thread here
+        while done < len(view) and (got := self.handle.readinto(view[done:]) or 0):
+            done += got
+        return done
 
 
 def read_fits_header(path: str | os.PathLike[str]) -> fits.Header:

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from astrod.errors import FrameReadError
 from astrod.io import fits as fitsio
@@ -65,8 +66,15 @@ def read_meta(path: str | os.PathLike[str], *, rename: Mapping[str, str] | None 
 
 
 def read_frame(path: str | os.PathLike[str], *, rename: Mapping[str, str] | None = None,
-               rules: Iterable[PathRule] = ()) -> Frame:
-    """Pixels as float32 plus normalised metadata. Raises FrameReadError with a one-line cause."""
+               rules: Iterable[PathRule] = (), out: npt.NDArray[np.float32] | None = None) -> Frame:
+    """Pixels as float32 plus normalised metadata. Raises FrameReadError with a one-line cause.
+
+    ``out``: a reused buffer for the pixels, used only when it fits (writeable C-contiguous float32 with as
+    many elements as the image), otherwise ignored; check ``np.shares_memory(frame.data, out)``. FITS pixels
+    are decoded straight into it (see ``fits.read_fits``). Raw pixels are decoded by libraw into its own
+    array and then copied into ``out``, so a caller recycling buffers gets the same contract for both kinds,
+    though a raw read still peaks at one extra frame.
+    """
     p = Path(path)
     _check_file(p)
     if is_raw_name(p):
@@ -74,6 +82,12 @@ def read_frame(path: str | os.PathLike[str], *, rename: Mapping[str, str] | None
 
         data, raw_meta = raw.read_raw(p)
         meta = complete_from_path(raw.raw_to_meta(raw_meta, p), p, rules=rules)
-        return Frame(meta=meta, data=np.asarray(data, dtype=np.float32), path=p)
-    data, header = fitsio.read_fits(p)
+        pixels = np.asarray(data, dtype=np.float32)
+        if (out is not None and out.dtype == np.float32 and out.flags.c_contiguous and out.flags.writeable
+                and out.size == pixels.size):
+            target = out if out.shape == pixels.shape else out.reshape(pixels.shape)
+            np.copyto(target, pixels)
+            pixels = target
+        return Frame(meta=meta, data=pixels, path=p)
+    data, header = fitsio.read_fits(p, out=out)
     return Frame(meta=normalise(header, p, rename=rename, rules=rules), data=data, path=p)

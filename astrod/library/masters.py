@@ -23,6 +23,7 @@ from astrod.core.calibrate import PreparedMasters, prepare
 from astrod.errors import AstrodError, LibraryError
 from astrod.io.fits import read_fits
 from astrod.io.index import MasterIndex
+from astrod.io.mapped_masters import map_prepared, remove_stale, scratch_name
 from astrod.library.keys import MasterKind
 from astrod.library.match import MatchResult, MatchRules, match_frame
 from astrod.library.records import MasterRecord
@@ -78,10 +79,12 @@ class MasterLibrary:
     ``MasterLibrary.open(folder, rules=...)``; use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, folder: Path, index: MasterIndex, rules: MatchRules, *, cache_bytes: int) -> None:
+    def __init__(self, folder: Path, index: MasterIndex, rules: MatchRules, *, cache_bytes: int,
+                 scratch: Path | None = None) -> None:
         self.folder = folder
         self.index = index
         self.rules = rules
+        self.scratch = scratch
         self._lock = threading.RLock()
         self._arrays = _LRU(cache_bytes)
         self._prepared = _LRU(8)
@@ -90,13 +93,20 @@ class MasterLibrary:
 
     @classmethod
     def open(cls, folder: str | os.PathLike[str], *, rules: MatchRules | None = None, config: Config | None = None,
-             cache_bytes: int = 1 << 30) -> MasterLibrary:
+             cache_bytes: int = 1 << 30, scratch: str | os.PathLike[str] | None = None) -> MasterLibrary:
         """Open the library in ``folder`` (LibraryError if it has no index). Rules come from ``rules``, else
-        from ``config``, else the defaults. ``cache_bytes`` bounds the master arrays kept in memory."""
+        from ``config``, else the defaults. ``cache_bytes`` bounds the master arrays kept in memory.
+
+        ``scratch`` (a folder of this process's own, e.g. in the daemon's state folder) keeps the prepared
+        masters of :meth:`prepared` in memory-mapped scratch files instead of memory, their pages resident
+        only while a band of a frame is calibrated (`astrod.io.mapped_masters`); the master files are then
+        read for preparing without being cached either. For a long-running process calibrating large
+        frames: 26 MP masters are 100 MB each."""
         root = Path(folder)
         if rules is None:
             rules = MatchRules.from_config(config) if config is not None else MatchRules()
-        return cls(root, MasterIndex.open(root, create=False), rules, cache_bytes=cache_bytes)
+        return cls(root, MasterIndex.open(root, create=False), rules, cache_bytes=cache_bytes,
+                   scratch=None if scratch is None else Path(scratch))
 
     def close(self) -> None:
         with self._lock:
@@ -136,28 +146,37 @@ class MasterLibrary:
     def load(self, record: MasterRecord) -> FloatArray:
         """A master's pixels (float32, read-only), from the cache when it was loaded before."""
 
-        def make() -> FloatArray:
-            try:
-                data, _ = read_fits(record.path)
-            except AstrodError as err:
-                raise LibraryError(f"{record.path}: cannot read the master: {err}") from err
-            if data.shape != (record.key.height, record.key.width):
-                raise LibraryError(f"{record.path}: master is {data.shape[-1]}x{data.shape[0]}, its index entry "
-                                   f"says {record.key.width}x{record.key.height}")
-            data.setflags(write=False)
-            return data
-
         with self._lock:
-            return self._arrays.get_or_make(("pixels", record.content_hash, str(record.path)), make,
+            return self._arrays.get_or_make(("pixels", record.content_hash, str(record.path)),
+                                            lambda: self._read(record),
                                             lambda a: int(a.nbytes))
+
+    def _read(self, record: MasterRecord) -> FloatArray:
+        """A master's pixels, read without being cached."""
+        try:
+            data, _ = read_fits(record.path)
+        except AstrodError as err:
+            raise LibraryError(f"{record.path}: cannot read the master: {err}") from err
+        if data.shape != (record.key.height, record.key.width):
+            raise LibraryError(f"{record.path}: master is {data.shape[-1]}x{data.shape[0]}, its index entry "
+                               f"says {record.key.width}x{record.key.height}")
+        data.setflags(write=False)
+        return data
+
+    def _bad_pixels(self, record: MasterRecord) -> BoolArray:
+        return self.load_mask(record) if self.scratch is None else self._mask(self._read(record))
+
+    @staticmethod
+    def _mask(pixels: FloatArray) -> BoolArray:
+        mask = np.asarray(pixels > 0.5, dtype=np.bool_)
+        mask.setflags(write=False)
+        return mask
 
     def load_mask(self, record: MasterRecord) -> BoolArray:
         """A bad-pixel map as a read-only boolean array (True = bad)."""
 
         def make() -> BoolArray:
-            mask = np.asarray(self.load(record) > 0.5, dtype=np.bool_)
-            mask.setflags(write=False)
-            return mask
+            return self._mask(self.load(record))
 
         with self._lock:
             return self._arrays.get_or_make(("mask", record.content_hash, str(record.path)), make,
@@ -180,12 +199,19 @@ class MasterLibrary:
         def make() -> PreparedMasters:
             # with an exact dark the bias is already in it: subtracting the bias too would remove it twice
             use_bias = bias is not None and (dark is None or mode != "exact")
-            return prepare(bias=self.load(bias) if (use_bias and bias is not None) else None,
-                           dark=None if dark is None else self.load(dark),
-                           flat=None if flat is None else self.load(flat),
-                           bad_pixels=None if bpm is None else self.load_mask(bpm),
-                           dark_exposure=None if dark is None else dark.key.exposure, dark_mode=mode,
-                           bayer=meta.bayer, bayer_offset=meta.bayer_offset, shape=(meta.height, meta.width))
+            load = self.load if self.scratch is None else self._read
+            prepared = prepare(bias=load(bias) if (use_bias and bias is not None) else None,
+                               dark=None if dark is None else load(dark),
+                               flat=None if flat is None else load(flat),
+                               bad_pixels=None if bpm is None else self._bad_pixels(bpm),
+                               dark_exposure=None if dark is None else dark.key.exposure, dark_mode=mode,
+                               bayer=meta.bayer, bayer_offset=meta.bayer_offset, shape=(meta.height, meta.width))
+            if self.scratch is None:
+                return prepared
+            name = scratch_name(key)
+            # other sets are unlinked: the ones still cached stay mapped (and valid) until they are evicted
+            remove_stale(self.scratch, keep={name})
+            return map_prepared(prepared, self.scratch / name)
 
         with self._lock:
             return self._prepared.get_or_make(key, make, lambda _: 1)

@@ -16,31 +16,24 @@ from astrod.library.masters import MasterLibrary
 from astrod.model import Frame
 from astrod.pipeline.live import Calibrated, Calibrator
 
-FloatArray = npt.NDArray[np.float32]
-
 
 def library_calibrator(library: MasterLibrary, *, require_complete: bool = False,
-                       bad_pixels: bool = True, reuse_output: bool = False) -> Calibrator:
+                       bad_pixels: bool = True, in_place: bool = False) -> Calibrator:
     """A calibrator using ``library``'s matching masters.
 
     A frame lacking a required master is calibrated with the masters there are (the stack's history says
     what was missing), or rejected when ``require_complete``. Raises `FrameRejected` (an `AstrodError`) for a
     frame that cannot be calibrated; `LiveStack` turns that into a rejection with the reason.
 
-    ``reuse_output`` calibrates every frame into one buffer (no fresh 100 MB array and its page faults per
-    frame): only for a caller that consumes each calibrated frame before calibrating the next, as a session
-    worker running ``LiveStack.process`` frame after frame does.
+    ``in_place`` calibrates a frame into its own pixel array when it is a writeable float32 one (the
+    frame's pixels are then the calibrated ones): no second 100 MB array per frame. Only for a caller that
+    reads each frame into a scratch array it does not use again, as a session worker does; the file on
+    disk is never touched either way.
     """
-    buffers: dict[tuple[int, ...], FloatArray] = {}
 
     def calibrate(frame: Frame) -> Calibrated:
-        out = None
-        if reuse_output and frame.data.ndim == 2:
-            shape = tuple(frame.data.shape)
-            out = buffers.get(shape)
-            if out is None:
-                buffers.clear()
-                out = buffers[shape] = np.empty(shape, dtype=np.float32)
+        data = frame.data
+        out = data if in_place and _scratch(data) else None
         result = calibrate_frame(library, frame, bad_pixels=bad_pixels, out=out)
         match = result.match
         if require_complete and match.missing:
@@ -51,3 +44,7 @@ def library_calibrator(library: MasterLibrary, *, require_complete: bool = False
                           notes=notes)
 
     return calibrate
+
+
+def _scratch(data: npt.NDArray[np.generic]) -> bool:
+    return data.ndim == 2 and data.dtype == np.float32 and data.flags.c_contiguous and data.flags.writeable

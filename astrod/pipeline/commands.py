@@ -101,7 +101,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
         except AstrodError as err:
             print(f"error: {err}", file=sys.stderr)
             return EXIT_UNUSABLE
-        calibrator = library_calibrator(library)
+        calibrator = library_calibrator(library, in_place=True)
     cache_root = Path(args.cache_dir) if args.cache_dir else output.parent
     try:
         cache_root.mkdir(parents=True, exist_ok=True)

@@ -16,9 +16,10 @@ multi-threaded kernels of `astrod.core`:
     and weight.
 
 ``process(frame) = accumulate(prepare(frame))``. A bad frame never raises: it comes back ``rejected`` with a
-one-line reason. Memory stays flat with the number of frames: the stacker state, one warp buffer, and a
-list of small per-frame rows; registered frames for the final full-rejection pass go to ``cache_dir`` on
-disk.
+one-line reason. Memory stays flat with the number of frames: the stacker state, one small band buffer
+(frames are warped and accumulated 128 rows at a time, never as a whole warped frame), and a list of small
+per-frame rows; registered frames for the final full-rejection pass go to ``cache_dir`` on disk, band by
+band (`astrod.io.frame_cache`).
 
 Normalisation is additive (the frame's sky is moved onto the reference's) and flux-conserving (a frame
 whose transform changes pixel area by a factor ``a`` is divided by ``a``, so resampling does not change star
@@ -32,10 +33,10 @@ reference).
 
 from __future__ import annotations
 
+import contextlib
 import math
-import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,10 +56,11 @@ from astrod.core.register import ReferenceAsterisms, Registration, build_referen
 from astrod.core.stack import Rejection, Stacker, Weighting, fwhm_weight, integrate_bands, snr_weight
 from astrod.core.stars import StarList, detect_stars, estimate_background
 from astrod.core.stretch import auto_stretch, downsample
-from astrod.core.warp import Interpolation, warp
+from astrod.core.warp import Interpolation, warp_bands
 from astrod.errors import AstrodError, RegistrationError
 from astrod.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from astrod.io.fits import write_fits
+from astrod.io.frame_cache import CachedFrameWriter, read_cached_rows
 from astrod.io.previews import write_frames_table, write_preview
 from astrod.library.keys import ascii_text
 from astrod.model import Frame, FrameMeta, Transform
@@ -72,7 +74,8 @@ TABLE_COLUMNS = ("path", "status", "reason", "dx", "dy", "rotation_deg", "scale"
 STAGES = ("calibrate", "detect", "register", "warp", "accumulate", "cache")
 _MODEL_POINTS = {"similarity": 2, "affine": 3, "homography": 4}
 _STATE_FORMAT = 1
-_PHASE_FULL_PIXELS = 4_000_000  # frames up to this size keep a full-resolution copy for phase correlation
+_BAND_ROWS = 128  # rows warped and accumulated at a time: 3.2 MB of a 26 MP mono frame
+_PHASE_MAX_PIXELS = 4_000_000  # the most pixels the image kept for phase correlation has (16 MB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,8 +237,9 @@ class LiveStack:
     """The live stack of one session; see the module docstring for the stages.
 
     ``calibrator`` turns a raw frame into a calibrated one (or a `Calibrated`); it may raise `AstrodError`
-    for a frame it cannot calibrate. It may reuse one output buffer only when ``prepare`` and ``accumulate``
-    are not overlapped (the prepared frame holds the calibrated pixels until it is accumulated).
+    for a frame it cannot calibrate. It may calibrate into the frame's own array, or reuse one output buffer,
+    only when ``prepare`` and ``accumulate`` are not overlapped (the prepared frame holds the calibrated pixels
+    until it is accumulated).
     ``cache_dir`` receives the registered frames when ``settings.final_rejection`` is not ``"none"`` (one
     float32 ``.npy`` per stacked frame).
 
@@ -415,30 +419,43 @@ class LiveStack:
 
         t0 = time.perf_counter()
         pixels = debayer(data, pattern=prepared.pattern) if prepared.pattern is not None else data
-        buffer = self._buffer()
         try:
-            warp(pixels, reg.transform, shape=self._ref.frame_shape, interpolation=self.settings.interpolation,
-                 out=buffer)
+            bands = warp_bands(pixels, reg.transform, shape=self._ref.frame_shape,
+                               interpolation=self.settings.interpolation, band_rows=_BAND_ROWS,
+                               buffer=self._band_buffer())
         except ValueError as err:  # a degenerate fitted transform (a wild homography)
             return self._record(prepared, "rejected", f"cannot warp: {_one_line(err)}", metrics, timings)
-        del pixels
-        timings["warp"] = _ms(t0)
+        timings["debayer"] = _ms(t0)
 
         weight = self._weight(q, prepared.stars, reg)
+        if self._stacker.weighting == "none":
+            weight = 1.0
         # Flux is conserved: a frame whose pixels cover less sky (scale > 1) spreads each star over more
         # reference pixels than it had, and resampling alone would multiply its flux by that area ratio.
         scale = 1.0 / _area_ratio(reg.transform, self._ref.frame_shape)
         offset = self._ref.background - q.background * scale
-        t0 = time.perf_counter()
-        self._stacker.add(buffer, weight if self._stacker.weighting != "none" else 1.0, norm=(offset, scale))
-        timings["accumulate"] = _ms(t0)
-        metrics["weight"] = weight if self._stacker.weighting != "none" else 1.0
-        if self._caching:
+        # Warp and accumulate band by band (each band still in the CPU cache when it is added); the time
+        # spent producing the bands is the warp's, the rest the accumulation's.
+        clock = _Clock()
+        cache_name = None
+        with contextlib.ExitStack() as scope:
+            if self._caching:
+                assert self._cache_dir is not None
+                cache_name = f"frame_{len(self._session.cached):06d}.npy"
+                writer = scope.enter_context(CachedFrameWriter(self._cache_dir / cache_name, self._ref.stack_shape))
+                bands = _tee(bands, writer.write, clock, "cache")
             t0 = time.perf_counter()
-            name = self._cache_frame(buffer)
-            self._session.cached.append({"file": name, "offset": offset, "scale": scale,
-                                         "weight": metrics["weight"]})
-            timings["cache"] = _ms(t0)
+            self._stacker.add_bands(_timed(bands, clock, "warp"), weight, norm=(offset, scale))
+            total = _ms(t0)
+        del pixels
+        # the warp clock runs while a band is produced, which includes writing it to the cache
+        timings["warp"] = timings.pop("debayer") + clock.ms["warp"] - clock.ms["cache"]
+        timings["accumulate"] = total - clock.ms["warp"]
+        if cache_name is not None:
+            timings["cache"] = clock.ms["cache"]
+        metrics["weight"] = weight
+        if cache_name is not None:
+            self._session.cached.append({"file": cache_name, "offset": offset, "scale": scale, "weight": weight})
         self._session.accepted.append((q.fwhm, float(q.star_count), q.background))
         return self._record(prepared, "stacked", None, metrics, timings)
 
@@ -526,22 +543,12 @@ class LiveStack:
     def _caching(self) -> bool:
         return self._cache_dir is not None and self.settings.final_rejection != "none"
 
-    def _buffer(self) -> FloatArray:
+    def _band_buffer(self) -> FloatArray:
         assert self._ref is not None
         if self._warp_buffer is None:
-            self._warp_buffer = np.empty(self._ref.stack_shape, dtype=np.float32)
+            planes = self._ref.stack_shape[0] if len(self._ref.stack_shape) == 3 else 1
+            self._warp_buffer = np.empty(planes * _BAND_ROWS * self._ref.frame_shape[1], dtype=np.float32)
         return self._warp_buffer
-
-    def _cache_frame(self, pixels: FloatArray) -> str:
-        assert self._cache_dir is not None
-        name = f"frame_{len(self._session.cached):06d}.npy"
-        target = self._cache_dir / name
-        tmp = self._cache_dir / f".{name}.tmp"
-        # A scratch copy for the final pass: renamed into place, but not fsynced (the checkpoint is what counts).
-        with tmp.open("wb") as handle:
-            np.save(handle, pixels, allow_pickle=False)
-        os.replace(tmp, target)
-        return name
 
     def _record(self, prepared: Prepared, status: Literal["stacked", "rejected"], reason: str | None,
                 metrics: dict[str, Metric], timings: Mapping[str, float]) -> FrameResult:
@@ -586,7 +593,10 @@ class LiveStack:
         return small, auto_stretch(small, downsample_factor=1)
 
     def finalize(self) -> StackProduct:
-        """The stack with its provenance: the live stack, or the full re-integration of the cached frames."""
+        """The stack with its provenance: the live stack, or the full re-integration of the cached frames.
+
+        The product's ``count`` map is a read-only view of the live one (not a 52 MB copy at 26 MP): it
+        follows any frame added afterwards; the image is the product's own."""
         if self._stacker is None or self._ref is None or self._session.n_stacked == 0:
             raise AstrodError("no frame was stacked: nothing to finalize")
         s = self._session
@@ -601,7 +611,7 @@ class LiveStack:
                 history.append(f"astrod: {self.settings.final_rejection} re-integration impossible (registered "
                                "frames not cached): the live online-sigma stack is given")
         if result is None:
-            result = self._stacker.finalize()
+            result = self._stacker.finalize(copy_maps=False)
         header = self._header(method)
         for name in s.masters:
             history.append(f"master: {name}")  # short: a HISTORY card holds 72 characters
@@ -622,9 +632,7 @@ class LiveStack:
         def read_band(row0: int, row1: int) -> FloatArray:
             band = np.empty((len(files), *shape[:-2], row1 - row0, shape[-1]), dtype=np.float32)
             for i, path in enumerate(files):
-                cached = np.load(path, mmap_mode="r", allow_pickle=False)
-                band[i] = cached[..., row0:row1, :]
-                del cached
+                band[i] = read_cached_rows(path, row0, row1)
             return band
 
         weights = [float(c["weight"]) for c in self._session.cached]
@@ -771,6 +779,37 @@ def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+@dataclass(slots=True)
+class _Clock:
+    """Milliseconds spent per named step of an interleaved loop."""
+
+    ms: dict[str, float] = field(default_factory=lambda: {"warp": 0.0, "cache": 0.0})
+
+
+Band = tuple[int, FloatArray]
+
+
+def _timed(bands: Iterator[Band], clock: _Clock, name: str) -> Iterator[Band]:
+    """The bands, the time spent producing each added to ``clock.ms[name]``."""
+    while True:
+        t0 = time.perf_counter()
+        item = next(bands, None)
+        clock.ms[name] += _ms(t0)
+        if item is None:
+            return
+        yield item
+
+
+def _tee(bands: Iterator[Band], sink: Callable[[int, FloatArray], None], clock: _Clock,
+         name: str) -> Iterator[Band]:
+    """The bands, each handed to ``sink`` first (its time in ``clock.ms[name]``)."""
+    for row0, band in bands:
+        t0 = time.perf_counter()
+        sink(row0, band)
+        clock.ms[name] += _ms(t0)
+        yield row0, band
+
+
 def _num(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
@@ -804,13 +843,18 @@ def _area_ratio(transform: Transform, frame_shape: tuple[int, int]) -> float:
 
 
 def _phase_image(data: FloatArray, *, cfa: bool) -> FloatArray:
-    """The image kept for phase correlation: the (plane-averaged) frame, 2×2-binned when it is a CFA mosaic
-    (superpixel luminance) or larger than `_PHASE_FULL_PIXELS` (to bound the memory it holds)."""
+    """The image kept for phase correlation: the (plane-averaged) frame, binned by the smallest even factor
+    that brings it under `_PHASE_MAX_PIXELS` when it is larger (to bound the memory the reference holds:
+    a 26 MP frame is kept 4×4-binned, 6.5 MB), and at least 2×2 when it is a CFA mosaic (superpixel
+    luminance). The shift it gives is polished by the frame's stars."""
     lum: FloatArray = data if data.ndim == 2 else np.asarray(np.mean(data, axis=0, dtype=np.float32))
-    if not cfa and lum.size <= _PHASE_FULL_PIXELS:
+    if not cfa and lum.size <= _PHASE_MAX_PIXELS:
         return np.array(lum, dtype=np.float32, copy=True)
-    h, w = lum.shape[0] // 2 * 2, lum.shape[1] // 2 * 2
-    return np.asarray(cv2.resize(lum[:h, :w], (w // 2, h // 2), interpolation=cv2.INTER_AREA), dtype=np.float32)
+    f = 2
+    while lum.size / (f * f) > _PHASE_MAX_PIXELS:
+        f += 2
+    h, w = lum.shape[0] // f * f, lum.shape[1] // f * f
+    return np.asarray(cv2.resize(lum[:h, :w], (w // f, h // f), interpolation=cv2.INTER_AREA), dtype=np.float32)
 
 
 def _jsonable(value: Any) -> Any:

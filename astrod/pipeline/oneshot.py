@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import structlog
 
 from astrod.errors import AstrodError
@@ -50,14 +51,17 @@ def stack_files(paths: Sequence[Path], settings: PipelineSettings, *, calibrator
             cache = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="astrod-stack-")))
         stack = LiveStack(settings, calibrator=calibrator, cache_dir=cache)
         bar.start("stack", len(ordered))
+        scratch = None  # one array every frame is read into (a calibrator may calibrate it in place)
         for path in ordered:
             t0 = time.perf_counter()
             try:
-                frame = read_frame(path, rename=rename, rules=rule_list)
+                frame = read_frame(path, rename=rename, rules=rule_list, out=scratch)
             except AstrodError as err:
                 result = stack.reject(path, " ".join(str(err).split()))
             else:
                 read_ms = (time.perf_counter() - t0) * 1e3
+                if frame.data.ndim == 2 and frame.data.dtype == np.float32 and frame.data.flags.writeable:
+                    scratch = frame.data
                 if frame.meta.kind.is_calibration:
                     result = stack.reject(path, f"a {frame.meta.kind.value} frame, not a light")
                 else:
@@ -73,6 +77,7 @@ def stack_files(paths: Sequence[Path], settings: PipelineSettings, *, calibrator
                 on_result(result)
             bar.advance(path.name)
         bar.finish()
+        scratch = None  # freed before the final stack is made
         product = stack.finalize()
     log.info("stack_finished", stacked=stack.n_stacked, rejected=stack.n_rejected,
              exposure=round(stack.total_exposure, 1))

@@ -134,20 +134,22 @@ class Daemon:
         with self._lock:  # the router, the workers and the web server's threads all ask
             if self._library is None:
                 try:
-                    self._library = MasterLibrary.open(self.paths.library, config=self.config)
+                    # prepared masters live in mapped scratch files, not in the daemon's memory
+                    self._library = MasterLibrary.open(self.paths.library, config=self.config,
+                                                       scratch=self.paths.state / "prepared-masters")
                 except LibraryError:
                     return None
             return self._library
 
     def _calibrator(self) -> Calibrator:
-        """A calibrator for one session worker: it reuses one output buffer (the worker stacks frame after
-        frame), and follows the library as masters arrive."""
+        """A calibrator for one session worker: it calibrates each frame in place (the worker reads every
+        frame into a scratch array of its own), and follows the library as masters arrive."""
         cache: dict[int, Calibrator] = {}
 
         def calibrator_for(library: MasterLibrary) -> Calibrator:
             if id(library) not in cache:
                 cache.clear()
-                cache[id(library)] = library_calibrator(library, reuse_output=True)
+                cache[id(library)] = library_calibrator(library, in_place=True)
             return cache[id(library)]
 
         def calibrate(frame: Frame) -> Frame | Calibrated:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import structlog
 
 from astrod.errors import AstrodError
@@ -86,6 +87,9 @@ class SessionWorker:
         self._preview_frames = preview_every_frames
         self._preview_seconds = preview_every_seconds
         self._read_options = read_options
+        # every frame is read into the same scratch array (and calibrated in place there): no fresh 100 MB
+        # array and its page faults per frame
+        self._scratch: npt.NDArray[np.float32] | None = None
         self._on_closed = on_closed
         self._on_progress = on_progress
         self._queue: queue.Queue[object] = queue.Queue()
@@ -164,10 +168,12 @@ class SessionWorker:
     def _process(self, path: Path) -> None:
         started = time.perf_counter()
         try:
-            frame = read_frame(path, **self._read_options)
+            frame = read_frame(path, **self._read_options, out=self._scratch)
         except AstrodError as err:
             self._add_result(path, "rejected", str(err), {})
             return
+        if frame.data.ndim == 2 and frame.data.dtype == np.float32 and frame.data.flags.writeable:
+            self._scratch = frame.data
         reason = self._precheck(frame)
         if reason is not None:
             self._add_result(path, "rejected", f"{path}: {reason}", {})
@@ -246,6 +252,7 @@ class SessionWorker:
 
     def _close(self, why: str) -> None:
         self._checkpoint()
+        self._scratch = None  # the frame array is not needed any more: the final stack is made in its room
         started = time.perf_counter()
         if self._live.n_stacked > 0:
             self._maybe_preview(force=True)

@@ -153,7 +153,8 @@ def test_exact_dark_matches_ccd_process(mono: tuple[synth.Sensor, F32, F32, F32]
 
 def test_prepared_masters_reused_with_output_buffer(mono: tuple[synth.Sensor, F32, F32, F32]) -> None:
     """One PreparedMasters calibrates many frames (scaled per frame exposure) into a reused buffer with the
-    same result as calibrate; an output buffer aliasing the frame is refused."""
+    same result as calibrate; an output buffer overlapping the frame in any other way than being it is
+    refused."""
     sensor, bias, dark, flat = mono
     prepared = prepare(bias=bias, dark=dark, flat=flat, dark_mode="scaled", dark_exposure=300.0)
     buffer = np.empty(sensor.shape, np.float32)
@@ -166,9 +167,31 @@ def test_prepared_masters_reused_with_output_buffer(mono: tuple[synth.Sensor, F3
                              dark_exposure=300.0, dark_mode="scaled")
         np.testing.assert_array_equal(buffer, expected.data)
         assert got.dark_scale == pytest.approx(exposure / 300.0)
-    frame = np.ones(sensor.shape, np.float32)
+    frame = np.ones((sensor.shape[0] + 1, sensor.shape[1]), np.float32)
     with pytest.raises(ValueError, match="share memory"):
-        apply(prepared, frame, light_exposure=60.0, out=frame)
+        apply(prepared, frame[1:], light_exposure=60.0, out=frame[:-1])
+
+
+@pytest.mark.parametrize("dark_mode", ["exact", "scaled", "optimised"])
+def test_in_place_calibration_equals_a_separate_output(mono: tuple[synth.Sensor, F32, F32, F32],
+                                                       dark_mode: str) -> None:
+    """Calibrating a float32 frame into itself gives bit for bit what calibrating into another array gives,
+    bad-pixel replacement (which reads neighbours) and the optimised dark scale (which reads the frame)
+    included."""
+    sensor, bias, dark, flat = mono
+    bad = np.zeros(sensor.shape, dtype=np.bool_)
+    bad[10:12, 20] = True
+    bad[40, 30:33] = True
+    prepared = prepare(bias=bias, dark=dark, flat=flat, bad_pixels=bad, dark_mode=dark_mode,  # type: ignore[arg-type]
+                       dark_exposure=300.0)
+    light = sensor.light(np.full(sensor.shape, 900.0, np.float32), exposure=120.0, temperature=-10.0, seed=5)
+    separate = apply(prepared, light, light_exposure=120.0)
+    scratch = np.array(light, dtype=np.float32)
+    in_place = apply(prepared, scratch, light_exposure=120.0, out=scratch)
+    assert in_place.data is scratch
+    assert in_place.dark_scale == separate.dark_scale
+    assert in_place.n_bad_pixels == separate.n_bad_pixels == 5
+    np.testing.assert_array_equal(scratch, separate.data)
 
 
 def test_gain_and_bias_only(mono: tuple[synth.Sensor, F32, F32, F32]) -> None:

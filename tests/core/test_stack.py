@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import math
 from collections.abc import Callable
 
@@ -371,3 +372,42 @@ def test_from_state_rejects_inconsistent_state() -> None:
     state["mean"] = np.zeros((8, 8), dtype=np.float64)
     with pytest.raises(ValueError, match="mean"):
         Stacker.from_state(state)
+
+
+@pytest.mark.parametrize("shape", [(64, 80), (3, 40, 56)])
+def test_adding_bands_equals_adding_whole_frames(shape: tuple[int, ...]) -> None:
+    """A frame given as bands of rows (of any sizes) updates the state bit for bit as the whole frame does,
+    rejection, weights and normalisation included; rows no band covers do not count."""
+    frames = noise_frames(9, shape=shape, seed=31)
+    frames[7], _ = synth.add_cosmic_rays(frames[7], n=30, seed=32)
+    whole = Stacker(shape, weighting="snr")
+    banded = Stacker(shape, weighting="snr")
+    for i, frame in enumerate(frames):
+        weight, norm = 1.0 + 0.1 * i, (float(i), 1.0 + 0.01 * i)
+        a = whole.add(frame, weight, norm=norm)
+        cuts = [0, 5, 6, 23, shape[-2]]
+        b = banded.add_bands(((r0, frame[..., r0:r1, :]) for r0, r1 in itertools.pairwise(cuts)),
+                             weight, norm=norm)
+        assert (a.accepted, a.rejected, a.frames) == (b.accepted, b.rejected, b.frames)
+    assert whole.finalize().rejected.sum() > 0
+    for key, value in whole.state().items():
+        np.testing.assert_array_equal(value, banded.state()[key], err_msg=key)
+
+    partial = Stacker(shape)
+    result = partial.add_bands([(10, frames[0][..., 10:20, :])])
+    count = partial.finalize().count
+    assert count[..., 10:20, :].min() == 1 and count.sum() == result.accepted == count[..., 10:20, :].size
+
+
+def test_add_bands_refuses_overlapping_or_misshapen_bands() -> None:
+    """Bands must go down the frame without overlap and fit its width and planes."""
+    frame = noise_frames(1, shape=(32, 40))[0]
+    stacker = Stacker((32, 40))
+    with pytest.raises(ValueError, match="does not fit"):
+        stacker.add_bands([(0, frame[:10]), (5, frame[5:15])])
+    with pytest.raises(ValueError, match="does not fit"):
+        stacker.add_bands([(0, frame[:, :20])])
+    with pytest.raises(ValueError, match="does not fit"):
+        stacker.add_bands([(30, frame[:10])])
+    with pytest.raises(ValueError, match="weight"):
+        stacker.add_bands([(0, frame)], 0.0)

@@ -7,7 +7,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from astrod.core.warp import warp
+from astrod.core.warp import warp, warp_bands
 from astrod.model import Transform
 from tests import synth
 
@@ -130,3 +130,52 @@ def test_colour_planes_warp_like_mono_and_input_is_untouched() -> None:
         warp(rgb, t, shape=(45, 55), interpolation="nearest")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="out"):
         warp(rgb, t, shape=(45, 55), out=np.empty((45, 55), dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        Transform.similarity(dx=3.4, dy=-7.8, rotation_deg=0.7),
+        Transform.similarity(dx=SIZE - 1 + 0.3, dy=SIZE - 1 - 0.6, rotation_deg=180.0),
+        Transform.similarity(dx=-6.0, dy=11.0),
+        Transform.from_array(np.array([[1.01, 0.02, 4.0], [-0.015, 0.99, -3.0], [2e-5, -1e-5, 1.0]])),
+    ],
+    ids=["rotation", "meridian-flip", "integer-shift", "perspective"],
+)
+@pytest.mark.parametrize("band_rows", [1, 37, 64, 1000])
+def test_bands_are_the_rows_of_the_whole_warp(transform: Transform, band_rows: int) -> None:
+    """warp_bands yields consecutive bands, in one reused buffer, that put together are the whole warp
+    (same values up to OpenCV's rounding of the shifted map, same NaN coverage)."""
+    frame, _ = star_scene(fwhm=4.0)
+    frame += np.float32(50.0)
+    whole = warp(frame, transform, shape=(SIZE - 6, SIZE + 10))
+    buffer = np.empty(band_rows * (SIZE + 10) + 5, dtype=np.float32)
+    pieces = []
+    next_row = 0
+    for row0, band in warp_bands(frame, transform, shape=(SIZE - 6, SIZE + 10), band_rows=band_rows,
+                                 buffer=buffer):
+        assert row0 == next_row and band.shape[1] == SIZE + 10
+        assert np.shares_memory(band, buffer)
+        next_row = row0 + band.shape[0]
+        pieces.append(band.copy())
+    assert next_row == SIZE - 6
+    joined = np.concatenate(pieces)
+    np.testing.assert_array_equal(np.isnan(joined), np.isnan(whole))
+    np.testing.assert_allclose(joined, whole, rtol=0, atol=1e-4 * float(frame.max()), equal_nan=True)
+
+
+def test_colour_bands_and_argument_checks() -> None:
+    """Colour bands are (planes, rows, W) and equal the whole warp; bad arguments fail before any band."""
+    rng = np.random.default_rng(24)
+    rgb = rng.normal(100.0, 10.0, (3, 40, 50)).astype(np.float32)
+    t = Transform.similarity(dx=2.3, dy=1.1, rotation_deg=3.0)
+    whole = warp(rgb, t, shape=(45, 55))
+    bands = list((row0, band.copy()) for row0, band in warp_bands(rgb, t, shape=(45, 55), band_rows=16))
+    assert [row0 for row0, _ in bands] == [0, 16, 32]
+    assert all(band.shape[0] == 3 for _, band in bands)
+    np.testing.assert_allclose(np.concatenate([b for _, b in bands], axis=1), whole, atol=1e-3, equal_nan=True)
+    singular = Transform.from_array(np.array([[1.0, 2.0, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 1.0]]))
+    with pytest.raises(ValueError, match="not invertible"):
+        warp_bands(rgb, singular, shape=(45, 55))
+    with pytest.raises(ValueError, match="buffer"):
+        warp_bands(rgb, t, shape=(45, 55), band_rows=16, buffer=np.empty(10, dtype=np.float32))

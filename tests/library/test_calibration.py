@@ -184,3 +184,26 @@ def test_colour_sensor_flat_is_applied_per_cfa_colour(tmp_path: Path) -> None:
         noise = np.std(plane[:, 1:] - plane[:, :-1]) / np.sqrt(2)
         assert block_means(plane, 8).std() < 2.0 * noise / 8
         assert block_means(raw, 8).std() > 10 * noise / 8
+
+
+@pytest.mark.parametrize("exposure", [300.0, 120.0])
+def test_masters_mapped_from_scratch_calibrate_identically(night: Night, exposure: float,
+                                                           tmp_path: Path) -> None:
+    """A library with a scratch folder (the daemon's) keeps its prepared masters in mapped scratch files and
+    caches no master pixels, and calibrates bit for bit as the in-memory library does, in place too."""
+    scratch = tmp_path / "prepared"
+    with MasterLibrary.open(night.library, rules=MatchRules(longitude=0.0)) as library, \
+            MasterLibrary.open(night.library, rules=MatchRules(longitude=0.0), scratch=scratch) as mapped:
+        frame = read_frame(night.lights[exposure])
+        expected = calibrate_frame(library, frame).data
+        got = calibrate_frame(mapped, frame).data
+        np.testing.assert_array_equal(got, expected)
+        scratch_copy = frame.data.copy()
+        in_place = calibrate_frame(mapped, Frame(meta=frame.meta, data=scratch_copy, path=frame.path),
+                                   out=scratch_copy)
+        assert in_place.data is scratch_copy
+        np.testing.assert_array_equal(scratch_copy, expected)
+        assert mapped.cache_stats().misses == 0, "the mapped library cached master pixels"
+        sets = list(scratch.iterdir())
+        assert len(sets) == 1 and {p.name for p in sets[0].iterdir()} <= {"offset.f32", "dark_current.f32",
+                                                                         "inverse_flat.f32"}

@@ -1,0 +1,80 @@
+"""The on-disk cache of registered frames for a session's final full-rejection re-integration.
+
+Each stacked frame is kept as one float32 ``.npy`` file (NaN where it does not cover the reference), written
+band by band as the live stack warps it, so no whole warped frame is ever held in memory, and read back a
+band of rows at a time. The files are scratch: renamed into place when complete, but not fsynced — after a
+crash the checkpoint says which frames the stack holds, and a frame whose file is missing only costs the
+final re-integration (the live stack is given instead).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+
+
+class CachedFrameWriter:
+    """Writes one frame of ``shape`` ((H, W) or (planes, H, W)) to ``path`` band by band.
+
+    Use as a context manager: the file appears under its name only when the block ends without an
+    error, after every row has been written.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...]) -> None:
+        if len(shape) not in (2, 3):
+            raise ValueError(f"cached frames are (H, W) or (planes, H, W), got {shape}")
+        self.path = Path(path)
+        self.shape = tuple(int(n) for n in shape)
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self._fd = -1
+        self._data_offset = 0
+        self._rows_written = 0
+
+    def __enter__(self) -> CachedFrameWriter:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                  "shape": self.shape}
+        self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with os.fdopen(os.dup(self._fd), "wb") as handle:
+            np.lib.format.write_array_header_1_0(handle, header)  # type: ignore[no-untyped-call]
+            self._data_offset = handle.tell()
+        os.ftruncate(self._fd, self._data_offset + 4 * int(np.prod(self.shape)))
+        return self
+
+    def write(self, row0: int, band: npt.NDArray[np.floating]) -> None:
+        """Rows ``row0 .. row0 + rows`` of the frame: ``band`` is (rows, W) or (planes, rows, W)."""
+        planes = 1 if len(self.shape) == 2 else self.shape[0]
+        height, width = self.shape[-2:]
+        rows = band.shape[-2]
+        if band.shape[:-2] != self.shape[:-2] or band.shape[-1] != width or row0 < 0 or row0 + rows > height:
+            raise ValueError(f"band of shape {band.shape} at row {row0} does not fit a frame of {self.shape}")
+        data = np.ascontiguousarray(band, dtype=np.float32).reshape(planes, rows, width)
+        for p in range(planes):
+            offset = self._data_offset + 4 * ((p * height + row0) * width)
+            view = memoryview(data[p]).cast("B")
+            while view:
+                written = os.pwrite(self._fd, view, offset)
+                view, offset = view[written:], offset + written
+        self._rows_written += rows
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        os.close(self._fd)
+        if kind is None and self._rows_written == self.shape[-2]:
+            os.replace(self._tmp, self.path)
+        else:
+            self._tmp.unlink(missing_ok=True)
+
+
+def read_cached_rows(path: Path, row0: int, row1: int) -> FloatArray:
+    """Rows ``row0 .. row1`` of a cached frame ((rows, W) or (planes, rows, W)), read without the rest."""
+    cached = np.load(path, mmap_mode="r", allow_pickle=False)
+    try:
+        return np.array(cached[..., row0:row1, :], dtype=np.float32)
+    finally:
+        del cached
