@@ -26,6 +26,12 @@ from astrod.errors import AstrodError
 
 log = structlog.get_logger()
 
+# Every PyIndi client made stays referenced here for the life of the process. libindiclient's listener
+# thread is still unwinding out of serverDisconnected when disconnect() has seen it; a BaseClient destroyed
+# then (its IndiCamera collected) frees what that thread is about to touch and aborts the whole process,
+# as CI saw in a test that ended right after a disconnect. One client per IndiCamera: a few KB each.
+_CLIENTS: list[Any] = []
+
 FRAME_SWITCHES = {"light": "FRAME_LIGHT", "dark": "FRAME_DARK", "bias": "FRAME_BIAS", "flat": "FRAME_FLAT",
                   "darkflat": "FRAME_DARK"}
 
@@ -315,6 +321,7 @@ class IndiCamera:
         self._snapshot.reset()
         if self._client is None:
             self._client = _make_listener(self._snapshot)
+            _CLIENTS.append(self._client)
         client = self._client
         client.setServer(self.host, int(self.port))
         client.setConnectionTimeout(int(self.timeout), int((self.timeout % 1) * 1e6))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +83,23 @@ def test_local_upload_writes_the_file_where_asked(server: IndiServer, tmp_path: 
         cam.disconnect()
     assert shot.data is None and shot.path == target
     assert fits.getheader(target)["OBJECT"] == "M 31"
+
+
+def test_a_dropped_camera_never_destroys_its_client(server: IndiServer) -> None:
+    """The PyIndi client outlives its IndiCamera: destroying a BaseClient while libindiclient's listener thread
+    is still unwinding from serverDisconnected aborted the process ("terminate called ... Resource deadlock
+    avoided", reproduced by 60 connect/expose/disconnect/drop cycles), so clients are kept for good."""
+    cam = _camera(server)
+    try:
+        cam.connect()
+        cam.apply(CameraSettings(frame="bias"))
+        assert cam.expose(0.01).data is not None
+    finally:
+        cam.disconnect()
+    client = weakref.ref(cam._client)
+    del cam
+    gc.collect()
+    assert client() is not None
 
 
 def test_wrong_port_says_the_server_cannot_be_reached(tmp_path: Path) -> None:
