@@ -114,7 +114,11 @@ class SessionConfig:
                                max=1440)
     pointing_radius_arcmin: float = _opt(30.0, "lights without OBJECT join a session within this radius",
                                          min=0.1, max=600)
-    checkpoint_every: int = _opt(1, "checkpoint the stack after this many frames", min=1, max=1000)
+    checkpoint_every: int = _opt(20, "checkpoint the stack after this many frames (a checkpoint is the whole "
+                                     "stack state: 400 MB at 26 MP; frames after the last one are re-stacked "
+                                     "from their files after a crash)", min=1, max=1000)
+    checkpoint_seconds: float = _opt(600.0, "checkpoint frames stacked this long ago even when fewer than "
+                                            "checkpoint_every have come", min=1, max=86400)
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,6 +74,7 @@ class SessionWorker:
     def __init__(self, *, session_id: str, label: str, key: dict[str, Any], paths: SessionPaths, journal: Journal,
                  settings: PipelineSettings, calibrator: Calibrator | None,
                  checkpoint_every: int, preview_every_frames: int, preview_every_seconds: float,
+                 checkpoint_seconds: float = 600.0,
                  read_options: dict[str, Any], on_closed: Callable[[str], None],
                  on_progress: Callable[[dict[str, Any] | None], None] = lambda _: None) -> None:
         self.id = session_id
@@ -84,6 +85,8 @@ class SessionWorker:
         self._settings = settings
         self._calibrator = calibrator
         self._checkpoint_every = checkpoint_every
+        self._checkpoint_seconds = checkpoint_seconds
+        self._last_checkpoint = time.monotonic()
         self._preview_frames = preview_every_frames
         self._preview_seconds = preview_every_seconds
         self._read_options = read_options
@@ -145,7 +148,11 @@ class SessionWorker:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=self._checkpoint_due_in())
+            except queue.Empty:  # no frame for a while: the frames stacked so far get their checkpoint
+                self._checkpoint()
+                continue
             if item is _STOP:
                 self._checkpoint()
                 return
@@ -216,8 +223,14 @@ class SessionWorker:
         self.stats.last_frame = str(path)
         self.stats.last_metrics = {"path": str(path), "status": status, "reason": reason, **metrics}
         self._pending.append((path, status, reason, metrics))
-        if len(self._pending) >= self._checkpoint_every:
+        if len(self._pending) >= self._checkpoint_every or self._checkpoint_due_in() == 0.0:
             self._checkpoint()
+
+    def _checkpoint_due_in(self) -> float | None:
+        """Seconds until the pending frames are due for a checkpoint (None: nothing pending)."""
+        if not self._pending:
+            return None
+        return max(0.0, self._last_checkpoint + self._checkpoint_seconds - time.monotonic())
 
     def _stats_info(self) -> dict[str, Any]:
         s = self.stats
@@ -236,6 +249,7 @@ class SessionWorker:
         old = self.paths.checkpoint(self._seq)
         self._seq = seq
         self._pending = []
+        self._last_checkpoint = time.monotonic()
         if old != target:
             old.unlink(missing_ok=True)
 

@@ -34,7 +34,8 @@ class Observatory:
     def config(self) -> Path:
         return self.root / "astrod.toml"
 
-    def write_config(self, *, idle_minutes: float = 60.0, checkpoint_every: int = 1, extra: str = "") -> Path:
+    def write_config(self, *, idle_minutes: float = 60.0, checkpoint_every: int = 1, checkpoint_seconds: float = 600.0,
+                     extra: str = "") -> Path:
         self.config.write_text(f"""
 [paths]
 watch = ["capture"]
@@ -46,6 +47,7 @@ stable_seconds = 1.0
 [session]
 idle_minutes = {idle_minutes}
 checkpoint_every = {checkpoint_every}
+checkpoint_seconds = {checkpoint_seconds}
 [stack]
 preview_every_frames = 2
 preview_every_seconds = 2.0

@@ -292,3 +292,21 @@ def test_sighup_rereads_the_config(obs: Observatory) -> None:
         assert "session.idle_minutes: -3 is out of range" in daemon.log.read_text()
     finally:
         assert daemon.terminate() == 0
+
+
+def test_frames_are_checkpointed_after_checkpoint_seconds_without_more_frames(obs: Observatory,
+                                                                              tmp_path: Path) -> None:
+    """With a frame count that is never reached, the frames stacked so far are checkpointed (their journal
+    rows committed with the stack) once checkpoint_seconds have passed, though no further frame comes."""
+    obs.write_config(checkpoint_every=1000, checkpoint_seconds=2.0)
+    sources = _lights(tmp_path, n=2, seed=43, target="M 82", band="L")
+    daemon = DaemonProcess(obs)
+    try:
+        daemon.wait_started()
+        for p in sources:
+            obs.publish(p, f"Lights/{p.name}")
+        obs.wait_for(lambda: sum(s == "stacked" for s in obs.statuses().values()) == 2, timeout=60,
+                     message="2 stacked and checkpointed without a third frame")
+        assert len(list((obs.state / "sessions").rglob("checkpoint-*.npz"))) == 1
+    finally:
+        assert daemon.terminate() == 0
