@@ -404,7 +404,7 @@ class PreparedMasters:
     inverse_flat: FloatArray | None
     bad_index: npt.NDArray[np.intp]
     bad_neighbours: npt.NDArray[np.intp]
-    bad_pixels: BoolArray | None
+    has_bad_pixel_map: bool
     dark_used: bool
     dark_mode: DarkMode
     dark_exposure: float | None
@@ -413,6 +413,15 @@ class PreparedMasters:
     steps: tuple[str, ...]
     release_rows: Callable[[int, int], None] | None = None
     band_rows: int = 256
+
+    def bad_pixel_mask(self) -> BoolArray | None:
+        """The bad-pixel map (True = bad), rebuilt from ``bad_index``: only the indices are kept (a whole
+        boolean map is 26 MB at 26 MP, and only cosmic-ray cleaning wants one)."""
+        if not self.has_bad_pixel_map:
+            return None
+        mask = np.zeros(self.shape, dtype=np.bool_)
+        mask.reshape(-1)[self.bad_index] = True
+        return mask
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -504,14 +513,14 @@ def prepare(*, bias: npt.NDArray[np.floating] | None = None, dark: npt.NDArray[n
         n_unusable = int((~usable).sum())
         if n_unusable:
             steps.append(f"flat unusable at {n_unusable} pixels (left uncorrected)")
-    bad = None if bad_pixels is None else np.array(bad_pixels, dtype=np.bool_)
+    bad = None if bad_pixels is None else np.asarray(bad_pixels, dtype=np.bool_)
     if bad is not None:
         bad_index, table = _neighbour_table(bad, cfa=bayer is not None)
     else:
         bad_index = np.empty(0, dtype=np.intp)
         table = np.empty((0, 8), dtype=np.intp)
     return PreparedMasters(shape=shape2, offset=offset, dark_current=dark_current, inverse_flat=inverse_flat,
-                           bad_index=bad_index, bad_neighbours=table, bad_pixels=bad,
+                           bad_index=bad_index, bad_neighbours=table, has_bad_pixel_map=bad is not None,
                            dark_used=dark is not None, dark_mode=dark_mode,
                            dark_exposure=dark_exposure, bayer=bayer, bayer_offset=bayer_offset,
                            steps=tuple(steps))
@@ -578,11 +587,11 @@ def apply(prepared: PreparedMasters, light: npt.NDArray[np.generic], *, light_ex
                    _rows(prepared.inverse_flat, rows), out[rows])
             prepared.release_rows(rows.start, rows.stop)
     n_bad = _replace_bad(out, prepared.bad_index, prepared.bad_neighbours)
-    if prepared.bad_pixels is not None:
+    if prepared.has_bad_pixel_map:
         steps.append(f"bad pixels replaced by the median of same-colour neighbours ({n_bad})")
     n_cosmic = 0
     if cosmic:
-        cleaned, n_cosmic = _clean_cosmics(out, bad=prepared.bad_pixels, gain=1.0 if gain is None else gain,
+        cleaned, n_cosmic = _clean_cosmics(out, bad=prepared.bad_pixel_mask(), gain=1.0 if gain is None else gain,
                                            readnoise=cosmic_readnoise, sigclip=cosmic_sigclip)
         out[...] = cleaned
         steps.append(f"cosmic rays cleaned (L.A.Cosmic, {n_cosmic} pixels)")

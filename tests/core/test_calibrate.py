@@ -394,3 +394,15 @@ def test_invalid_calibration_requests_raise() -> None:
         prepare(bias=frame, dark=frame, dark_mode="guess")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="Bayer pattern"):
         cfa_colour_map((4, 4), bayer="RGBX")
+
+
+def test_prepared_masters_keep_the_bad_pixel_map_as_indices() -> None:
+    """The bad-pixel map given to prepare comes back whole from its indices; no map, no mask."""
+    rng = np.random.default_rng(9)
+    bad = rng.uniform(size=(40, 60)) < 0.01
+    bad[0, 0] = bad[39, 59] = True
+    prepared = prepare(bad_pixels=bad)
+    mask = prepared.bad_pixel_mask()
+    assert mask is not None and mask.dtype == np.bool_
+    np.testing.assert_array_equal(mask, bad)
+    assert prepare(shape=(40, 60)).bad_pixel_mask() is None
