@@ -601,7 +601,8 @@ def report(r: dict[str, Any], *, n_lights: int, interval: float, burst: bool) ->
     seen = [(x["seen"] - x["published"]) * 1e3 for x in timed]
     after = [(x["committed"] - x["seen"]) * 1e3 - float(x["metrics"]["ms_total"]) for x in timed]
     print(f"    published -> journaled by the router (watcher + router): {ms_stats(seen)}")
-    print(f"    journaled -> checkpoint committed, minus ms_total (queue wait + checkpoint): {ms_stats(after)}")
+    print(f"    journaled -> checkpoint committed, minus ms_total (queue wait + waiting for the checkpoint batch): "
+          f"{ms_stats(after)}")
     previews = []
     last_frame: float | None = None
     for e in r["events"]:
@@ -612,7 +613,7 @@ def report(r: dict[str, Any], *, n_lights: int, interval: float, burst: bool) ->
             last_frame = None
     print(f"    preview (frame_stacked -> preview_written, every {PREVIEW_EVERY} frames): {ms_stats(previews)}")
     if r.get("checkpoint_bytes"):
-        print(f"    checkpoint file (written after every frame, checkpoint_every = 1): "
+        print(f"    checkpoint file (one per session.checkpoint_every frames or checkpoint_seconds, defaults): "
               f"{r['checkpoint_bytes'] / 2**20:.0f} MiB")
     session = r.get("session") or {}
     timings = session.get("timings_ms") or {}
