@@ -303,14 +303,16 @@ def main() -> None:
                 print(f"  {stage:<15}  {_stats(t[stage])}")
             print(f"  {'preview':<15}  {_stats(r['preview_ms'])}   (every {args.preview_every} frames, ≤1600 px PNG)")
             print(f"  {'TOTAL per frame':<15}  {_stats(t['total'])}   (read + process: file closed -> stack updated)")
-            print(f"  finalize {r['finalize_ms']:.0f} ms; peak RSS {r['peak_rss_mb']:.0f} MB; peak RSS after n frames: "
-                  + ", ".join(f"{k}: {v:.0f} MB" for k, v in r["rss_mb"].items()))
+            # ru_maxrss is in KiB: the figures are MiB (GB = 10⁹ bytes given beside the peak)
+            print(f"  finalize {r['finalize_ms']:.0f} ms; peak RSS {r['peak_rss_mb']:.0f} MiB "
+                  f"({r['peak_rss_mb'] * 2**20 / 1e9:.2f} GB); peak RSS after n frames: "
+                  + ", ".join(f"{k}: {v:.0f} MiB" for k, v in r["rss_mb"].items()))
             if siril:
                 s = run_siril(folder, siril)
                 if s["ok"]:
                     per = s["seconds"] / N_FILES
                     ours = statistics.median(t["total"]) / 1e3
-                    rss = f", peak RSS {s['peak_rss_mb']:.0f} MB" if s["peak_rss_mb"] else ""
+                    rss = f", peak RSS {s['peak_rss_mb']:.0f} MiB" if s["peak_rss_mb"] else ""
                     print(f"  siril-cli: whole script {s['seconds']:.1f} s = {per:.3f} s per frame{rss}; "
                           f"astrod median {ours:.3f} s per frame: siril / astrod = {per / ours:.1f}×")
                 else:
