@@ -128,12 +128,24 @@ def load_plan(path: Path) -> CaptureConfig:
     return config.capture
 
 
-def journal_settled(journal: Journal) -> Callable[[Sequence[Path]], bool]:
-    """True once the daemon's journal holds every path with a final status (stacked, rejected, calibration...)."""
+def journal_settled(journal: Journal, busy: Callable[[], bool] = lambda: False,
+                    ) -> Callable[[Sequence[Path]], bool]:
+    """True once the daemon's journal holds every path with a final status (stacked, rejected, calibration...),
+    or holds it ``queued`` in a session while the daemon is not ``busy``: such a frame has been through its
+    session's pipeline and waits only for the session's next checkpoint to record it."""
     def settled(paths: Sequence[Path]) -> bool:
+        idle: bool | None = None
         for path in paths:
             record = journal.file(path)
-            if record is None or record.status not in TERMINAL:
+            if record is None:
+                return False
+            if record.status in TERMINAL:
+                continue
+            if record.status != "queued" or record.session is None:
+                return False
+            if idle is None:
+                idle = not busy()
+            if not idle:
                 return False
         return True
 
@@ -143,6 +155,8 @@ def journal_settled(journal: Journal) -> Callable[[Sequence[Path]], bool]:
 class DaemonLike(Protocol):
     config: Config
     journal: Journal
+
+    def busy(self) -> bool: ...
 
     def status(self, *, running: bool = True) -> dict[str, Any]: ...
 
@@ -192,7 +206,8 @@ class CaptureRunner:
                 if session.get("target") in targets and not session.get("closing"):
                     daemon.close_session(str(session["id"]), "capture plan finished")
 
-        return cls(daemon.config, on_plan_end=close_targets, settled=journal_settled(daemon.journal), **kwargs)
+        return cls(daemon.config, on_plan_end=close_targets, settled=journal_settled(daemon.journal, daemon.busy),
+                   **kwargs)
 
     # ------------------------------------------------------------------------------------------ control
     def start(self) -> None:

@@ -287,6 +287,8 @@ class Daemon:
             except Exception as err:  # one bad file must not stop the router
                 log.exception("route_failed", frame=str(item))
                 self._error(str(item), f"internal error: {err}")
+            finally:
+                self._ready.task_done()  # busy() waits for this: a file being routed is not yet in a session
             self._status_dirty = True
 
     def _route(self, path: Path) -> None:
@@ -481,12 +483,11 @@ class Daemon:
 
     def busy(self) -> bool:
         """Whether any frame is still waiting somewhere (router queue, calibration batch, session queues)."""
-        if self._ready.qsize() or self._pending_calibration:
+        if self._ready.unfinished_tasks or self._pending_calibration:
             return True
-        if self.journal.counts().get("queued", 0):
-            return True
+        # (journal rows stay "queued" until their frames' checkpoint: stacked frames waiting for one are done)
         with self._lock:
-            return any(w.queue_length for w in self.workers.values())
+            return any(w.in_flight for w in self.workers.values())
 
     def status_line(self) -> str:
         with self._lock:

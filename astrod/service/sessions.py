@@ -97,6 +97,9 @@ class SessionWorker:
         self._on_progress = on_progress
         self._queue: queue.Queue[object] = queue.Queue()
         self._pending: list[tuple[Path, str, str | None, dict[str, Any]]] = []
+        self._count_lock = threading.Lock()
+        self._enqueued = 0
+        self._finished = 0
         self._seq = 0
         self._since_preview = 0
         self._last_preview = time.monotonic()
@@ -128,6 +131,8 @@ class SessionWorker:
         self._thread.start()
 
     def enqueue(self, path: Path) -> None:
+        with self._count_lock:
+            self._enqueued += 1
         self._queue.put(path)
 
     def request_close(self, why: str) -> None:
@@ -145,6 +150,13 @@ class SessionWorker:
     @property
     def queue_length(self) -> int:
         return self._queue.qsize()
+
+    @property
+    def in_flight(self) -> int:
+        """Frames given to this worker and not yet through the pipeline (queued, or being processed now);
+        frames through it but not yet checkpointed do not count."""
+        with self._count_lock:
+            return self._enqueued - self._finished
 
     def _run(self) -> None:
         while True:
@@ -170,6 +182,9 @@ class SessionWorker:
             except Exception:  # a bug on one frame must not end the session: log and go on
                 self._log.exception("frame_failed", frame=str(item))
                 self._add_result(item, "rejected", "internal error while processing (see log)", {})
+            finally:
+                with self._count_lock:
+                    self._finished += 1
 
     # ------------------------------------------------------------------------------------ frames
     def _process(self, path: Path) -> None:
