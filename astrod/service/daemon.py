@@ -496,7 +496,15 @@ class Daemon:
         return "; ".join(parts) if parts else "idle, watching"
 
     def status(self, *, running: bool = True) -> dict[str, Any]:
+        files = self.journal.counts()
         with self._lock:
+            # frames through their session since its last checkpoint are counted as what they became
+            for worker in self.workers.values():
+                for outcome in worker.uncheckpointed():
+                    files["queued"] = files.get("queued", 0) - 1
+                    files[outcome] = files.get(outcome, 0) + 1
+            if files.get("queued", 0) <= 0:
+                files.pop("queued", None)
             sessions = [{"id": w.id, "label": w.label, "target": w.key.get("target"), "filter": w.key.get("filter"),
                          "night": w.key.get("night"), "stacked": w.stats.stacked, "rejected": w.stats.rejected,
                          "total_exposure_s": w.stats.exposure, "queue": w.queue_length,
@@ -513,7 +521,7 @@ class Daemon:
         progress = dict(self.progress) if self.progress else None
         return {"running": running, "pid": os.getpid(), "version": __version__, "progress": progress,
                 "started_at": self.started_at.isoformat(), "updated_at": self._clock().isoformat(),
-                "queue": self._ready.qsize(), "files": self.journal.counts(), "sessions": sessions,
+                "queue": self._ready.qsize(), "files": files, "sessions": sessions,
                 "closed_sessions": [{"id": s.id, "label": s.info.get("label"), "output": s.info.get("output"),
                                      "closed_at": s.closed_at, **s.info.get("stats", {})}
                                     for s in self.journal.sessions(status="closed")][-50:],

@@ -151,6 +151,11 @@ class SessionWorker:
     def queue_length(self) -> int:
         return self._queue.qsize()
 
+    def uncheckpointed(self) -> list[str]:
+        """The outcomes (stacked, rejected) of the frames processed since the last checkpoint: the journal
+        still has them queued until the next one records them."""
+        return [status for _, status, _, _ in list(self._pending)]
+
     @property
     def in_flight(self) -> int:
         """Frames given to this worker and not yet through the pipeline (queued, or being processed now);

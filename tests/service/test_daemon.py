@@ -310,3 +310,29 @@ def test_frames_are_checkpointed_after_checkpoint_seconds_without_more_frames(ob
         assert len(list((obs.state / "sessions").rglob("checkpoint-*.npz"))) == 1
     finally:
         assert daemon.terminate() == 0
+
+
+def test_status_counts_frames_stacked_before_their_checkpoint(obs: Observatory, tmp_path: Path) -> None:
+    """Frames stacked since the last checkpoint are queued in the journal (a crash re-stacks them) but the
+    status says they are stacked; stopping the daemon checkpoints them and the journal agrees."""
+    obs.write_config(checkpoint_every=1000, checkpoint_seconds=3600.0)
+    sources = _lights(tmp_path, n=2, seed=44, target="M 82", band="L")
+    daemon = DaemonProcess(obs)
+    status_file = obs.state / "status.json"
+
+    def files() -> dict[str, int]:
+        try:
+            return dict(json.loads(status_file.read_text(encoding="utf-8"))["files"])
+        except (OSError, ValueError, KeyError):
+            return {}
+
+    try:
+        daemon.wait_started()
+        for p in sources:
+            obs.publish(p, f"Lights/{p.name}")
+        obs.wait_for(lambda: files().get("stacked") == 2, timeout=60, message="status: 2 stacked")
+        assert "queued" not in files()
+        assert sorted(obs.statuses().values()) == ["queued", "queued"]
+    finally:
+        assert daemon.terminate() == 0
+    assert sorted(obs.statuses().values()) == ["stacked", "stacked"]
