@@ -190,7 +190,7 @@ class Daemon:
     def _start_web(self, *, port: int | None = None) -> None:
         if not self.config.web.enabled:
             return
-        web = WebServer(self.config, status=self.status, frames=journal_frames(self.journal),
+        web = WebServer(self.config, status=self.status, frames=journal_frames(self.journal, self._uncheckpointed),
                         close_session=lambda sid: self.close_session(sid, "closed from the dashboard"), port=port)
         try:
             web.start()
@@ -495,12 +495,17 @@ class Daemon:
                      for w in self.workers.values()]
         return "; ".join(parts) if parts else "idle, watching"
 
+    def _uncheckpointed(self, session_id: str) -> dict[str, tuple[str, str | None, dict[str, Any]]]:
+        with self._lock:
+            worker = self.workers.get(session_id)
+        return {} if worker is None else worker.uncheckpointed()
+
     def status(self, *, running: bool = True) -> dict[str, Any]:
         files = self.journal.counts()
         with self._lock:
             # frames through their session since its last checkpoint are counted as what they became
             for worker in self.workers.values():
-                for outcome in worker.uncheckpointed():
+                for outcome, _, _ in worker.uncheckpointed().values():
                     files["queued"] = files.get("queued", 0) - 1
                     files[outcome] = files.get(outcome, 0) + 1
             if files.get("queued", 0) <= 0:

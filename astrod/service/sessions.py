@@ -151,10 +151,10 @@ class SessionWorker:
     def queue_length(self) -> int:
         return self._queue.qsize()
 
-    def uncheckpointed(self) -> list[str]:
-        """The outcomes (stacked, rejected) of the frames processed since the last checkpoint: the journal
-        still has them queued until the next one records them."""
-        return [status for _, status, _, _ in list(self._pending)]
+    def uncheckpointed(self) -> dict[str, tuple[str, str | None, dict[str, Any]]]:
+        """By path, the outcome (status, reason, metrics) of the frames processed since the last checkpoint:
+        the journal still has them queued until the next one records them."""
+        return {str(path): (status, reason, metrics) for path, status, reason, metrics in list(self._pending)}
 
     @property
     def in_flight(self) -> int:

@@ -65,18 +65,26 @@ class WebLimits:
     max_files_per_session: int = 50
 
 
-def journal_frames(journal: Journal) -> FramesSource:
-    """Per-frame rows of a session from the journal (None for an unknown session), oldest first."""
+Outcome = tuple[str, str | None, Mapping[str, Any]]  # status, reason, metrics
+
+
+def journal_frames(journal: Journal,
+                   uncheckpointed: Callable[[str], Mapping[str, Outcome]] = lambda _: {}) -> FramesSource:
+    """Per-frame rows of a session from the journal (None for an unknown session), oldest first.
+
+    ``uncheckpointed(session_id)`` gives, by path, the outcome of frames processed since the session's last
+    checkpoint, which the journal still has queued: they are shown as what they became."""
 
     def frames(session_id: str) -> list[dict[str, Any]] | None:
         if journal.session(session_id) is None:
             return None
+        fresh = uncheckpointed(session_id)
         rows = []
         for n, record in enumerate(journal.files(session=session_id), start=1):
-            row: dict[str, Any] = {"index": n, "name": Path(record.path).name, "status": record.status,
-                                   "reason": record.reason,
+            status, reason, metrics = fresh.get(record.path, (record.status, record.reason, record.metrics))
+            row: dict[str, Any] = {"index": n, "name": Path(record.path).name, "status": status, "reason": reason,
                                    "time": datetime.fromtimestamp(record.mtime, tz=UTC).isoformat(timespec="seconds")}
-            row.update({key: record.metrics.get(key) for key in _METRICS})
+            row.update({key: metrics.get(key) for key in _METRICS})
             rows.append(row)
         return rows
 

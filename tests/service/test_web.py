@@ -380,3 +380,29 @@ def test_loopback_server_refuses_foreign_host_headers(served: tuple[WebServer, P
         assert request(server.port, "GET", "/api/sessions", headers={"Host": host})[0] == 200, host
     for host in (f"evil.example:{server.port}", "evil.example", f"127.0.0.1.evil.example:{server.port}"):
         assert request(server.port, "GET", "/api/status", headers={"Host": host})[0] == 421, host
+
+
+def test_frames_stacked_since_the_last_checkpoint_show_what_they_became(tmp_path: Path) -> None:
+    """The per-frame rows come from the journal, except frames processed since the session's last checkpoint
+    (queued in the journal until it): those show their outcome and figures."""
+    from astrod.io.journal import Journal
+    from astrod.service.web import journal_frames
+
+    journal = Journal(tmp_path / "journal.sqlite")
+    try:
+        journal.open_session("s1", {"object": "M 31"}, {})
+        done, fresh = tmp_path / "a.fits", tmp_path / "b.fits"
+        for i, path in enumerate((done, fresh)):
+            journal.record_seen(path, size=10, mtime=1.0 + i, hash=f"h{i}")
+            journal.set_file(path, status="queued", kind="light", session="s1")
+        journal.commit_checkpoint("s1", checkpoint=tmp_path / "c1.npz", seq=1,
+                                  frames=[(done, "stacked", None, {"fwhm": 2.5})])
+        frames = journal_frames(journal, lambda sid: {str(fresh): ("rejected", "clouds", {"fwhm": 4.0})}
+                                if sid == "s1" else {})
+        rows = frames("s1")
+        assert rows is not None
+        assert [(r["name"], r["status"], r["reason"], r["fwhm"]) for r in rows] == [
+            ("a.fits", "stacked", None, 2.5), ("b.fits", "rejected", "clouds", 4.0)]
+        assert frames("nope") is None
+    finally:
+        journal.close()
