@@ -112,23 +112,26 @@ def _feed_and_stack(obs: Observatory, sources: list[Path], *, kill_after: set[in
 @pytest.mark.slow
 def test_sigkill_at_random_points_gives_the_same_stack(tmp_path: Path) -> None:
     """Killed with SIGKILL at several random points and restarted, the daemon ends with the stack of an
-    uninterrupted run (≤ 1e-5 relative) and every frame stacked exactly once."""
+    uninterrupted run (≤ 1e-5 relative) and every frame stacked exactly once: with a checkpoint after every
+    frame, and with checkpoints every 4 frames (or 2 s), where the frames stacked after the last checkpoint
+    are lost with the process and stacked again from their files."""
     sources = _lights(tmp_path / "src", n=10, seed=77, target="M 33", band="L")
     runs = {}
-    for name, kills in (("clean", set()), ("killed", {1, 4, 5, 8})):
+    for name, kills, every in (("clean", set(), 1), ("killed", {1, 4, 5, 8}, 1), ("batched", {2, 6, 7}, 4)):
         obs = Observatory(tmp_path / name)
         obs.root.mkdir()
-        obs.write_config()
+        obs.write_config(checkpoint_every=every, checkpoint_seconds=2.0)
         runs[name] = _feed_and_stack(obs, sources, kill_after=kills, seed=11)
         records = obs.journal_files()
         assert sorted(Path(r.path).name for r in records if r.status == "stacked") == sorted(p.name for p in sources)
         (table,) = obs.stacks.rglob("frames.csv")
         names = [line.split(",")[0] for line in table.read_text().splitlines()[1:]]
         assert sorted(Path(n).name for n in names) == sorted(p.name for p in sources)  # each exactly once
-    clean, killed = runs["clean"], runs["killed"]
+    clean = runs["clean"]
     finite = np.isfinite(clean)
-    assert np.array_equal(finite, np.isfinite(killed))
-    np.testing.assert_allclose(killed[finite], clean[finite], rtol=1e-5, atol=1e-5 * float(np.nanmax(clean)))
+    for killed in (runs["killed"], runs["batched"]):
+        assert np.array_equal(finite, np.isfinite(killed))
+        np.testing.assert_allclose(killed[finite], clean[finite], rtol=1e-5, atol=1e-5 * float(np.nanmax(clean)))
 
 
 @pytest.mark.slow
