@@ -15,24 +15,27 @@ import numpy.typing as npt
 _WIDE_BLOCK = 1 << 16
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _int16be_at(buf: npt.NDArray[np.uint8], i: int, bscale: float,
+                bzero: float) -> np.float32:  # pragma: no cover - compiled
+    v = (np.int32(buf[2 * i]) << 8) | np.int32(buf[2 * i + 1])
+    if v >= 32768:
+        v -= 65536
+    return np.float32(v * bscale + bzero)
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _int16be_to_float32(buf: npt.NDArray[np.uint8], out: npt.NDArray[np.float32], bscale: float,
                         bzero: float) -> None:  # pragma: no cover - compiled
     for i in numba.prange(out.size):
-        v = (np.int32(buf[2 * i]) << 8) | np.int32(buf[2 * i + 1])
-        if v >= 32768:
-            v -= 65536
-        out[i] = np.float32(v * bscale + bzero)
+        out[i] = _int16be_at(buf, i, bscale, bzero)
 
 
 @numba.njit(cache=True, nogil=True)
 def _int16be_to_float32_serial(buf: npt.NDArray[np.uint8], out: npt.NDArray[np.float32], bscale: float,
                                bzero: float) -> None:  # pragma: no cover - compiled
     for i in range(out.size):
-        v = (np.int32(buf[2 * i]) << 8) | np.int32(buf[2 * i + 1])
-        if v >= 32768:
-            v -= 65536
-        out[i] = np.float32(v * bscale + bzero)
+        out[i] = _int16be_at(buf, i, bscale, bzero)
 
 
 def _flat_out(out: npt.NDArray[np.float32] | None, size: int) -> npt.NDArray[np.float32]:

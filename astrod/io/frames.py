@@ -65,6 +65,12 @@ def read_meta(path: str | os.PathLike[str], *, rename: Mapping[str, str] | None 
     return normalise(fitsio.read_fits_header(p), p, rename=rename, rules=rules)
 
 
+def is_scratch(data: npt.NDArray[np.generic]) -> bool:
+    """Whether a frame's pixel array can be read into again (``read_frame(out=)``) and calibrated in place:
+    a writeable, C-contiguous, single-plane float32 image."""
+    return data.ndim == 2 and data.dtype == np.float32 and data.flags.c_contiguous and data.flags.writeable
+
+
 def read_frame(path: str | os.PathLike[str], *, rename: Mapping[str, str] | None = None,
                rules: Iterable[PathRule] = (), out: npt.NDArray[np.float32] | None = None) -> Frame:
     """Pixels as float32 plus normalised metadata. Raises FrameReadError with a one-line cause.

@@ -7,10 +7,8 @@ used (by file name) and what was missing, for the stack's provenance header.
 
 from __future__ import annotations
 
-import numpy as np
-import numpy.typing as npt
-
 from astrod.errors import FrameRejected
+from astrod.io.frames import is_scratch
 from astrod.library.calibration import calibrate_frame, used_masters
 from astrod.library.masters import MasterLibrary
 from astrod.model import Frame
@@ -33,7 +31,7 @@ def library_calibrator(library: MasterLibrary, *, require_complete: bool = False
 
     def calibrate(frame: Frame) -> Calibrated:
         data = frame.data
-        out = data if in_place and _scratch(data) else None
+        out = data if in_place and is_scratch(data) else None
         result = calibrate_frame(library, frame, bad_pixels=bad_pixels, out=out)
         match = result.match
         if require_complete and match.missing:
@@ -44,7 +42,3 @@ def library_calibrator(library: MasterLibrary, *, require_complete: bool = False
                           notes=notes)
 
     return calibrate
-
-
-def _scratch(data: npt.NDArray[np.generic]) -> bool:
-    return data.ndim == 2 and data.dtype == np.float32 and data.flags.c_contiguous and data.flags.writeable

@@ -425,7 +425,7 @@ class LiveStack:
                                buffer=self._band_buffer())
         except ValueError as err:  # a degenerate fitted transform (a wild homography)
             return self._record(prepared, "rejected", f"cannot warp: {_one_line(err)}", metrics, timings)
-        timings["debayer"] = _ms(t0)
+        debayer_ms = _ms(t0)
 
         weight = self._weight(q, prepared.stars, reg)
         if self._stacker.weighting == "none":
@@ -434,25 +434,24 @@ class LiveStack:
         # reference pixels than it had, and resampling alone would multiply its flux by that area ratio.
         scale = 1.0 / _area_ratio(reg.transform, self._ref.frame_shape)
         offset = self._ref.background - q.background * scale
-        # Warp and accumulate band by band (each band still in the CPU cache when it is added); the time
-        # spent producing the bands is the warp's, the rest the accumulation's.
-        clock = _Clock()
+        # Warp and accumulate band by band (each band still in the CPU cache when it is added): the time
+        # spent producing the bands is the warp's, writing them the cache's, the rest the accumulation's.
+        spent = {"warp": 0.0, "cache": 0.0}
         cache_name = None
         with contextlib.ExitStack() as scope:
+            sink = None
             if self._caching:
                 assert self._cache_dir is not None
                 cache_name = f"frame_{len(self._session.cached):06d}.npy"
-                writer = scope.enter_context(CachedFrameWriter(self._cache_dir / cache_name, self._ref.stack_shape))
-                bands = _tee(bands, writer.write, clock, "cache")
+                sink = scope.enter_context(CachedFrameWriter(self._cache_dir / cache_name, self._ref.stack_shape)).write
             t0 = time.perf_counter()
-            self._stacker.add_bands(_timed(bands, clock, "warp"), weight, norm=(offset, scale))
+            self._stacker.add_bands(_metered(bands, spent, sink), weight, norm=(offset, scale))
             total = _ms(t0)
         del pixels
-        # the warp clock runs while a band is produced, which includes writing it to the cache
-        timings["warp"] = timings.pop("debayer") + clock.ms["warp"] - clock.ms["cache"]
-        timings["accumulate"] = total - clock.ms["warp"]
+        timings["warp"] = debayer_ms + spent["warp"]
+        timings["accumulate"] = total - spent["warp"] - spent["cache"]
         if cache_name is not None:
-            timings["cache"] = clock.ms["cache"]
+            timings["cache"] = spent["cache"]
         metrics["weight"] = weight
         if cache_name is not None:
             self._session.cached.append({"file": cache_name, "offset": offset, "scale": scale, "weight": weight})
@@ -779,35 +778,24 @@ def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-@dataclass(slots=True)
-class _Clock:
-    """Milliseconds spent per named step of an interleaved loop."""
-
-    ms: dict[str, float] = field(default_factory=lambda: {"warp": 0.0, "cache": 0.0})
-
-
 Band = tuple[int, FloatArray]
 
 
-def _timed(bands: Iterator[Band], clock: _Clock, name: str) -> Iterator[Band]:
-    """The bands, the time spent producing each added to ``clock.ms[name]``."""
+def _metered(bands: Iterator[Band], spent: dict[str, float],
+             sink: Callable[[int, FloatArray], None] | None) -> Iterator[Band]:
+    """The bands, each handed to ``sink`` first when there is one; ms spent producing them are added to
+    ``spent["warp"]``, ms in ``sink`` to ``spent["cache"]``."""
     while True:
         t0 = time.perf_counter()
         item = next(bands, None)
-        clock.ms[name] += _ms(t0)
+        spent["warp"] += _ms(t0)
         if item is None:
             return
+        if sink is not None:
+            t0 = time.perf_counter()
+            sink(*item)
+            spent["cache"] += _ms(t0)
         yield item
-
-
-def _tee(bands: Iterator[Band], sink: Callable[[int, FloatArray], None], clock: _Clock,
-         name: str) -> Iterator[Band]:
-    """The bands, each handed to ``sink`` first (its time in ``clock.ms[name]``)."""
-    for row0, band in bands:
-        t0 = time.perf_counter()
-        sink(row0, band)
-        clock.ms[name] += _ms(t0)
-        yield row0, band
 
 
 def _num(value: float) -> float | None:

@@ -8,11 +8,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import structlog
 
 from astrod.errors import AstrodError
-from astrod.io.frames import read_frame
+from astrod.io.frames import is_scratch, read_frame
 from astrod.io.headers import PathRule
 from astrod.library.progress import NoProgress, Progress
 from astrod.pipeline.live import Calibrator, FrameResult, LiveStack, PipelineSettings, StackProduct
@@ -60,7 +59,7 @@ def stack_files(paths: Sequence[Path], settings: PipelineSettings, *, calibrator
                 result = stack.reject(path, " ".join(str(err).split()))
             else:
                 read_ms = (time.perf_counter() - t0) * 1e3
-                if frame.data.ndim == 2 and frame.data.dtype == np.float32 and frame.data.flags.writeable:
+                if is_scratch(frame.data):
                     scratch = frame.data
                 if frame.meta.kind.is_calibration:
                     result = stack.reject(path, f"a {frame.meta.kind.value} frame, not a light")

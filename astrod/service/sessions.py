@@ -22,7 +22,7 @@ import structlog
 
 from astrod.errors import AstrodError
 from astrod.io.atomic import atomic_write_text
-from astrod.io.frames import read_frame
+from astrod.io.frames import is_scratch, read_frame
 from astrod.io.journal import Journal
 from astrod.model import Frame
 from astrod.pipeline.live import Calibrator, FrameResult, LiveStack, PipelineSettings
@@ -199,7 +199,7 @@ class SessionWorker:
         except AstrodError as err:
             self._add_result(path, "rejected", str(err), {})
             return
-        if frame.data.ndim == 2 and frame.data.dtype == np.float32 and frame.data.flags.writeable:
+        if is_scratch(frame.data):
             self._scratch = frame.data
         reason = self._precheck(frame)
         if reason is not None:
