@@ -93,19 +93,41 @@ class StackConfig:
     min_stars: int = _opt(8, "matched stars needed to register a frame", min=3, max=1000)
     final_rejection: str = _opt("none", "full re-integration when a session closes",
                                 choices=("none", "winsorized", "sigma", "linear_fit"))
+    reference_repick_after: int = _opt(5, "once this many frames are stacked, the session's registration reference "
+                                          "becomes the best of them (most stars per px of FWHM), once; 0 disables",
+                                       min=0, max=1000)
+    reference_repick_margin: float = _opt(1.25, "the best frame replaces the reference only when it scores this many "
+                                                "times the reference's", min=1.0, max=10)
     preview_every_frames: int = _opt(5, "refresh the preview after this many frames", min=1, max=10000)
     preview_every_seconds: float = _opt(60.0, "or after this many seconds", min=1, max=86400)
 
 
 @dataclass(frozen=True, slots=True)
 class QualityConfig:
-    max_fwhm_ratio: float = _opt(1.6, "reject a frame whose FWHM exceeds the session's best by this ratio",
-                                 min=1.0, max=10)
-    min_star_ratio: float = _opt(0.4, "reject a frame with fewer stars than this fraction of the reference",
-                                 min=0.0, max=1.0)
-    max_eccentricity: float = _opt(0.7, "reject trailed frames above this eccentricity", min=0.0, max=1.0)
-    max_background_ratio: float = _opt(2.5, "reject a frame whose background jumps by this ratio (clouds)",
-                                       min=1.0, max=100)
+    margin_sigma: float = _opt(5.0, "a frame is rejected only when a figure is this many robust standard deviations "
+                                    "(the session's spread and the frame's own uncertainty) worse than the "
+                                    "session's median, and also past that figure's ratio below", min=1.0, max=100)
+    min_frames: int = _opt(3, "accepted frames before the session's figures judge a frame (until then only a "
+                              "collapse of the star count rejects)", min=1, max=1000)
+    max_fwhm_ratio: float = _opt(1.4, "reject a frame whose FWHM is also this many times the session's median "
+                                      "(bad seeing, focus drift); 0 disables", min=0.0, max=10)
+    max_axis_ratio_drop: float = _opt(0.15, "reject a frame whose stars' axis ratio b/a is also this fraction "
+                                            "below the session's (trailing, wind, guiding); 0 disables",
+                                      min=0.0, max=1.0)
+    min_star_ratio: float = _opt(0.5, "reject a frame with also fewer stars than this fraction of the session's "
+                                      "median (clouds, dew); 0 disables", min=0.0, max=1.0)
+    min_transparency_ratio: float = _opt(0.6, "reject a frame whose stars are also fainter than this fraction of "
+                                              "the session's (clouds); 0 disables", min=0.0, max=1.0)
+    max_background_ratio: float = _opt(1.5, "reject a frame whose background is also this many times the "
+                                            "session's median (Moon, dawn); 0 disables", min=0.0, max=100)
+    collapse_star_ratio: float = _opt(0.25, "from the first frame on, reject a frame with fewer stars than this "
+                                            "fraction of the session's; 0 disables", min=0.0, max=1.0)
+    max_fwhm_px: float = _opt(0.0, "absolute limit: reject a frame whose FWHM exceeds this many pixels; 0 (the "
+                                   "default) disables", min=0.0, max=1000)
+    max_eccentricity: float = _opt(0.0, "absolute limit: reject a frame whose eccentricity exceeds this; 0 (the "
+                                        "default) disables", min=0.0, max=1.0)
+    min_star_count: int = _opt(0, "absolute limit: reject a frame with fewer stars; 0 (the default) disables",
+                               min=0, max=100000)
 
 
 @dataclass(frozen=True, slots=True)

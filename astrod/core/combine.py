@@ -49,7 +49,8 @@ class CombineResult:
     """A combined image with how it was made.
 
     ``n_used`` counts the frames that contributed to each pixel (after rejection); where it is 0 the image
-    is NaN. ``description`` is a one-line summary for provenance headers.
+    is NaN. ``description`` is a one-line summary for provenance headers. ``noise``, when asked for, is
+    each pixel's temporal scatter over the frames (see :func:`combine`).
     """
 
     image: FloatArray
@@ -60,6 +61,7 @@ class CombineResult:
     band_rows: int
     n_bands: int
     scale: tuple[float, ...] | None = None
+    noise: FloatArray | None = None
 
     @property
     def rejected_fraction(self) -> float:
@@ -131,13 +133,27 @@ def _median_inplace(a: npt.NDArray[np.float64], n: int) -> float:  # pragma: no 
     return 0.5 * (upper + lower)
 
 
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "contract"})
+def _kept_spread(a: npt.NDArray[np.float64], lo: int, hi: int, mean: float) -> float:  # pragma: no cover
+    """Standard deviation (ddof=1) of a[lo:hi] around ``mean``; NaN for fewer than two values."""
+    if hi - lo < 2:
+        return np.nan
+    total = 0.0
+    for i in range(lo, hi):
+        d = a[i] - mean
+        total += d * d
+    return math.sqrt(total / (hi - lo - 1))
+
+
 @numba.njit(cache=True, nogil=True)
 def _sigma_clip_pixel(v: npt.NDArray[np.float64], n: int, w: npt.NDArray[np.float64],
                       m: npt.NDArray[np.float64], sigma_low: float, sigma_high: float, maxiters: int,
-                      use_median: bool, use_mad: bool) -> tuple[float, int]:  # pragma: no cover - compiled
-    # The loop of astropy's compute_sigma_clipped_bounds, then ccdproc's mean of the unmasked values.
+                      use_median: bool, use_mad: bool, want_spread: bool,
+                      ) -> tuple[float, int, float]:  # pragma: no cover - compiled
+    # The loop of astropy's compute_sigma_clipped_bounds, then ccdproc's mean of the unmasked values;
+    # with want_spread also the standard deviation (ddof=1) of those values.
     if n == 0:
-        return np.nan, 0
+        return np.nan, 0, np.nan
     for i in range(n):
         w[i] = v[i]
     count = n
@@ -179,8 +195,16 @@ def _sigma_clip_pixel(v: npt.NDArray[np.float64], n: int, w: npt.NDArray[np.floa
         total += v[i] if inside else 0.0
         used += inside
     if used == 0:
-        return np.nan, 0
-    return total / used, used
+        return np.nan, 0, np.nan
+    mean = total / used
+    if not want_spread:
+        return mean, used, np.nan
+    kept = 0
+    for i in range(n):
+        t = v[i]
+        w[kept] = t
+        kept += (t >= lo) & (t <= hi)
+    return mean, used, _kept_spread(w, 0, kept, mean)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -223,7 +247,8 @@ def _minmax_pixel(v: npt.NDArray[np.float64], n: int, w: npt.NDArray[np.float64]
 def _combine_band(band: npt.NDArray[np.generic], scale: npt.NDArray[np.float64], mode: int,
                   sigma_low: float, sigma_high: float, maxiters: int, use_median: bool, use_mad: bool,
                   nlow: int, nhigh: int, check_finite: bool, n_threads: int, out: FloatArray,
-                  used: npt.NDArray[np.uint16]) -> None:  # pragma: no cover - compiled
+                  used: npt.NDArray[np.uint16], want_noise: bool,
+                  noise: FloatArray) -> None:  # pragma: no cover - compiled
     n, rows, width = band.shape
     block = 512  # columns loaded at a time: the (n, block) float64 buffer stays in L2
     pitch = block + 8  # a row pitch off a power of two keeps a pixel's n values out of one cache set
@@ -253,39 +278,51 @@ def _combine_band(band: npt.NDArray[np.generic], scale: npt.NDArray[np.float64],
                         k += 1
                     value = np.nan
                     count = 0
+                    spread = np.nan
                     if mode == _MODE_SIGMA:
-                        value, count = _sigma_clip_pixel(v, k, w, m, sigma_low, sigma_high, maxiters,
-                                                         use_median, use_mad)
+                        value, count, spread = _sigma_clip_pixel(v, k, w, m, sigma_low, sigma_high, maxiters,
+                                                                 use_median, use_mad, want_noise)
                     elif mode == _MODE_MEDIAN:
                         if k > 0:
                             for i in range(k):
                                 w[i] = v[i]
                             value = _median_inplace(w, k)
                             count = k
+                            if want_noise and k > 1:
+                                # the median's own robust scatter: 1.4826 MAD
+                                for i in range(k):
+                                    m[i] = abs(v[i] - value)
+                                spread = _median_inplace(m, k) * _MAD_TO_STD
                     elif mode == _MODE_MINMAX:
                         value, count = _minmax_pixel(v, k, w, nlow, nhigh)
+                        if want_noise and count > 0:
+                            spread = _kept_spread(w, nlow, nlow + count, value)  # w[nlow:stop] are the kept
                     elif k > 0:
                         total = 0.0
                         for i in range(k):
                             total += v[i]
                         value = total / k
                         count = k
+                        if want_noise:
+                            spread = _kept_spread(v, 0, k, value)
                     out[r, c0 + c] = np.float32(value)
                     used[r, c0 + c] = np.uint16(count)
+                    if want_noise:
+                        noise[r, c0 + c] = np.float32(spread)
 
 
 # ---------------------------------------------------------------------------------------------- planning
 
 
 def plan_band_rows(*, n_frames: int, shape: tuple[int, int], memory_cap_bytes: int,
-                   sample_bytes: int = 4) -> int:
+                   sample_bytes: int = 4, noise: bool = False) -> int:
     """Rows per band so that the outputs plus one band of all frames fit in ``memory_cap_bytes``.
 
     ``sample_bytes`` is what one pixel of one frame costs while its band is in memory (4 for the float32
-    bands a reader usually returns, 2 for uint16).
+    bands a reader usually returns, 2 for uint16); ``noise`` counts the float32 noise map among the outputs.
     """
     height, width = shape
-    fixed = height * width * (4 + 2)  # float32 image + uint16 n_used map
+    fixed = height * width * (4 + 2 + (4 if noise else 0))  # float32 image + uint16 n_used (+ float32 noise)
     per_row = n_frames * width * sample_bytes
     rows = (memory_cap_bytes - fixed) // per_row if per_row > 0 else height
     if rows < 1:
@@ -314,7 +351,7 @@ def combine(read_band: BandReader, *, n_frames: int, shape: tuple[int, int], met
             sigma_low: float = 3.0, sigma_high: float = 3.0, maxiters: int | None = 5,
             cenfunc: CenFunc = "median", stdfunc: StdFunc = "std", nlow: int = 1, nhigh: int = 1,
             scale: npt.ArrayLike | None = None, memory_cap_bytes: int = 2 * 1024**3,
-            sample_bytes: int = 4) -> CombineResult:
+            sample_bytes: int = 4, noise: bool = False) -> CombineResult:
     """Combine ``n_frames`` frames of ``shape`` (height, width) read band by band.
 
     ``read_band(r0, r1)`` must return an array of shape ``(n_frames, r1 - r0, width)``. ``method``:
@@ -322,6 +359,14 @@ def combine(read_band: BandReader, *, n_frames: int, shape: tuple[int, int], met
     ``None`` iterates until nothing changes), ``"median"``, ``"mean"``, or ``"minmax"`` (mean after
     dropping the ``nlow`` lowest and ``nhigh`` highest values). ``scale`` multiplies each frame before
     rejection (e.g. ``1/median`` for flats). Non-finite samples are ignored.
+
+    ``noise=True`` also returns, in the same pass, each pixel's temporal scatter over the frames
+    (float32, NaN where fewer than two samples were used): the standard deviation (ddof=1) of the samples
+    the combination averaged (those sigma clipping kept, those left after min/max clipping, or all of
+    them for ``"mean"``), and for ``"median"`` 1.4826 times their median absolute deviation. It is the
+    scatter of exactly what went into each master pixel, so a cosmic ray the clipping removed does not
+    count, and one it could not remove (too few frames) does. Frame-to-frame changes of the whole frame's
+    level (bias drift) are part of it, equally for every pixel.
     """
     if method not in _MODES:
         raise ValueError(f"unknown combine method {method!r}; expected one of {sorted(_MODES)}")
@@ -351,9 +396,11 @@ def combine(read_band: BandReader, *, n_frames: int, shape: tuple[int, int], met
             raise ValueError("scale factors must be finite")
 
     band_rows = plan_band_rows(n_frames=n_frames, shape=(height, width), memory_cap_bytes=memory_cap_bytes,
-                               sample_bytes=sample_bytes)
+                               sample_bytes=sample_bytes, noise=noise)
     image = np.empty((height, width), dtype=np.float32)
     n_used = np.empty((height, width), dtype=np.uint16)
+    # without a noise map the kernel gets a 1x1 stand-in it never writes (one compiled signature)
+    spread = np.empty((height, width) if noise else (1, 1), dtype=np.float32)
     n_bands = 0
     for r0 in range(0, height, band_rows):
         r1 = min(height, r0 + band_rows)
@@ -366,7 +413,7 @@ def combine(read_band: BandReader, *, n_frames: int, shape: tuple[int, int], met
         _combine_band(band, scale_arr, _MODES[method], float(sigma_low), float(sigma_high),
                       -1 if maxiters is None else int(maxiters), cenfunc == "median", stdfunc == "mad_std",
                       int(nlow), int(nhigh), band.dtype.kind == "f", numba.get_num_threads(), image[r0:r1],
-                      n_used[r0:r1])
+                      n_used[r0:r1], noise, spread[r0:r1] if noise else spread)
         del band
         n_bands += 1
     description = _describe(method, sigma_low=sigma_low, sigma_high=sigma_high, maxiters=maxiters,
@@ -374,14 +421,15 @@ def combine(read_band: BandReader, *, n_frames: int, shape: tuple[int, int], met
                             scaled=scale is not None)
     return CombineResult(image=image, n_used=n_used, n_frames=n_frames, method=method,
                          description=description, band_rows=band_rows, n_bands=n_bands,
-                         scale=None if scale is None else tuple(float(s) for s in scale_arr))
+                         scale=None if scale is None else tuple(float(s) for s in scale_arr),
+                         noise=spread if noise else None)
 
 
 def combine_arrays(arrays: Sequence[npt.NDArray[np.generic]], *, method: Method = "sigma_clip",
                    sigma_low: float = 3.0, sigma_high: float = 3.0, maxiters: int | None = 5,
                    cenfunc: CenFunc = "median", stdfunc: StdFunc = "std", nlow: int = 1, nhigh: int = 1,
                    scale: npt.ArrayLike | None = None,
-                   memory_cap_bytes: int = 2 * 1024**3) -> CombineResult:
+                   memory_cap_bytes: int = 2 * 1024**3, noise: bool = False) -> CombineResult:
     """:func:`combine` over frames already in memory (all the same 2-D shape)."""
     if len(arrays) == 0:
         raise ValueError("no frames to combine")
@@ -397,7 +445,7 @@ def combine_arrays(arrays: Sequence[npt.NDArray[np.generic]], *, method: Method 
     return combine(read_band, n_frames=len(arrays), shape=(int(shape[0]), int(shape[1])), method=method,
                    sigma_low=sigma_low, sigma_high=sigma_high, maxiters=maxiters, cenfunc=cenfunc,
                    stdfunc=stdfunc, nlow=nlow, nhigh=nhigh, scale=scale, memory_cap_bytes=memory_cap_bytes,
-                   sample_bytes=dtype.itemsize)
+                   sample_bytes=dtype.itemsize, noise=noise)
 
 
 def frame_medians(read_band: BandReader, *, n_frames: int, shape: tuple[int, int], stride: int | None = None,

@@ -1,4 +1,9 @@
-"""Per-frame quality figures from measured stars and the sky background, for quality gates and reports."""
+"""Per-frame quality figures from measured stars and the sky background, for quality gates and reports.
+
+The star count and HFR come from the detected stars; the FWHM and the eccentricity from fitted stars
+(`astrod.core.psf`: unbiased for undersampled, faint and Bayer stars), each with its uncertainty and the
+number of stars behind it. A shape figure from too few stars is NaN: unmeasured, never a reason to reject.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,17 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import numpy.typing as npt
 
+from astrod.core.psf import ShapeFigures, measure_shape
 from astrod.core.stars import Background, StarList, estimate_background
 
-_MIN_SHAPE_STARS = 10  # below this many stars every measured star counts towards the shape medians
+_MIN_SHAPE_STARS = 10  # below this many stars every measured star counts towards the HFR median
 
 
 @dataclass(frozen=True, slots=True)
 class FrameQuality:
-    """Quality of one frame: detected star count, median FWHM and HFR (px), median eccentricity, sky
-    background level and per-pixel noise (ADU). Shape figures are NaN when no star was measured."""
+    """Quality of one frame: detected star count, FWHM (px) and eccentricity of the fitted stars with their
+    1σ uncertainties and how many stars they come from (``shape_stars``), median HFR (px) of the detected
+    stars, sky background level and per-pixel noise (ADU). Shape figures are NaN when unmeasured."""
 
     star_count: int
     fwhm: float
@@ -24,6 +31,9 @@ class FrameQuality:
     eccentricity: float
     background: float
     noise: float
+    fwhm_err: float = math.nan
+    eccentricity_err: float = math.nan
+    shape_stars: int = 0
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -36,26 +46,32 @@ def measure_quality(
     *,
     bayer: str | None = None,
     box: int = 64,
+    fit_stars_max: int = 20,
+    min_shape_stars: int = 5,
 ) -> FrameQuality:
     """Quality of ``data`` given its `detect_stars` result and, if already known, its background.
 
-    The shape medians use the brighter half of the measured stars (all of them when there are fewer than
-    ten), whose shapes are not dominated by noise. Without ``background`` it is estimated here (on the
-    superpixel luminance with ``bayer``).
+    FWHM and eccentricity come from fits of the ``fit_stars_max`` brightest isolated stars (twice as many
+    when those are faint, see `astrod.core.psf.measure_shape`) and are NaN
+    when fewer than ``min_shape_stars`` could be fitted. The HFR is the median of the brighter half of the
+    detected stars (all of them when there are fewer than ten). Without ``background`` it is estimated
+    here (on the superpixel luminance with ``bayer``).
     """
     if background is None:
         background = estimate_background(data, box=box, bayer=bayer)
     n = len(stars)
-    if n == 0:
-        fwhm = hfr = ecc = math.nan
-    else:
+    hfr = math.nan
+    if n:
         # Stars come sorted by flux, brightest first.
-        use = slice(0, n if n < _MIN_SHAPE_STARS else max(_MIN_SHAPE_STARS, n // 2))
-        fwhm = _median(stars.fwhm[use])
-        hfr = _median(stars.hfr[use])
-        ecc = _median(stars.eccentricity[use])
-    return FrameQuality(star_count=int(stars.n_detected), fwhm=fwhm, hfr=hfr, eccentricity=ecc,
-                        background=float(background.level), noise=float(background.noise))
+        hfr = _median(stars.hfr[: n if n < _MIN_SHAPE_STARS else max(_MIN_SHAPE_STARS, n // 2)])
+    if data.ndim == 2:
+        shape = measure_shape(data, stars, bayer=bayer, max_stars=fit_stars_max, min_stars=min_shape_stars)
+    else:
+        shape = ShapeFigures.unmeasured(0)
+    return FrameQuality(star_count=int(stars.n_detected), fwhm=shape.fwhm, hfr=hfr,
+                        eccentricity=shape.eccentricity, background=float(background.level),
+                        noise=float(background.noise), fwhm_err=shape.fwhm_err,
+                        eccentricity_err=shape.eccentricity_err, shape_stars=shape.n_stars)
 
 
 def _median(values: npt.NDArray[np.float64]) -> float:

@@ -27,6 +27,9 @@ Live stack
     registered frames with full rejection (sigma clipping, winsorized sigma clipping, linear fit clipping),
     a band of rows at a time under a memory cap; the caller supplies the band reader, core does no I/O.
 
+`Stacker.regrid` moves a live stack onto another reference grid (a session that re-picks its reference):
+mean, M2 and weight sum resampled bilinearly, counts by nearest neighbour, values mapped like a frame's.
+
 Normalisation maps a frame onto the reference frame's background and noise, ``x' = x·scale + offset``
 (see `normalisation`), so a changing sky neither biases the mean nor inflates σ for the rejection.
 """
@@ -41,6 +44,9 @@ from typing import Literal
 import numba
 import numpy as np
 import numpy.typing as npt
+
+from astrod.core.warp import resample
+from astrod.model import Transform
 
 FloatArray = npt.NDArray[np.float32]
 Weighting = Literal["none", "snr", "fwhm"]
@@ -348,6 +354,82 @@ class Stacker:
             count.flags.writeable = rejected.flags.writeable = False
         return StackResult(image=image, count=count, rejected=rejected, frames=self._frames,
                            rejection="online-sigma", kappa_low=self._kappa, kappa_high=self._kappa)
+
+    def regrid(self, transform: Transform, *, shape: tuple[int, int], norm: tuple[float, float] = (0.0, 1.0),
+               weight_scale: float = 1.0) -> None:
+        """Move the stack onto another pixel grid, in place: what it holds becomes what it would hold (up to
+        interpolation) had every frame been warped onto the new grid, normalised by ``norm`` after its own
+        normalisation and weighted ``weight_scale`` times its weight.
+
+        ``transform`` maps the current grid onto the new one, whose (H, W) is ``shape``. The mean, M2 and
+        weight sum are resampled bilinearly, the counts by nearest neighbour; a new pixel whose interpolation
+        touches a pixel no frame covered (or lies outside the old grid) is not covered (count 0, and 0 in the
+        sums, as in a fresh stack): coverage shrinks by at most a pixel at its edges. ``norm`` = ``(offset,
+        scale)`` maps the stacked values as `add` maps a frame's (``x·scale + offset``), so it carries the
+        caller's flux-conserving area factor and background shift; M2 scales by ``scale²·weight_scale`` and
+        the weight sum by ``weight_scale``, so σ and the rejection limits follow the values and the frames
+        added next weigh against the old ones as the caller intends. Rejection counts are resampled as counts.
+
+        The arrays are replaced one at a time (the peak is the old state plus one new array); views of the
+        old state handed out before stay valid and unchanged, except the mean's (its uncovered pixels become
+        NaN on the way). If this raises after the checks, the stacker is unusable.
+        """
+        planes = _plane_shape(self._shape)[0]
+        new_h, new_w = int(shape[0]), int(shape[1])
+        offset, scale = float(norm[0]), float(norm[1])
+        if not (math.isfinite(offset) and math.isfinite(scale) and scale > 0.0):
+            raise ValueError(f"norm must be a finite offset and a positive scale, got {norm}")
+        if not (math.isfinite(weight_scale) and weight_scale > 0.0):
+            raise ValueError(f"weight_scale must be positive and finite, got {weight_scale}")
+        if self._wsum is None and weight_scale != 1.0:
+            raise ValueError(f"weighting is 'none' but weight_scale is {weight_scale}")
+        new_shape = (new_h, new_w) if len(self._shape) == 2 else (planes, new_h, new_w)
+        m = transform.as_array()
+        if new_h < 1 or new_w < 1 or not np.all(np.isfinite(m)) or abs(np.linalg.det(m)) < 1e-12:
+            raise ValueError(f"cannot regrid onto {shape} through {transform.matrix}")
+
+        def planes_of(a: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+            return a.reshape(planes, *a.shape[-2:])
+
+        # The mean first, with its uncovered pixels NaN so that bilinear interpolation marks every new pixel
+        # that touches one; then the counts, zero wherever the new mean is NaN.
+        old_mean, old_count = planes_of(self._mean), planes_of(self._count)
+        mean = np.empty((planes, new_h, new_w), dtype=np.float32)
+        for p in range(planes):
+            np.copyto(old_mean[p], np.float32(np.nan), where=old_count[p] == 0)
+            resample(old_mean[p], transform, shape=(new_h, new_w), interpolation="linear", out=mean[p])
+        self._mean = mean.reshape(new_shape)
+        del old_mean
+        count = np.empty((planes, new_h, new_w), dtype=np.uint16)
+        for p in range(planes):
+            resample(old_count[p], transform, shape=(new_h, new_w), interpolation="nearest", fill=0, out=count[p])
+            np.copyto(count[p], np.uint16(0), where=np.isnan(mean[p]))
+        self._count = count.reshape(new_shape)
+        del old_count
+        gap = count == 0
+        np.multiply(mean, np.float32(scale), out=mean)
+        np.add(mean, np.float32(offset), out=mean)
+        np.copyto(mean, np.float32(0.0), where=gap)
+        for key, factor in (("m2", scale * scale * weight_scale), ("wsum", weight_scale)):
+            old = getattr(self, f"_{key}")
+            if old is None:
+                continue
+            new = np.empty((planes, new_h, new_w), dtype=np.float32)
+            for p in range(planes):
+                resample(planes_of(old)[p], transform, shape=(new_h, new_w), interpolation="linear", fill=0.0,
+                         out=new[p])
+            if factor != 1.0:
+                np.multiply(new, np.float32(factor), out=new)
+            np.copyto(new, np.float32(0.0), where=gap)
+            setattr(self, f"_{key}", new.reshape(new_shape))
+            del old
+        rejected = np.empty((planes, new_h, new_w), dtype=np.uint16)
+        old_rejected = planes_of(self._rejected)
+        for p in range(planes):
+            resample(old_rejected[p], transform, shape=(new_h, new_w), interpolation="nearest", fill=0,
+                     out=rejected[p])
+        self._rejected = rejected.reshape(new_shape)
+        self._shape = tuple(int(n) for n in new_shape)
 
     def sigma(self) -> FloatArray:
         """Per-pixel weighted standard deviation of the accepted samples (NaN below two samples)."""

@@ -297,10 +297,14 @@ def detect_stars(
     fwhm = mfwhm * m_scale
     hfr = mhfr * m_scale
     ok = (mstat == _OK) & (fwhm >= min_fwhm) & (fwhm <= max_fwhm) & (flux > 0) & np.isfinite(x + y + fwhm)
-    if good_fwhm.size:
+    # The PSF: for a Bayer frame, the brightest stars' FWHM as measured under the common weight, on the
+    # green pixels (their own-weight first measurement on superpixels, which only sets that weight, is far
+    # off for undersampled stars); for mono, that first measurement.
+    measured = fwhm[ok][:_PSF_STARS] if bayer is not None else fwhm[:0]
+    if measured.size >= 3 or good_fwhm.size:
         # Much wider than the PSF: a galaxy, a nebula knot or a dust-shadow edge; much sharper: a
         # cosmic-ray track. Neither is a star.
-        psf = m_scale * float(np.median(good_fwhm))
+        psf = float(np.median(measured)) if measured.size >= 3 else m_scale * float(np.median(good_fwhm))
         ok &= (fwhm <= max_fwhm_ratio * psf) & (fwhm >= min_fwhm_ratio * psf)
     sel = np.flatnonzero(ok)
     sel = sel[np.argsort(-flux[sel], kind="stable")]
@@ -952,6 +956,82 @@ def _half_max_fwhm_cfa(cfa: FloatArray, b: float, cx: float, cy: float, rlim: fl
 
 
 @njit(cache=True, nogil=True)
+def _cfa_channel(y: int, x: int, green_main: bool) -> int:  # pragma: no cover - numba
+    """0 for a green pixel of the mosaic, 1 and 2 for the two other colours (told apart by the row)."""
+    if ((x + y) % 2 == 0) == green_main:
+        return 0
+    return 1 + (y % 2)
+
+
+@njit(cache=True, nogil=True)
+def _cfa_centroid(cfa: FloatArray, x0: float, y0: float, sw: float,
+                  green_main: bool) -> tuple[bool, float, float]:  # pragma: no cover - numba
+    """Windowed centroid (XWIN, weight σ ``sw``) of a star on a Bayer mosaic at full resolution, starting at
+    (x0, y0): each colour's pixels, less that colour's sky (the median of a ring around the window), are
+    scaled by the star's green-to-that-colour ratio so that the mosaic reads as one grey star (the star's
+    own colour, measured in the window, not a white balance). False when it fails or wanders off."""
+    h, w = cfa.shape
+    r = min(12, max(3, math.ceil(3.0 * sw) + 1))
+    ring_out = r + 2
+    xc, yc = math.floor(x0 + 0.5), math.floor(y0 + 0.5)
+    if xc - ring_out < 0 or yc - ring_out < 0 or xc + ring_out >= w or yc + ring_out >= h:
+        return False, x0, y0
+    sky = np.zeros(3)
+    buf = np.empty((2 * ring_out + 1) ** 2)
+    for c in range(3):
+        n = 0
+        for y in range(yc - ring_out, yc + ring_out + 1):
+            for x in range(xc - ring_out, xc + ring_out + 1):
+                if max(abs(y - yc), abs(x - xc)) > r and _cfa_channel(y, x, green_main) == c:
+                    buf[n] = cfa[y, x]
+                    n += 1
+        if n == 0:
+            return False, x0, y0
+        sky[c] = np.median(buf[:n])
+    total = np.zeros(3)
+    count = np.zeros(3)
+    for y in range(yc - r, yc + r + 1):
+        for x in range(xc - r, xc + r + 1):
+            if (x - x0) ** 2 + (y - y0) ** 2 <= (2.0 * sw + 1.0) ** 2:
+                c = _cfa_channel(y, x, green_main)
+                total[c] += cfa[y, x] - sky[c]
+                count[c] += 1.0
+    if total[0] <= 0.0 or count[0] == 0.0:
+        return False, x0, y0
+    scale = np.zeros(3)
+    for c in range(3):
+        if count[c] > 0.0 and total[c] > 0.0:
+            scale[c] = min(max((total[0] / count[0]) / (total[c] / count[c]), 0.25), 4.0)
+    cx, cy = x0, y0
+    inv = 1.0 / (sw * sw)
+    for _ in range(40):
+        s0 = 0.0
+        s1x = 0.0
+        s1y = 0.0
+        for y in range(yc - r, yc + r + 1):
+            dy = y - cy
+            for x in range(xc - r, xc + r + 1):
+                dx = x - cx
+                q = (dx * dx + dy * dy) * inv
+                if q < 16.0:
+                    c = _cfa_channel(y, x, green_main)
+                    wv = math.exp(-0.5 * q) * (cfa[y, x] - sky[c]) * scale[c]
+                    s0 += wv
+                    s1x += wv * dx
+                    s1y += wv * dy
+        if s0 <= 0.0:
+            return False, cx, cy
+        ddx, ddy = s1x / s0, s1y / s0
+        cx += ddx
+        cy += ddy
+        if abs(cx - x0) > 3.0 or abs(cy - y0) > 3.0:
+            return False, cx, cy
+        if abs(ddx) < 1e-4 and abs(ddy) < 1e-4:
+            break
+    return True, cx, cy
+
+
+@njit(cache=True, nogil=True)
 def _find_spikes(image: FloatArray, b: float, xc: int, yc: int, r: int, px: int, py: int, floor: float,
                  spy: IntArray, spx: IntArray, spv: F64) -> int:  # pragma: no cover - numba
     """Hot pixels and cosmic-ray hits near a star (single pixels above ``floor``, see `_is_spike`), other
@@ -1047,6 +1127,12 @@ def _measure(image: FloatArray, ix: IntArray, iy: IntArray, bg: F64, weight_sigm
                                       spv, nsp)
             if np.isfinite(full):
                 fwhm = 0.5 * full
+            # The centre at full resolution: on superpixels a star of 1–2 px sits in one or two of them and
+            # its centroid locks onto their grid.
+            sw_full = min(max(full / _FWHM_PER_SIGMA, 0.6), 3.0) if np.isfinite(full) else min(2.0 * sw, 3.0)
+            found, fx, fy = _cfa_centroid(cfa, 2.0 * cx + 0.5, 2.0 * cy + 0.5, sw_full, cfa_green == 1)
+            if found:
+                cx, cy = 0.5 * (fx - 0.5), 0.5 * (fy - 0.5)
 
         # Second moments under the same circular weight, deconvolved from it (exact for a Gaussian).
         xc, yc = math.floor(cx + 0.5), math.floor(cy + 0.5)

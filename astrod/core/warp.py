@@ -14,13 +14,16 @@ frame itself included, are copied exactly instead of interpolated.
 stack never holds a whole warped frame (104 MB at 26 MP): each band is accumulated while it is still in
 the CPU cache. A band is the same as the matching rows of `warp` (the output rows are shifted into the
 matrix, so OpenCV sees the same map up to the last bit of its double arithmetic).
+
+`resample` does the same for one plane of a map that is not a frame (a stack's running mean, its uint16
+counts), keeping its dtype, bilinear or nearest-neighbour.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -76,6 +79,45 @@ def warp_bands(image: npt.NDArray[np.floating], transform: Transform, *, shape: 
         raise ValueError(f"buffer must be C-contiguous float32 with at least {band_size} elements")
     return _bands(np.asarray(image, dtype=np.float32), transform.as_array(), out_shape, band_rows,
                   buffer.reshape(-1), interpolation)
+
+
+def resample(image: npt.NDArray[np.float32] | npt.NDArray[np.uint16], transform: Transform, *,
+             shape: tuple[int, int], interpolation: Literal["linear", "nearest"], fill: float = math.nan,
+             out: npt.NDArray[np.float32] | npt.NDArray[np.uint16] | None = None,
+             ) -> npt.NDArray[np.float32] | npt.NDArray[np.uint16]:
+    """`warp` for maps that are not frames: one (H, W) plane of float32 or uint16 (a count map), its dtype
+    kept, resampled bilinearly or by nearest neighbour onto ``shape``, ``fill`` where the plane does not
+    cover the output (NaN only for float32; with linear interpolation, wherever the kernel touches outside,
+    as in `warp`). ``out`` (C-contiguous, of the output shape and the input's dtype) may be given.
+    """
+    if interpolation not in ("linear", "nearest"):
+        raise ValueError(f"unknown interpolation {interpolation!r} for resample")
+    if image.ndim != 2 or image.dtype not in (np.float32, np.uint16):
+        raise ValueError(f"resample needs one float32 or uint16 (H, W) plane, got {image.dtype}{image.shape}")
+    if image.dtype == np.uint16 and not (0.0 <= fill <= 65535.0):
+        raise ValueError(f"fill {fill} does not fit a uint16 map")
+    height, width = int(shape[0]), int(shape[1])
+    if height < 1 or width < 1:
+        raise ValueError(f"output shape must be positive, got {shape}")
+    m = transform.as_array()
+    if not np.all(np.isfinite(m)) or abs(np.linalg.det(m)) < 1e-12:
+        raise ValueError(f"transform is not invertible: {transform.matrix}")
+    if out is None:
+        out = np.empty((height, width), dtype=image.dtype)
+    elif out.shape != (height, width) or out.dtype != image.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous {image.dtype} of shape {(height, width)}")
+    src: npt.NDArray[np.float32 | np.uint16] = np.ascontiguousarray(image)
+    shift = _integer_shift(m)
+    flags = cv2.INTER_LINEAR if interpolation == "linear" else cv2.INTER_NEAREST
+    if shift is not None:
+        _shift_copy(src, out, shift, fill=fill)
+    elif np.array_equal(m[2], [0.0, 0.0, 1.0]):
+        cv2.warpAffine(src, m[:2], (width, height), dst=out, flags=flags, borderMode=cv2.BORDER_CONSTANT,
+                       borderValue=float(fill))
+    else:
+        cv2.warpPerspective(src, m, (width, height), dst=out, flags=flags, borderMode=cv2.BORDER_CONSTANT,
+                            borderValue=float(fill))
+    return out
 
 
 def _bands(src: FloatArray, m: npt.NDArray[np.float64], out_shape: tuple[int, ...], band_rows: int,
@@ -137,13 +179,14 @@ def _integer_shift(m: npt.NDArray[np.float64]) -> tuple[int, int] | None:
     return int(dx), int(dy)
 
 
-def _shift_copy(src: FloatArray, dst: FloatArray, shift: tuple[int, int]) -> None:
-    """dst(x, y) = src(x - dx, y - dy), NaN outside."""
+def _shift_copy(src: npt.NDArray[Any], dst: npt.NDArray[Any], shift: tuple[int, int], *,
+                fill: float = math.nan) -> None:
+    """dst(x, y) = src(x - dx, y - dy), ``fill`` outside."""
     dx, dy = shift
     sh, sw = src.shape
     dh, dw = dst.shape
     x0, x1 = max(0, dx), min(dw, sw + dx)
     y0, y1 = max(0, dy), min(dh, sh + dy)
-    dst.fill(np.nan)
+    dst.fill(fill)
     if x0 < x1 and y0 < y1:
         dst[y0:y1, x0:x1] = src[y0 - dy:y1 - dy, x0 - dx:x1 - dx]

@@ -18,7 +18,7 @@ import math
 import os
 import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,25 +308,64 @@ def read_fits_header(path: str | os.PathLike[str]) -> fits.Header:
         raise FrameReadError(f"{p}: corrupt FITS: {err}") from err
 
 
-def write_fits(path: str | os.PathLike[str], data: npt.NDArray[Any],
-               header: fits.Header | Mapping[str, Any] | None = None) -> Path:
-    """Write ``data`` with ``header`` cards to ``path`` atomically; returns the path.
-
-    ``header`` values may be plain values or ``(value, comment)`` pairs.
-    """
-    target = Path(path)
+def _header(header: fits.Header | Mapping[str, Any] | None, *, extension: bool = False) -> fits.Header:
     hdr = fits.Header()
     if isinstance(header, fits.Header):
         hdr = header.copy()
     elif header:
         for key, value in header.items():
             hdr[key] = value
-    for key in ("SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "EXTEND", "BZERO", "BSCALE"):
+    structural = ("SIMPLE", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "EXTEND", "BZERO", "BSCALE",
+                  "PCOUNT", "GCOUNT")
+    for key in (*structural, "EXTNAME") if extension else structural:
         hdr.remove(key, ignore_missing=True)
-    hdu = fits.PrimaryHDU(data=np.asarray(data), header=hdr)
+    return hdr
+
+
+def write_fits(path: str | os.PathLike[str], data: npt.NDArray[Any],
+               header: fits.Header | Mapping[str, Any] | None = None, *,
+               extensions: Sequence[tuple[str, npt.NDArray[Any], fits.Header | Mapping[str, Any] | None]] = (),
+               ) -> Path:
+    """Write ``data`` with ``header`` cards to ``path`` atomically; returns the path.
+
+    ``header`` values may be plain values or ``(value, comment)`` pairs. ``extensions`` are further images,
+    ``(EXTNAME, data, header)``, written after the primary one: readers of the first image (:func:`read_fits`)
+    never see them; :func:`read_fits_extension` reads one by name.
+    """
+    target = Path(path)
+    hdus: list[fits.PrimaryHDU | fits.ImageHDU] = [fits.PrimaryHDU(data=np.asarray(data), header=_header(header))]
+    names = [name.strip().upper() for name, _, _ in extensions]
+    if len(set(names)) != len(names) or "PRIMARY" in names:
+        raise ValueError(f"extension names must be distinct and not PRIMARY, got {names}")
+    for name, ext_data, ext_header in extensions:
+        hdus.append(fits.ImageHDU(data=np.asarray(ext_data), header=_header(ext_header, extension=True),
+                                  name=name.strip().upper()))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyWarning)
         warnings.simplefilter("ignore", VerifyWarning)  # an over-long comment is truncated, as FITS requires
         with atomic_write(target, "wb") as handle:
-            hdu.writeto(handle, output_verify="silentfix")
+            fits.HDUList(hdus).writeto(handle, output_verify="silentfix")
     return target
+
+
+def read_fits_extension(path: str | os.PathLike[str], name: str,
+                        ) -> tuple[npt.NDArray[np.float32], fits.Header] | None:
+    """Pixels (float32, physical values) and own header of the image extension ``EXTNAME=name``, or None when
+    the file has no such extension. Raises FrameReadError for an unreadable file."""
+    p = Path(path)
+    _check_readable(p)
+    wanted = name.strip().upper()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstropyWarning)
+            with fits.open(p, memmap=False) as hdul:
+                for hdu in hdul[1:]:
+                    if str(hdu.header.get("EXTNAME", "")).strip().upper() == wanted and hdu.is_image:
+                        if hdu.data is None:
+                            raise FrameReadError(f"{p}: extension {wanted} holds no image")
+                        return np.asarray(hdu.data, dtype=np.float32), hdu.header.copy()
+    except FrameReadError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, gzip.BadGzipFile, TypeError) as err:
+        raise FrameReadError(f"{p}: corrupt FITS: {err}") from err
+    return None

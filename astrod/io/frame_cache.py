@@ -5,6 +5,11 @@ band by band as the live stack warps it, so no whole warped frame is ever held i
 band of rows at a time. The files are scratch: renamed into place when complete, but not fsynced — after a
 crash the checkpoint says which frames the stack holds, and a frame whose file is missing only costs the
 final re-integration (the live stack is given instead).
+
+When a session re-picks its reference, the frames cached so far are re-warped onto the new grid into files of
+new names (`rewarp_cached_frame`): the checkpoint of before the re-pick still finds the files it names, so a
+session resumed from it re-picks the same way; the old files go (`remove_cached_frames`) once a checkpoint no
+longer names them.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from types import TracebackType
 
 import numpy as np
 import numpy.typing as npt
+
+from astrod.core.warp import Interpolation, warp_bands
+from astrod.model import Transform
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -78,3 +86,29 @@ def read_cached_rows(path: Path, row0: int, row1: int) -> FloatArray:
         return np.array(cached[..., row0:row1, :], dtype=np.float32)
     finally:
         del cached
+
+
+def rewarp_cached_frame(source: Path, target: Path, transform: Transform, *, shape: tuple[int, ...],
+                        interpolation: Interpolation = "linear", band_rows: int = 128) -> None:
+    """Warp the cached frame ``source`` through ``transform`` (its grid onto the new one) into a new cached
+    frame ``target`` of ``shape`` ((H, W) or (planes, H, W)), band by band, NaN where it does not cover;
+    ``target`` appears only when complete. ``source`` is read through a memory map and left as it is."""
+    if Path(source) == Path(target):
+        raise ValueError(f"{source}: a cached frame is re-warped into a file of another name")
+    cached = np.load(source, mmap_mode="r", allow_pickle=False)
+    try:
+        if cached.ndim != len(shape) or cached.shape[:-2] != tuple(shape[:-2]):
+            raise ValueError(f"{source}: cached frame of shape {cached.shape} cannot be re-warped to {shape}")
+        bands = warp_bands(cached, transform, shape=(int(shape[-2]), int(shape[-1])),
+                           interpolation=interpolation, band_rows=band_rows)
+        with CachedFrameWriter(target, shape) as writer:
+            for row0, band in bands:
+                writer.write(row0, band)
+    finally:
+        del cached
+
+
+def remove_cached_frames(paths: list[Path]) -> None:
+    """Delete cached frames no checkpoint names any more (missing ones are fine)."""
+    for path in paths:
+        Path(path).unlink(missing_ok=True)

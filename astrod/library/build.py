@@ -5,7 +5,9 @@ is committed in one transaction; a killed build leaves at worst a master file wi
 build writes again (byte for byte the same: master files carry no wall-clock time). By default only missing
 masters are built; ``refresh`` rebuilds every master whose sources or recipe changed and never deletes a master
 whose sources are gone. Bad-pixel maps are derived from the masters and follow them: a map is rebuilt whenever
-the masters it comes from changed.
+the masters it comes from, or its recipe (:class:`BadPixelParams`), changed. A master dark keeps, in its image
+extension ``NOISE``, each pixel's temporal scatter over the frames it was combined from: the bad-pixel map needs it
+to tell the pixels the dark cannot correct (unstable ones) from steady warm pixels it corrects.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 from collections import defaultdict
@@ -30,11 +33,11 @@ from astropy.io import fits
 
 from astrod import __version__
 from astrod.config import Config
-from astrod.core.calibrate import bad_pixel_map
+from astrod.core.calibrate import BadPixels, find_bad_pixels
 from astrod.core.combine import CenFunc, CombineResult, Method, StdFunc, combine, combine_flats, frame_medians
 from astrod.errors import AstrodError, FrameReadError, LibraryError
 from astrod.io.bands import RowLayout, open_rows, read_band
-from astrod.io.fits import is_fits_name, read_fits, read_fits_header, write_fits
+from astrod.io.fits import is_fits_name, read_fits, read_fits_extension, read_fits_header, write_fits
 from astrod.io.frames import is_frame_name, is_raw_name, read_meta
 from astrod.io.headers import PathRule, normalise, rules_from_config
 from astrod.io.index import INDEX_NAME, MasterIndex, file_digest, file_stamp, library_lock, remove_stale_temporaries
@@ -55,6 +58,8 @@ from astrod.model import FrameKind, FrameMeta
 FloatArray = npt.NDArray[np.float32]
 Status = Literal["new", "rebuilt", "exists", "up to date", "failed"]
 SPOOL_NAME = ".spool"
+NOISE_EXTNAME = "NOISE"  # the image extension of a master dark holding its per-pixel temporal noise
+NOISE_RECIPE = 1  # in a dark's build hash: darks made before they kept a noise map are rebuilt by --refresh
 RUNTIME_RESERVE = 320 * 1024 * 1024  # interpreter, numpy, numba, astropy: what a build process holds anyway
 
 
@@ -79,6 +84,31 @@ class CombineParams:
 
 
 @dataclass(frozen=True, slots=True)
+class BadPixelParams:
+    """How bad pixels are told from good ones (see :func:`astrod.core.calibrate.find_bad_pixels`); part of a
+    bad-pixel map's build hash, so a map made under other numbers is rebuilt."""
+
+    unstable_factor: float = 3.0
+    hot_noise_factor: float = 5.0
+    saturation_fraction: float = 0.8
+    stuck_factor: float = 4.0
+    hot_sigma: float = 5.0
+    cold_fraction: float = 0.5
+    column_fraction: float = 0.5
+    column_sigma: float = 5.0
+    recipe: int = 2  # 1: hot pixels from the master dark alone; 2: from its temporal noise map
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"unstable_factor": self.unstable_factor, "hot_noise_factor": self.hot_noise_factor,
+                "saturation_fraction": self.saturation_fraction, "stuck_factor": self.stuck_factor,
+                "hot_sigma": self.hot_sigma, "cold_fraction": self.cold_fraction,
+                "column_fraction": self.column_fraction, "column_sigma": self.column_sigma, "recipe": self.recipe}
+
+    def kwargs(self) -> dict[str, float]:
+        return {k: v for k, v in self.as_dict().items() if k != "recipe"}
+
+
+@dataclass(frozen=True, slots=True)
 class BuildOptions:
     """Everything a build needs besides its sources and library folder."""
 
@@ -91,6 +121,7 @@ class BuildOptions:
     rules: MatchRules = field(default_factory=MatchRules)
     rename: Mapping[str, str] = field(default_factory=dict)
     path_rules: tuple[PathRule, ...] = ()
+    badpixels: BadPixelParams = field(default_factory=BadPixelParams)
 
     @classmethod
     def from_config(cls, config: Config, *, refresh: bool = False, jobs: int = 1,
@@ -467,9 +498,12 @@ class _Builder:
                  "cenfunc": c.cenfunc, "stdfunc": c.stdfunc, "nlow": c.nlow, "nhigh": c.nhigh}, note)
 
     def combine_plain(self, key: CalibrationKey, layouts: Sequence[RowLayout]) -> tuple[CombineResult, list[str]]:
+        """Combine bias, dark or dark-flat frames; a dark of two or more frames also gets its temporal noise map
+        (in the same pass), which tells the bad-pixel map the pixels that dark cannot correct."""
         kwargs, note = self._combine_kwargs(len(layouts))
+        noise = key.kind is MasterKind.DARK and len(layouts) >= 2
         result = combine(lambda r0, r1: read_band(layouts, r0, r1), n_frames=len(layouts),
-                         shape=(key.height, key.width), memory_cap_bytes=self.band_budget(0), **kwargs)
+                         shape=(key.height, key.width), memory_cap_bytes=self.band_budget(0), noise=noise, **kwargs)
         return result, [note] if note else []
 
     def flat_calibration(self, meta: FrameMeta) -> FlatCalibration:
@@ -553,10 +587,21 @@ class _Builder:
         return result, warnings, cards
 
     def _load(self, record: MasterRecord) -> FloatArray:
+        return self._load_with_header(record)[0]
+
+    def _load_with_header(self, record: MasterRecord) -> tuple[FloatArray, fits.Header]:
         try:
-            return read_fits(record.path)[0]
+            return read_fits(record.path)
         except FrameReadError as err:
             raise LibraryError(f"{record.path}: cannot read the master: {err}") from err
+
+    def _load_noise(self, record: MasterRecord) -> FloatArray | None:
+        """A master dark's temporal noise map, None when it has none (one frame, or an older library)."""
+        try:
+            found = read_fits_extension(record.path, NOISE_EXTNAME)
+        except FrameReadError as err:
+            raise LibraryError(f"{record.path}: cannot read the master's noise map: {err}") from err
+        return None if found is None else found[0]
 
     # -- one master
 
@@ -569,8 +614,10 @@ class _Builder:
         if not frames:
             return BuiltMaster(key, "failed", None, 0, note="no readable frame")
         cal = self.flat_calibration(frames[0].meta) if key.kind is MasterKind.FLAT else None
-        # a flat's recipe includes the masters that calibrate it
-        extra = {} if cal is None else {"calibrated_with": cal.hashes()}
+        # a flat's recipe includes the masters that calibrate it; a dark's, that it keeps a noise map
+        extra: dict[str, Any] = {} if cal is None else {"calibrated_with": cal.hashes()}
+        if key.kind is MasterKind.DARK:
+            extra["noise_map"] = NOISE_RECIPE
         src_hash = source_hash(frames)
         build_hash = _build_hash(key, src_hash, self.options, extra)
         if existing is not None and existing.build_hash == build_hash:
@@ -583,7 +630,7 @@ class _Builder:
                     build_hash = _build_hash(key, src_hash, self.options, extra)
             else:
                 result, warnings = self.combine_plain(key, layouts)
-                cards = {}
+                cards = _dark_cards(frames, layouts, result) if key.kind is MasterKind.DARK else {}
         except (AstrodError, ValueError) as err:
             self.log.error("master_failed", kind=key.kind.value, key=key.describe(), reason=str(err))
             return BuiltMaster(key, "failed", None, len(frames), note=str(err))
@@ -593,7 +640,8 @@ class _Builder:
         header = _master_header(key, frames, n=n, low_n=low_n, options=self.options, description=result.description,
                                 rejected=result.rejected_fraction, src_hash=src_hash, build_hash=build_hash,
                                 extra=cards)
-        write_fits(path, result.image.astype(np.float32, copy=False), header)
+        extensions = [] if result.noise is None else [(NOISE_EXTNAME, result.noise, _noise_header(n))]
+        write_fits(path, result.image.astype(np.float32, copy=False), header, extensions=extensions)
         temps = [f.meta.temperature for f in frames if f.meta.temperature is not None]
         first_date = min((f.meta.date_obs for f in frames if f.meta.date_obs), default=None)
         info: dict[str, Any] = {
@@ -638,22 +686,50 @@ class _Builder:
             plans[bkey] = plan
         return plans
 
+    def find_badpixels(self, plan: Mapping[str, MasterRecord]) -> tuple[BadPixels, list[str]]:
+        """The bad pixels of the masters in ``plan``, and warnings. The dark is judged by its temporal noise
+        map when it has one; without it (a dark of one frame, or from an older library) by the master alone,
+        conservatively (see :func:`astrod.core.calibrate.find_bad_pixels`)."""
+        warnings: list[str] = []
+        dark: FloatArray | None = None
+        noise: FloatArray | None = None
+        saturation: float | None = None
+        gain: float | None = None
+        if "dark" in plan:
+            record = plan["dark"]
+            dark, header = self._load_with_header(record)
+            noise = self._load_noise(record)
+            saturation = _number(header.get("SATURATE"))
+            gain = _number(header.get("EGAIN"))
+            if noise is None:
+                refresh = "; 'library build --refresh' rebuilds it with one" if record.n_frames > 1 else ""
+                warnings.append(f"master dark {record.name} has no noise map: hot pixels judged by the master "
+                                f"alone (conservative: every warm pixel flagged){refresh}")
+            if "bias" in plan:
+                bias = self._load(plan["bias"])
+                dark = (dark - bias).astype(np.float32)
+                if saturation is not None:
+                    saturation -= float(np.nanmedian(bias))
+        flat = self._load(plan["flat"]) if "flat" in plan else None
+        cfa = any(r.bayer for r in plan.values())
+        found = find_bad_pixels(master_dark=dark, master_flat=flat, dark_noise=noise, saturation=saturation,
+                                gain=gain, cfa=cfa, **self.options.badpixels.kwargs())
+        return found, warnings
+
     def build_badpixels(self, bkey: CalibrationKey, plan: Mapping[str, MasterRecord]) -> BuiltMaster:
         used = {role: r.content_hash for role, r in sorted(plan.items())}
-        build_hash = _sha({"key": bkey.key_id, "masters": used, "version": __version__, "kind": "badpixels"})
+        build_hash = _sha({"key": bkey.key_id, "masters": used, "version": __version__, "kind": "badpixels",
+                           "rules": self.options.badpixels.as_dict()})
         existing = self.existing(bkey)
         if existing is not None and existing.build_hash == build_hash:
             return BuiltMaster(bkey, "up to date", existing.path, existing.n_frames)
         try:
-            dark = self._load(plan["dark"]) if "dark" in plan else None
-            if dark is not None and "bias" in plan:
-                dark = (dark - self._load(plan["bias"])).astype(np.float32)
-            flat = self._load(plan["flat"]) if "flat" in plan else None
-            cfa = any(r.bayer for r in plan.values())
-            mask = bad_pixel_map(master_dark=dark, master_flat=flat, cfa=cfa)
+            found, warnings = self.find_badpixels(plan)
         except (AstrodError, ValueError) as err:
             self.log.error("master_failed", kind="badpixels", key=bkey.describe(), reason=str(err))
             return BuiltMaster(bkey, "failed", None, 0, note=str(err))
+        mask = found.mask
+        n_bad = found.n_bad
         h = fits.Header()
         _put(h, "IMAGETYP", MasterKind.BADPIXELS.title, "1 = bad pixel")
         _put(h, "ASTRDKEY", bkey.key_id, "astrod master key id")
@@ -663,25 +739,130 @@ class _Builder:
         _put(h, "GAIN", bkey.gain, "sensor gain")
         _put(h, "XBINNING", bkey.binning[0], "binning in x")
         _put(h, "YBINNING", bkey.binning[1], "binning in y")
-        _put(h, "NBADPIX", int(mask.sum()), "bad pixels")
+        _put(h, "NBADPIX", n_bad, "bad pixels")
         _put(h, "NCOMBINE", len(plan), "masters the map comes from")
         for role, card in (("dark", "BPMDARK"), ("bias", "BPMBIAS"), ("flat", "BPMFLAT")):
             if role in plan:
                 _put(h, card, plan[role].name, f"master {role} the map comes from")
+        for card, value, comment in _badpixel_cards(found):
+            _put(h, card, value, comment)
+        if found.rule == "master-only":
+            h.add_comment("The dark has no noise map: master-only rule (conservative, every")
+            h.add_comment("pixel that stands out of the master dark is flagged, steady or not).")
+            if plan["dark"].n_frames > 1:
+                h.add_comment("'astrod library build --refresh' rebuilds the dark with a noise map.")
         _put(h, "SRCHASH", _sha(used))  # SHA-256 of the masters used
         _put(h, "BLDHASH", build_hash)  # SHA-256 of the masters used and the recipe
         _put(h, "ASTRODV", __version__, "astrod version")
         path = master_path(self.library, bkey)
         write_fits(path, mask.astype(np.uint8), h)
-        info = {"from": {role: str(r.path) for role, r in plan.items()}, "bad_pixels": int(mask.sum()),
+        info = {"from": {role: str(r.path) for role, r in plan.items()}, "bad_pixels": n_bad,
+                "rule": found.rule, "reasons": dict(found.counts), "bad_columns": found.n_columns,
                 "bayer": next((r.bayer for r in plan.values() if r.bayer), None),
-                "bayer_offset": [0, 0], "sources": [str(r.path) for r in plan.values()]}
+                "bayer_offset": [0, 0], "sources": [str(r.path) for r in plan.values()], "warnings": warnings}
         record = self.commit(bkey, path, n=len(plan), low_n=False, src_hash=_sha(used), build_hash=build_hash,
                              info=info)
         status: Status = "new" if existing is None else "rebuilt"
-        self.log.info("master_written", kind="badpixels", key=bkey.describe(), bad=int(mask.sum()), status=status,
+        self.log.info("master_written", kind="badpixels", key=bkey.describe(), bad=n_bad, rule=found.rule,
+                      **{f"n_{name}": count for name, count in found.counts.items()}, status=status,
                       path=str(record.path))
-        return BuiltMaster(bkey, status, record.path, len(plan), note=f"{int(mask.sum())} bad pixels")
+        for w in warnings:
+            self.log.warning("master_warned", kind="badpixels", key=bkey.describe(), warning=w)
+        reasons = ", ".join(f"{count} {name}" for name, count in found.counts.items() if count)
+        rule = f"{found.rule} rule"
+        if found.rule == "master-only" and plan["dark"].n_frames > 1:
+            rule += " (the dark has no noise map: --refresh rebuilds it with one)"
+        note = f"{n_bad} bad pixels, {rule}" + (f": {reasons}" if reasons else "")
+        return BuiltMaster(bkey, status, record.path, len(plan), note=note, warnings=tuple(warnings))
+
+
+def _number(value: Any) -> float | None:
+    """A header value as a finite float, or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if np.isfinite(value) else None
+
+
+def _adc_ceiling(frames: Sequence[SourceFrame], layouts: Sequence[RowLayout]) -> float | None:
+    """The highest value the source frames can hold: the camera's white level where the reader knows it
+    (camera raw), else the top of the FITS integer type (``BZERO + BSCALE * its maximum``); None for float
+    data, whose ceiling is unknown."""
+    whites = [f.meta.white_level for f in frames if f.meta.white_level]
+    if whites:
+        return float(max(whites))
+    tops: list[float] = []
+    for lay in layouts:
+        if lay.bitpix not in (8, 16, 32) or lay.bscale <= 0:
+            return None
+        top = 255 if lay.bitpix == 8 else 2 ** (lay.bitpix - 1) - 1
+        tops.append(lay.bzero + lay.bscale * top)
+    return max(tops) if tops else None
+
+
+def _dark_cards(frames: Sequence[SourceFrame], layouts: Sequence[RowLayout],
+                result: CombineResult) -> dict[str, tuple[Any, str]]:
+    """Header cards a master dark carries for its bad-pixel map: the sources' ceiling, gain and noise map."""
+    cards: dict[str, tuple[Any, str]] = {}
+    ceiling = _adc_ceiling(frames, layouts)
+    if ceiling is not None:
+        cards["SATURATE"] = (ceiling, "[ADU] ceiling of the source frames' data")
+    gains = {f.meta.egain for f in frames}
+    if len(gains) == 1 and (gain := gains.pop()) is not None and gain > 0:
+        cards["EGAIN"] = (gain, "[e-/ADU] gain of the source frames")
+    if result.noise is not None:
+        cards["NOISEMAP"] = (True, f"temporal noise per pixel in extension {NOISE_EXTNAME}")
+    return cards
+
+
+def _noise_header(n: int) -> fits.Header:
+    h = fits.Header()
+    _put(h, "BUNIT", "adu", "temporal standard deviation per pixel")
+    _put(h, "NCOMBINE", n, "frames it is measured over")
+    for line in ("Per pixel: standard deviation (ddof=1) over the frames of the samples",
+                 "the master averaged (after rejection); NaN where fewer than two were",
+                 "kept. The bad-pixel map reads it to find the pixels whose dark changes",
+                 "between frames, which subtracting the master cannot correct."):
+        h.add_comment(line)
+    return h
+
+
+def _badpixel_cards(found: BadPixels) -> list[tuple[str, Any, str]]:
+    """How many pixels each reason flagged and the numbers it used, for the bad-pixel map's header."""
+    c = found.counts
+    t = found.thresholds
+    rule_comment = {"temporal": "dark judged by its temporal noise map",
+                    "master-only": "no noise map: dark judged by the master alone",
+                    "flat-only": "from the flat alone"}[found.rule]
+    cards: list[tuple[str, Any, str]] = [
+        ("BPMRULE", found.rule, rule_comment),
+        ("NBADHOT", c["hot"], "hot: too hot to use" if found.rule == "temporal" else "hot in the master"),
+        ("NBADUNST", c["unstable"], "unstable: dark changes between frames"),
+        ("NBADSAT", c["saturated"], "saturated or near the ceiling in the dark"),
+        ("NBADSTCK", c["stuck"], "stuck low: no temporal noise, far below"),
+        ("NBADCOLD", c["cold"], "cold or dead in the flat"),
+        ("NBADCOL", c["column"], "pixels of bad columns"),
+        ("NCOLBAD", found.n_columns, "bad columns"),
+    ]
+    named = (("unstable_factor", "BPMUNSTF", "unstable: scatter over model sigma above"),
+             ("hot_noise_factor", "BPMHOTF", "hot: shot noise over typical noise above"),
+             ("hot_excess", "BPMHOTL", "[ADU] hot: dark above its median by more"),
+             ("saturated_level", "BPMSATL", "[ADU] saturated: dark at or above"),
+             ("stuck_factor", "BPMSTKF", "stuck: scatter under model sigma over"),
+             ("hot_sigma", "BPMHOTS", "[sigma] hot (master) / stuck (below) threshold"),
+             ("cold_fraction", "BPMCOLDF", "cold: flat under this of its local level"),
+             ("column_fraction", "BPMCOLF", "column bad when this fraction is flagged"),
+             ("column_sigma", "BPMCOLS", "column deviation threshold, robust sigmas"))
+    for name, card, comment in named:
+        if name in t:
+            value = t[name]
+            cards.append((card, round(value, 3) if np.isfinite(value) else "inf", comment))
+    if found.model is not None:
+        m = found.model
+        cards += [("BPMNFLR", round(math.sqrt(m.floor), 4), "[ADU] typical temporal sigma of a dark pixel"),
+                  ("BPMNSLP", round(m.slope, 5), "noise model: variance per ADU of dark excess"),
+                  ("BPMNSRC", m.slope_from, "slope from warm pixels, gain, or assumed 1"),
+                  ("BPMNWARM", m.n_warm, "warm pixels the slope was fitted on")]
+    return cards
 
 
 def build_library(library: str | os.PathLike[str], sources: Sequence[str | os.PathLike[str]], *,

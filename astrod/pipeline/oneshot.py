@@ -6,6 +6,7 @@ import contextlib
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import structlog
@@ -39,11 +40,14 @@ def stack_files(paths: Sequence[Path], settings: PipelineSettings, *, calibrator
     Unreadable files and calibration frames are rejected with their reason in the frames table. With
     ``settings.final_rejection`` other than ``"none"`` the registered frames are cached in ``cache_dir``
     (default: a temporary folder, removed afterwards). Raises `AstrodError` when no frame could be stacked.
+    A ``reference`` given is the user's choice: the session does not re-pick its reference by quality.
     """
     log = structlog.get_logger()
     ordered = order_frames(paths, reference)
     bar = progress if progress is not None else NoProgress()
     rule_list = tuple(rules)
+    if reference is not None:
+        settings = replace(settings, reference_repick_after=0)
     with contextlib.ExitStack() as cleanup:
         cache = cache_dir
         if cache is None and settings.final_rejection != "none":

@@ -103,6 +103,7 @@ class SessionWorker:
         self._seq = 0
         self._since_preview = 0
         self._last_preview = time.monotonic()
+        self._previewed = False  # the first stacked frame shows at once, not after preview_every_frames
         self.stats = SessionStats()
         self.closing = False
         self.closed = False
@@ -275,11 +276,12 @@ class SessionWorker:
 
     def _maybe_preview(self, *, force: bool = False) -> None:
         self._since_preview += 1
-        due = (self._since_preview >= self._preview_frames
+        due = (not self._previewed or self._since_preview >= self._preview_frames
                or time.monotonic() - self._last_preview >= self._preview_seconds)
         if (force or due) and self._live.n_stacked > 0:
             linear, stretched = self._live.preview()
             write_preview(self.paths.output, linear=linear, stretched=stretched)
+            self._previewed = True
             self._since_preview = 0
             self._last_preview = time.monotonic()
             self._log.info("preview_written", path=str(self.paths.output / "preview.jpg"), frames=self._live.n_stacked)

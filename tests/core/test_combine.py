@@ -225,3 +225,36 @@ def test_frame_medians_from_subsample() -> None:
     got = frame_medians(lambda r0, r1: stack[:, r0:r1], n_frames=4, shape=(H, W), stride=2,
                         memory_cap_bytes=H * W * 6 + 4 * W * 4 * 7)
     np.testing.assert_allclose(got, [np.median(f) for f in frames], atol=1.0)
+
+
+# ------------------------------------------------------------------------------------------ temporal noise
+
+
+def test_noise_map_is_the_scatter_of_the_samples_each_pixel_averaged() -> None:
+    """noise=True gives, per pixel, the ddof=1 standard deviation of exactly the samples the combination
+    averaged (astropy's sigma_clip mask; the middle values of min/max; all values for the mean), 1.4826 MAD
+    for the median; the image and n_used are the same as without it, also in several bands; NaN where fewer
+    than two samples are left; None unless asked for."""
+    frames = dark_frames(9)
+    stack = np.stack(frames).astype(np.float64)
+    kept = np.ma.masked_array(stack, sigma_clip(stack, axis=0, sigma=3, maxiters=5, cenfunc="median",
+                                                stdfunc="std").mask)
+    cap = H * W * 10 + 9 * W * 4 * 7  # bands of 7 rows with the noise map counted
+    result = combine_arrays(frames, noise=True, memory_cap_bytes=cap)
+    plain = combine_arrays(frames)
+    assert result.n_bands > 1 and plain.noise is None
+    np.testing.assert_array_equal(result.image, plain.image)
+    np.testing.assert_array_equal(result.n_used, plain.n_used)
+    assert result.noise is not None and result.noise.dtype == np.float32
+    np.testing.assert_allclose(result.noise, kept.std(axis=0, ddof=1).filled(np.nan), rtol=1e-5)
+    assert np.any(kept.mask.any(axis=0))  # the cosmic rays were left out, so the test compares something
+    mean = combine_arrays(frames, method="mean", noise=True).noise
+    np.testing.assert_allclose(mean, stack.std(axis=0, ddof=1), rtol=1e-5)  # type: ignore[arg-type]
+    median = combine_arrays(frames, method="median", noise=True).noise
+    mad = 1.482602218505602 * np.median(np.abs(stack - np.median(stack, axis=0)), axis=0)
+    np.testing.assert_allclose(median, mad, rtol=1e-5)  # type: ignore[arg-type]
+    middle = np.sort(stack, axis=0)[1:-1]
+    minmax = combine_arrays(frames, method="minmax", nlow=1, nhigh=1, noise=True).noise
+    np.testing.assert_allclose(minmax, middle.std(axis=0, ddof=1), rtol=1e-5)  # type: ignore[arg-type]
+    single = combine_arrays(frames[:1], noise=True).noise
+    assert single is not None and np.isnan(single).all()

@@ -83,8 +83,10 @@ def test_no_stars_gives_nan_shapes_and_a_zero_count() -> None:
 
 def test_as_dict_and_frozen() -> None:
     """FrameQuality is an immutable value that turns into a plain dict."""
-    q = FrameQuality(star_count=3, fwhm=2.0, hfr=1.5, eccentricity=0.2, background=100.0, noise=5.0)
+    q = FrameQuality(star_count=3, fwhm=2.0, hfr=1.5, eccentricity=0.2, background=100.0, noise=5.0,
+                     fwhm_err=0.1, eccentricity_err=0.05, shape_stars=3)
     assert q.as_dict() == {"star_count": 3, "fwhm": 2.0, "hfr": 1.5, "eccentricity": 0.2,
-                           "background": 100.0, "noise": 5.0}
+                           "background": 100.0, "noise": 5.0, "fwhm_err": 0.1, "eccentricity_err": 0.05,
+                           "shape_stars": 3}
     with pytest.raises(AttributeError):
         q.fwhm = 3.0  # type: ignore[misc]

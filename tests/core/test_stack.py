@@ -411,3 +411,136 @@ def test_add_bands_refuses_overlapping_or_misshapen_bands() -> None:
         stacker.add_bands([(30, frame[:10])])
     with pytest.raises(ValueError, match="weight"):
         stacker.add_bands([(0, frame)], 0.0)
+
+
+# -------------------------------------------------------------------------------------------------------
+# regrid: moving a stack onto another reference grid
+
+
+def test_regrid_by_whole_pixels_moves_every_state_array_exactly() -> None:
+    """A whole-pixel regrid is a copy: every state array (mean, M2, weight sum, counts, rejections) lands
+    shifted, pixels from outside the old grid are uncovered (all zero), and the stack is unchanged in value."""
+    frames = noise_frames(6, shape=(40, 50), seed=41)
+    stacker = Stacker((40, 50), weighting="snr", min_frames_for_rejection=3)
+    for i, f in enumerate(frames):
+        stacker.add(warp(f, Transform.similarity(dx=1.5 * i, dy=-0.7 * i), shape=(40, 50)), 1.0 + 0.2 * i)
+    before = {k: np.array(v) for k, v in stacker.state().items()}
+    stacker.regrid(Transform.similarity(dx=4.0, dy=-3.0), shape=(40, 50))
+    after = stacker.state()
+    for key in ("mean", "m2", "wsum", "count", "rejected"):
+        expected = np.zeros_like(before[key])
+        expected[:37, 4:] = before[key][3:, :46]
+        np.testing.assert_array_equal(after[key], expected, err_msg=key)
+    assert stacker.shape == (40, 50) and stacker.frames == 6
+
+
+def _star_frames(n: int, *, size: int, seed: int) -> tuple[list[F32], list[Transform], synth.Catalogue]:
+    """``n`` noisy star frames seen through small similarities (frame -> grid A), sky 300 with offsets."""
+    catalogue = synth.make_catalogue(width=size, height=size, n_stars=14, seed=seed, margin=30, flux_min=1e5,
+                                     flux_max=1e6, min_separation=30)
+    rng = np.random.default_rng(seed + 1)
+    frames, transforms = [], []
+    for i in range(n):
+        t = Transform.similarity(dx=rng.uniform(-4, 4), dy=rng.uniform(-4, 4), rotation_deg=rng.uniform(-1, 1))
+        scene, _ = synth.render_stars(width=size, height=size, catalogue=catalogue, transform=t, fwhm=3.5,
+                                      sky=300.0 + 20.0 * i)
+        frames.append((scene + 6.0 * rng.standard_normal(scene.shape)).astype(np.float32))
+        transforms.append(t)
+    return frames, transforms, catalogue
+
+
+def test_regrid_equals_stacking_onto_the_new_grid() -> None:
+    """Frames stacked on grid A and regridded onto grid B (rotated, shifted, scaled by 1.01, with the caller's
+    area factor, background shift and weight rescaling) give what stacking them onto B directly gives: the
+    same star fluxes (0.5 %) and positions (0.05 px), the same sky, weight sums and samples inside, a sigma map
+    within 15 %; and frames added afterwards are rejected or kept alike."""
+    size, n = 160, 7
+    frames, transforms, catalogue = _star_frames(n + 3, size=size, seed=43)
+    weights = [1.0 + 0.15 * i for i in range(n + 3)]
+    offsets = [-20.0 * i for i in range(n + 3)]  # every frame's sky onto 300
+    to_b = Transform.similarity(dx=6.0, dy=-9.0, rotation_deg=7.0, scale=1.01)
+    k, c, f = 1.0 / 1.01**2, 40.0, 0.5  # area factor, background shift, weight rescaling
+    on_a = Stacker((size, size), weighting="snr")
+    on_b = Stacker((size, size), weighting="snr")
+    for i in range(n):
+        on_a.add(warp(frames[i], transforms[i], shape=(size, size)), weights[i], norm=(offsets[i], 1.0))
+        on_b.add(warp(frames[i], transforms[i].compose(to_b), shape=(size, size)), weights[i] * f,
+                 norm=(offsets[i] * k + c, k))
+    old_count = np.array(on_a.state()["count"])
+    on_a.regrid(to_b, shape=(size, size), norm=(c, k), weight_scale=f)
+
+    a, b = on_a.finalize().image.astype(np.float64), on_b.finalize().image.astype(np.float64)
+    xy = to_b.apply(catalogue.xy)
+    inside = np.all((xy > 25) & (xy < size - 26), axis=1)
+    assert inside.sum() >= 6
+    yy, xx = np.mgrid[0:size, 0:size]
+    sky_level = 300.0 * k + c
+    for x, y in xy[inside]:
+        ap = (xx - x) ** 2 + (yy - y) ** 2 <= 12.0**2
+        assert float(np.sum(a[ap] - sky_level)) == pytest.approx(float(np.sum(b[ap] - sky_level)), rel=0.005)
+        box = (np.abs(xx - x) <= 6) & (np.abs(yy - y) <= 6)
+        for image in (a, b):
+            w = image[box] - sky_level
+            assert abs(float(np.sum(w * xx[box]) / np.sum(w)) - x) < 0.05
+            assert abs(float(np.sum(w * yy[box]) / np.sum(w)) - y) < 0.05
+    both = np.isfinite(a) & np.isfinite(b)
+    core = np.zeros_like(both)
+    core[30:-30, 30:-30] = True
+    sky = core & np.all([(xx - x) ** 2 + (yy - y) ** 2 > 15**2 for x, y in xy], axis=0)
+    assert abs(float(np.median(a[sky])) - sky_level) < 0.3 and abs(float(np.median(b[sky])) - sky_level) < 0.3
+    sa, sb = on_a.state(), on_b.state()
+    offered_a, offered_b = sa["count"] + sa["rejected"], sb["count"] + sb["rejected"]
+    assert np.all(offered_a[core] == n) and np.all(offered_b[core] == n)
+    # weight sums: f·Σw wherever no sample was rejected nearby (a rejected sample weighs nothing)
+    touched = warp((old_count < n).astype(np.float32), to_b, shape=(size, size))  # by a rejection on A
+    kept = (touched == 0.0) & (sb["count"] == n)
+    assert (kept & core).sum() > 0.9 * core.sum()
+    np.testing.assert_allclose(sa["wsum"][kept & core], f * sum(weights[:n]), rtol=1e-5)
+    np.testing.assert_allclose(sb["wsum"][kept & core], f * sum(weights[:n]), rtol=1e-5)
+    ratio = float(np.median(on_a.sigma()[sky]) / np.median(on_b.sigma()[sky]))
+    assert 0.85 < ratio < 1.15
+
+    # frames added next (one with cosmic rays) are judged alike by both stacks' σ
+    late = list(frames[n:])
+    late[1], rays = synth.add_cosmic_rays(late[1], n=40, seed=44, amplitude=4000.0)
+    for j, frame in enumerate(late):
+        t = transforms[n + j].compose(to_b)
+        for st in (on_a, on_b):
+            st.add(warp(frame, t, shape=(size, size)), weights[n + j] * f, norm=(offsets[n + j] * k + c, k))
+    ra, rb = on_a.finalize(), on_b.finalize()
+    hit = warp(rays.astype(np.float32), transforms[n + 1].compose(to_b), shape=(size, size)) > 0.5
+    hit &= core
+    assert hit.sum() > 20
+    assert ra.rejected[hit].mean() > 0.9 and rb.rejected[hit].mean() > 0.9
+    for r in (ra, rb):
+        assert r.rejected[sky].sum() < 0.01 * (r.count[sky].sum() + r.rejected[sky].sum())
+
+
+def test_regrid_uncovers_what_touches_no_coverage_and_checks_its_arguments() -> None:
+    """After a sub-pixel regrid, pixels mapping outside the old grid or next to old pixels no frame covered
+    are not covered (count 0, NaN in the stack), the covered ones keep the sky (no dark border); bad
+    arguments are refused before anything changes."""
+    size = 64
+    stacker = Stacker((3, size, size))
+    frames = noise_frames(3, shape=(3, size, size), seed=45)
+    for f in frames:
+        f[:, :, :10] = np.nan  # no frame covers the first 10 columns
+        stacker.add(f)
+    stacker.regrid(Transform.similarity(dx=2.5, dy=-1.5), shape=(size, size + 4))
+    result = stacker.finalize()
+    assert result.image.shape == (3, size, size + 4) and stacker.shape == (3, size, size + 4)
+    # new x covers old x - 2.5: old columns 9 and 10 straddle x = 12.5, old row 63 and beyond y = 61.5
+    assert np.all(result.count[:, :, :13] == 0) and np.all(np.isnan(result.image[:, :, :13]))
+    assert np.all(result.count[:, 62:, :] == 0)
+    assert np.all(result.count[:, :62, 13:size + 2] == 3)
+    covered = result.count > 0
+    assert abs(float(result.image[covered].mean()) - SKY) < 1.0
+    assert float(result.image[covered].min()) > SKY - 5 * SIGMA
+    with pytest.raises(ValueError, match="norm"):
+        stacker.regrid(Transform.identity(), shape=(size, size), norm=(0.0, -1.0))
+    with pytest.raises(ValueError, match="weighting"):
+        stacker.regrid(Transform.identity(), shape=(size, size), weight_scale=2.0)
+    singular = Transform.from_array(np.array([[1.0, 2.0, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 1.0]]))
+    with pytest.raises(ValueError, match="regrid"):
+        stacker.regrid(singular, shape=(size, size))
+    assert stacker.shape == (3, size, size + 4)

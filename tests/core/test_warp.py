@@ -7,7 +7,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from astrod.core.warp import warp, warp_bands
+from astrod.core.warp import resample, warp, warp_bands
 from astrod.model import Transform
 from tests import synth
 
@@ -179,3 +179,51 @@ def test_colour_bands_and_argument_checks() -> None:
         warp_bands(rgb, singular, shape=(45, 55))
     with pytest.raises(ValueError, match="buffer"):
         warp_bands(rgb, t, shape=(45, 55), band_rows=16, buffer=np.empty(10, dtype=np.float32))
+
+
+# ------------------------------------------------------------------------------------------ resample
+
+
+def test_resample_linear_is_the_warp_of_a_plane() -> None:
+    """A float32 plane resampled bilinearly is what `warp` gives, bit for bit, NaN where it does not cover."""
+    frame, _ = star_scene(fwhm=4.0)
+    for t in (Transform.similarity(dx=3.4, dy=-7.8, rotation_deg=0.7), Transform.similarity(dx=-6.0, dy=11.0),
+              Transform.from_array(np.array([[1.01, 0.02, 4.0], [-0.015, 0.99, -3.0], [2e-5, -1e-5, 1.0]]))):
+        out = resample(frame, t, shape=(SIZE - 6, SIZE + 10), interpolation="linear")
+        assert out.dtype == np.float32
+        np.testing.assert_array_equal(out, warp(frame, t, shape=(SIZE - 6, SIZE + 10)))
+
+
+def test_resample_nearest_keeps_counts_and_fills_outside() -> None:
+    """A uint16 count map resampled by nearest neighbour keeps its dtype and values: a whole-pixel shift moves
+    them exactly and a quarter turn about the centre is np.rot90; uncovered pixels get ``fill``."""
+    rng = np.random.default_rng(25)
+    counts = rng.integers(0, 40, (31, 31)).astype(np.uint16)
+    shifted = resample(counts, Transform.similarity(dx=5.0, dy=-3.0), shape=(31, 31), interpolation="nearest",
+                       fill=0)
+    assert shifted.dtype == np.uint16
+    np.testing.assert_array_equal(shifted[:28, 5:], counts[3:, :26])
+    assert not shifted[28:].any() and not shifted[:, :5].any()
+    turn = Transform.similarity(dx=30.0, dy=0.0, rotation_deg=90.0)  # (x, y) -> (30 - y, x)
+    out = resample(counts, turn, shape=(31, 31), interpolation="nearest", fill=7)
+    np.testing.assert_array_equal(out, np.rot90(counts, k=-1))
+    far = resample(counts, Transform.similarity(dx=100.0, dy=0.0), shape=(31, 31), interpolation="nearest", fill=7)
+    assert np.all(far == 7)
+
+
+def test_resample_refuses_what_it_cannot_do() -> None:
+    """Stacks of planes, other dtypes, a NaN fill for counts, unknown interpolations and singular transforms
+    are refused."""
+    plane = np.zeros((8, 8), dtype=np.float32)
+    t = Transform.similarity(dx=1.5, dy=0.0)
+    with pytest.raises(ValueError, match="plane"):
+        resample(np.zeros((3, 8, 8), dtype=np.float32), t, shape=(8, 8), interpolation="linear")
+    with pytest.raises(ValueError, match="plane"):
+        resample(np.zeros((8, 8), dtype=np.float64), t, shape=(8, 8), interpolation="linear")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="uint16"):
+        resample(np.zeros((8, 8), dtype=np.uint16), t, shape=(8, 8), interpolation="nearest")
+    with pytest.raises(ValueError, match="interpolation"):
+        resample(plane, t, shape=(8, 8), interpolation="cubic")  # type: ignore[arg-type]
+    singular = Transform.from_array(np.array([[1.0, 2.0, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 1.0]]))
+    with pytest.raises(ValueError, match="not invertible"):
+        resample(plane, singular, shape=(8, 8), interpolation="linear")

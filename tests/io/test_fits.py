@@ -318,3 +318,23 @@ def test_reading_into_buffer_does_not_hold_the_whole_file(tmp_path: Path) -> Non
     bound = chunks + (3 << 20)
     assert bound < path.stat().st_size  # otherwise the test could not tell a whole-file read apart
     assert (peak - base) * 1024 < bound, f"peak RSS grew by {peak - base} KiB"
+
+
+def test_extensions_are_written_atomically_and_read_by_name(tmp_path: Path) -> None:
+    """Extra images written with the primary one are invisible to read_fits (the first image) and come back
+    by EXTNAME with their own cards; a missing name gives None; duplicate or PRIMARY names are refused."""
+    path = tmp_path / "m.fits"
+    image = np.arange(12, dtype=np.float32).reshape(3, 4)
+    noise = np.full((3, 4), 2.5, np.float32)
+    write_fits(path, image, {"OBJECT": "m"}, extensions=[("noise", noise, {"BUNIT": ("adu", "unit")})])
+    data, header = read_fits(path)
+    np.testing.assert_array_equal(data, image)
+    assert header["OBJECT"] == "m" and "BUNIT" not in header
+    found = fitsio.read_fits_extension(path, "NOISE")
+    assert found is not None
+    np.testing.assert_array_equal(found[0], noise)
+    assert found[1]["BUNIT"] == "adu" and found[1]["EXTNAME"] == "NOISE"
+    assert fitsio.read_fits_extension(path, "OTHER") is None
+    assert [p.name for p in tmp_path.iterdir()] == ["m.fits"]  # no temporary left behind
+    with pytest.raises(ValueError, match="distinct"):
+        write_fits(path, image, extensions=[("A", noise, None), ("a", noise, None)])

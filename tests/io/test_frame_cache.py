@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from astrod.io.frame_cache import CachedFrameWriter, read_cached_rows
+from astrod.core.warp import warp
+from astrod.io.frame_cache import CachedFrameWriter, read_cached_rows, remove_cached_frames, rewarp_cached_frame
+from astrod.model import Transform
 
 
 @pytest.mark.parametrize("shape", [(30, 17), (3, 30, 17)])
@@ -40,3 +42,31 @@ def test_an_interrupted_or_incomplete_frame_leaves_no_file(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="does not fit"), CachedFrameWriter(target, frame.shape) as writer:
         writer.write(15, frame[:10])
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("shape", [(40, 36), (3, 40, 36)])
+def test_rewarp_writes_the_warp_of_a_cached_frame_into_a_new_file(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    """A cached frame re-warped onto another grid is, in a file of another name, what `warp` makes of it (NaN
+    coverage included); the source is left as it was; the old files go with `remove_cached_frames`."""
+    rng = np.random.default_rng(4)
+    frame = rng.normal(100.0, 5.0, shape).astype(np.float32)
+    frame[..., :3, :] = np.nan
+    source = tmp_path / "frame_000000.npy"
+    with CachedFrameWriter(source, shape) as writer:
+        writer.write(0, frame)
+    t = Transform.similarity(dx=2.3, dy=-1.4, rotation_deg=1.5)
+    new_shape = (*shape[:-2], 38, 41)
+    target = tmp_path / "frame_000000_ref2.npy"
+    rewarp_cached_frame(source, target, t, shape=new_shape, band_rows=7)
+    expected = warp(frame, t, shape=(38, 41))
+    got = np.load(target)
+    assert got.shape == new_shape
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_allclose(got, expected, atol=1e-3, equal_nan=True)
+    np.testing.assert_array_equal(np.load(source), frame)
+    with pytest.raises(ValueError, match="another name"):
+        rewarp_cached_frame(source, source, t, shape=new_shape)
+    with pytest.raises(ValueError, match="cannot be re-warped"):
+        rewarp_cached_frame(source, tmp_path / "x.npy", t, shape=(4, 38, 41))
+    remove_cached_frames([source, tmp_path / "never_written.npy"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]

@@ -20,9 +20,12 @@ from astropy.io import fits
 from astropy.nddata import CCDData
 from astropy.stats import sigma_clip
 
+from astrod.core.combine import combine_arrays
 from astrod.errors import LibraryError
+from astrod.io.fits import read_fits, read_fits_extension, read_fits_header
 from astrod.io.index import MasterIndex, file_digest, library_lock
-from astrod.library.build import CombineParams, build_library, reindex
+from astrod.library import build as build_module
+from astrod.library.build import BadPixelParams, CombineParams, build_library, reindex
 from astrod.library.keys import MasterKind
 from astrod.library.records import MasterRecord
 from tests import synth
@@ -161,7 +164,7 @@ def test_master_dark_equals_ccdproc_combine(tmp_path: Path) -> None:
     the build equals ccdproc.combine on the same files within 1e-5 relative."""
     paths, _ = noisy_darks(tmp_path / "src")
     options = build_options(combine=CombineParams(cenfunc="mean", maxiters=1),
-                            memory_cap_bytes=96 * 64 * 6 + 12 * 96 * 4 * 9)  # several bands
+                            memory_cap_bytes=96 * 64 * 10 + 12 * 96 * 4 * 9)  # several bands (image, n_used, noise)
     build_library(tmp_path / "lib", [tmp_path / "src"], options=options)
     master = next(r for r in records(tmp_path / "lib") if r.kind is MasterKind.DARK)
     ref = ccdproc.combine(ccds(paths), method="average", sigma_clip=True, sigma_clip_low_thresh=3,
@@ -383,3 +386,138 @@ def test_library_inside_a_source_folder_is_not_read_back(observatory: Observator
     second = build_library(src / "library", [src], options=build_options(refresh=True))
     assert second.scanned == first.scanned == 5 and second.skipped == ()
     assert {m.status for m in second.masters} == {"up to date"}
+
+
+# --------------------------------------------------------------------------- noise maps and bad-pixel maps
+
+
+def test_master_dark_keeps_its_temporal_noise_map(tmp_path: Path) -> None:
+    """A master dark carries, in its NOISE extension, the per-pixel temporal scatter combine(noise=True) gives
+    on the same files, plus the sources' ceiling (uint16: 65535) and gain; its primary image is unchanged (the
+    extension is invisible to readers of the first image) and a master bias has no noise map."""
+    paths, _ = noisy_darks(tmp_path / "src" / "darks")
+    sensor = synth.Sensor(width=96, height=64, seed=31)
+    for i in range(5):
+        synth.write_fits(tmp_path / "src" / "bias" / f"bias_{i}.fits", sensor.bias(seed=i), kind="bias",
+                         date_obs=NIGHT_1 + timedelta(minutes=i))
+    build_library(tmp_path / "lib", [tmp_path / "src"], options=build_options())
+    recs = records(tmp_path / "lib")
+    dark = next(r for r in recs if r.kind is MasterKind.DARK)
+    bias = next(r for r in recs if r.kind is MasterKind.BIAS)
+    frames = [read_fits(p)[0] for p in paths]
+    want = combine_arrays(frames, noise=True)
+    image, header = read_fits(dark.path)
+    np.testing.assert_allclose(image, want.image, rtol=1e-6)
+    noise = read_fits_extension(dark.path, "NOISE")
+    assert noise is not None and want.noise is not None
+    np.testing.assert_allclose(noise[0], want.noise, rtol=1e-5)
+    assert noise[1]["NCOMBINE"] == len(paths) and header["NOISEMAP"] is True
+    assert header["SATURATE"] == 65535.0 and header["EGAIN"] == 1.0
+    assert read_fits_extension(bias.path, "NOISE") is None and "NOISEMAP" not in read_fits_header(bias.path)
+
+
+def steady_warm_sensor_library(src: Path) -> synth.Sensor:
+    """Five darks (and five bias) of a sensor with 200 steady warm pixels (225-675 e- in 300 s: the dark
+    subtracts them) and a flat set whose column 77 responds at 20 % (a dead column)."""
+    sensor = synth.Sensor(width=128, height=96, seed=21, hot_pixels=200, hot_rate=1.5)
+    write_group(src / "bias", sensor, Group(CAMERA_A, "bias", 5), seed=1, dialect="nina")
+    write_group(src / "dark", sensor, Group(CAMERA_A, "dark", 5, exposure=300.0), seed=2, dialect="nina")
+    flats = write_group(src / "flat", sensor, Group(CAMERA_A, "flat", 5, exposure=1.0, filter="L"), seed=3,
+                        dialect="nina")
+    for path in flats:
+        with fits.open(path, mode="update") as hdul:
+            data = hdul[0].data.astype(np.float64)
+            data[:, 77] = 500 + (data[:, 77] - 500) * 0.2
+            hdul[0].data = data.astype(np.uint16)
+    return sensor
+
+
+def test_bad_pixel_map_records_why_and_is_rebuilt_under_a_new_recipe(tmp_path: Path) -> None:
+    """The map made from a dark with a noise map uses the temporal rule: the steady warm pixels are not flagged,
+    the dead flat column is; its header counts the pixels per reason and records the thresholds. Built again
+    under other bad-pixel numbers only the map is rebuilt (its build hash holds the recipe), and back."""
+    sensor = steady_warm_sensor_library(tmp_path / "src")
+    lib = tmp_path / "lib"
+    build_library(lib, [tmp_path / "src"], options=build_options())
+    bpm = next(r for r in records(lib) if r.kind is MasterKind.BADPIXELS)
+    mask = fits.getdata(bpm.path).astype(bool)
+    h = fits.getheader(bpm.path)
+    warm = sensor.hot_pixel_yx[sensor.hot_pixel_yx[:, 1] != 77]  # outside the dead column
+    assert not mask[warm[:, 0], warm[:, 1]].any() and mask[:, 77].all()
+    assert h["BPMRULE"] == "temporal" and h["NBADPIX"] == mask.sum()
+    assert h["NBADCOL"] == 96 and h["NCOLBAD"] == 1 and h["NBADHOT"] == 0
+    assert mask.sum() - 96 < 0.001 * mask.size
+    assert (h["BPMUNSTF"], h["BPMHOTF"], h["BPMNSRC"]) == (3.0, 5.0, "fit") and h["BPMHOTL"] > 0
+    assert bpm.info["rule"] == "temporal" and bpm.info["reasons"]["column"] == 96
+    stricter = build_library(lib, [tmp_path / "src"],
+                             options=build_options(badpixels=BadPixelParams(unstable_factor=4.0)))
+    assert {m.key.kind: m.status for m in stricter.masters} == {
+        MasterKind.BIAS: "exists", MasterKind.DARK: "exists", MasterKind.FLAT: "exists",
+        MasterKind.BADPIXELS: "rebuilt"}
+    assert fits.getheader(bpm.path)["BPMUNSTF"] == 4.0
+    again = build_library(lib, [tmp_path / "src"], options=build_options())
+    assert {m.status for m in again.masters if m.key.kind is MasterKind.BADPIXELS} == {"rebuilt"}
+    assert fits.getheader(bpm.path)["BPMUNSTF"] == 3.0
+
+
+def test_dark_without_noise_map_gives_a_master_only_map_until_refreshed(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library whose dark was made before darks kept a noise map gets a map by the conservative master-only
+    rule, which says so (header, note) and flags the steady warm pixels; a plain build keeps it; --refresh
+    rebuilds the dark with its noise map and the map with the temporal rule, which does not flag them."""
+    sensor = steady_warm_sensor_library(tmp_path / "src")
+    lib = tmp_path / "lib"
+    real_combine = build_module.combine
+
+    def without_noise(*args: object, **kwargs: object) -> object:
+        kwargs["noise"] = False
+        return real_combine(*args, **kwargs)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(build_module, "combine", without_noise)
+        patch.setattr(build_module, "NOISE_RECIPE", 0)  # what older libraries' darks were built under
+        old = build_library(lib, [tmp_path / "src"], options=build_options())
+    note = next(m.note for m in old.masters if m.key.kind is MasterKind.BADPIXELS)
+    assert "master-only" in note and "--refresh" in note
+    bpm = next(r for r in records(lib) if r.kind is MasterKind.BADPIXELS)
+    dark = next(r for r in records(lib) if r.kind is MasterKind.DARK)
+    assert read_fits_extension(dark.path, "NOISE") is None
+    h = fits.getheader(bpm.path)
+    assert h["BPMRULE"] == "master-only" and any("no noise map" in c for c in h["COMMENT"])
+    warm = sensor.hot_pixel_yx[sensor.hot_pixel_yx[:, 1] != 77]  # outside the dead column
+    assert fits.getdata(bpm.path).astype(bool)[warm[:, 0], warm[:, 1]].all()
+    kept = build_library(lib, [tmp_path / "src"], options=build_options())
+    assert {m.status for m in kept.masters} <= {"exists", "up to date"}
+    refreshed = build_library(lib, [tmp_path / "src"], options=build_options(refresh=True))
+    status = {m.key.kind: m.status for m in refreshed.masters}
+    assert status[MasterKind.DARK] == "rebuilt" and status[MasterKind.BADPIXELS] == "rebuilt"
+    assert read_fits_extension(dark.path, "NOISE") is not None
+    h = fits.getheader(bpm.path)
+    mask = fits.getdata(bpm.path).astype(bool)
+    assert h["BPMRULE"] == "temporal" and not mask[warm[:, 0], warm[:, 1]].any()
+
+
+def test_real_st10_darks_give_a_small_map_of_unstable_pixels(shared_data: Path, tmp_path: Path) -> None:
+    """`library build` on the ten real SBIG ST-10 darks: a master dark with its noise map and a bad-pixel map by
+    the temporal rule flagging well under 0.1 % of the sensor (the master-only rule flagged 2.6 %), no whole
+    column (the ST-10's warm and cool columns are steady: the dark corrects them), the pixels near the ADC
+    ceiling among them, and every flagged pixel unstable, too hot or saturated by its noise map."""
+    darks = shared_data / "oscaar_tres1_sbig_st10" / "darks"
+    if not darks.is_dir():
+        pytest.skip(f"{darks} is absent")
+    lib = tmp_path / "lib"
+    report = build_library(lib, [darks], options=build_options())
+    assert report.count("failed") == 0
+    bpm = next(r for r in records(lib) if r.kind is MasterKind.BADPIXELS)
+    dark = next(r for r in records(lib) if r.kind is MasterKind.DARK)
+    mask = fits.getdata(bpm.path).astype(bool)
+    h = fits.getheader(bpm.path)
+    assert h["BPMRULE"] == "temporal" and mask.mean() < 0.001
+    assert h["NBADCOL"] == 0 and h["NBADSAT"] >= 1 and h["NBADUNST"] >= 1
+    master, _ = read_fits(dark.path)
+    noise = read_fits_extension(dark.path, "NOISE")
+    assert noise is not None
+    excess = master - np.median(master)
+    sigma = np.sqrt(h["BPMNFLR"] ** 2 + h["BPMNSLP"] * np.maximum(excess, 0))
+    explained = (noise[0] > h["BPMUNSTF"] * sigma) | (excess > h["BPMHOTL"]) | (master >= h["BPMSATL"])
+    np.testing.assert_array_equal(mask, explained)

@@ -49,3 +49,21 @@ def test_stack_files_without_any_good_frame_raises(tmp_path: Path) -> None:
     """When nothing can be stacked the caller gets an AstrodError, not an empty stack."""
     with pytest.raises(AstrodError, match="no frame was stacked"):
         stack_files([tmp_path / "none.fits"], PipelineSettings())
+
+
+def test_a_reference_given_is_kept_and_otherwise_the_best_frame_becomes_it(tmp_path: Path) -> None:
+    """Frames whose first is defocused: without --reference the session re-picks the sharp frame as its
+    reference; with --reference the frame given stays the reference (no re-pick)."""
+    session = synth.make_session(n_frames=6, width=256, height=256, seed=62, max_shift=10.0, n_stars=120,
+                                 flux_min=1e4, flux_max=1e6)
+    defocused, _ = synth.render_stars(width=256, height=256, catalogue=session.catalogue, fwhm=4.8,
+                                      beta=session.beta, sky=session.sky)
+    first = session.sensor.light(defocused, exposure=60.0, temperature=-10.0, seed=3)
+    paths = [synth.write_fits(tmp_path / "in" / "a0.fits", first)]
+    paths += [synth.write_fits(tmp_path / "in" / f"a{i}.fits", session.frames[i]) for i in range(1, 6)]
+    picked = stack_files(paths, PipelineSettings())
+    assert picked.header["REFFRAME"][0] != "a0.fits"
+    assert any("reference re-picked" in h and "replaces a0.fits" in h for h in picked.history)
+    given = stack_files(paths, PipelineSettings(), reference=paths[0])
+    assert given.header["REFFRAME"][0] == "a0.fits"
+    assert not any("re-picked" in h for h in given.history)

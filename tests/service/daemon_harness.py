@@ -35,7 +35,7 @@ class Observatory:
         return self.root / "astrod.toml"
 
     def write_config(self, *, idle_minutes: float = 60.0, checkpoint_every: int = 1, checkpoint_seconds: float = 600.0,
-                     extra: str = "") -> Path:
+                     preview_every_frames: int = 2, preview_every_seconds: float = 2.0, extra: str = "") -> Path:
         self.config.write_text(f"""
 [paths]
 watch = ["capture"]
@@ -49,8 +49,8 @@ idle_minutes = {idle_minutes}
 checkpoint_every = {checkpoint_every}
 checkpoint_seconds = {checkpoint_seconds}
 [stack]
-preview_every_frames = 2
-preview_every_seconds = 2.0
+preview_every_frames = {preview_every_frames}
+preview_every_seconds = {preview_every_seconds}
 {extra}
 """, encoding="utf-8")
         return self.config

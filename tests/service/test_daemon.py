@@ -256,6 +256,22 @@ def test_sigterm_checkpoints_and_exits_within_10s_and_notifies(obs: Observatory,
     assert fits.getheader(stack)["NCOMBINE"] == 3
 
 
+def test_the_first_light_of_a_session_shows_a_preview_at_once(obs: Observatory, tmp_path: Path) -> None:
+    """A session's first stacked light writes preview.jpg and preview.fits at once, long before
+    ``preview_every_frames`` frames or ``preview_every_seconds`` have passed."""
+    obs.write_config(preview_every_frames=20, preview_every_seconds=3600.0)
+    light = _lights(tmp_path, n=1, seed=31, target="M 13", band="L")[0]
+    daemon = DaemonProcess(obs)
+    try:
+        daemon.wait_started()
+        obs.publish(light, f"Lights/{light.name}")
+        obs.wait_for(lambda: any(obs.stacks.rglob("preview.jpg")), timeout=60, message="the first preview")
+        assert any(obs.stacks.rglob("preview.fits"))
+        assert not any(obs.stacks.rglob("stack.fits"))  # the session is still open
+    finally:
+        assert daemon.terminate() == 0
+
+
 def test_status_works_when_the_daemon_is_down(obs: Observatory) -> None:
     """`astrod status` says the daemon is not running, before it ever ran and after it stopped."""
     obs.write_config()
