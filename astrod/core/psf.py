@@ -47,7 +47,8 @@ FloatArray = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
 
-_BETA_MIN, _BETA_MAX = 1.5, 25.0
+_GAMMA_MAX = 1.0 / 1.5  # γ = 1/β: from a Gaussian (0) to the widest wings fitted (β = 1.5)
+_SERIES_GAMMA = 1e-3  # below this γ the derivative by γ comes from its series (the closed form cancels)
 _MAX_ITER = 20
 _OUTLIER_SIGMA = 6.0  # a pixel this far off the first fit (hot pixel, cosmic ray) is left out of the second
 
@@ -231,11 +232,16 @@ def _channel_map(bayer: str | None) -> IntArray:
 @njit(cache=True, nogil=True)
 def _model(stamp_x: F64, stamp_y: F64, chan: IntArray, p: F64, nch: int, sub: F64, want_jac: bool,
            jac: F64, model: F64) -> None:  # pragma: no cover - numba
-    """Pixel-averaged Moffat at each stamp pixel; with ``want_jac`` also its derivatives by the parameters
-    p = (x0, y0, a, b, c, beta, A_0 .. A_nch-1)."""
-    x0, y0, a, b, c, beta = p[0], p[1], p[2], p[3], p[4], p[5]
+    """Pixel-averaged Moffat (1 + γQ)^(−1/γ), Q = a·dx² + 2b·dx·dy + c·dy², at each stamp pixel; with
+    ``want_jac`` also its derivatives by p = (x0, y0, a, b, c, γ, A_0 .. A_nch-1).
+
+    This is β = 1/γ with the quadratic form scaled by β, so that (a, b, c) describe the core whatever the
+    wings: γ → 0 is a Gaussian exp(−Q), and the fit does not have to walk β and the core's size together
+    towards infinity for a Gaussian-like star."""
+    x0, y0, a, b, c, gamma = p[0], p[1], p[2], p[3], p[4], p[5]
     ns = sub.size
     inv = 1.0 / (ns * ns)
+    small = gamma < _SERIES_GAMMA
     for i in range(stamp_x.size):
         g = 0.0
         gx0 = 0.0
@@ -243,25 +249,32 @@ def _model(stamp_x: F64, stamp_y: F64, chan: IntArray, p: F64, nch: int, sub: F6
         ga = 0.0
         gb = 0.0
         gc = 0.0
-        gbeta = 0.0
+        gg = 0.0
         for sy in range(ns):
             dy = stamp_y[i] + sub[sy] - y0
             for sx in range(ns):
                 dx = stamp_x[i] + sub[sx] - x0
-                u = 1.0 + a * dx * dx + 2.0 * b * dx * dy + c * dy * dy
-                if u < 1e-12:
-                    u = 1e-12
-                lu = math.log(u)
-                v = math.exp(-beta * lu)
+                q = a * dx * dx + 2.0 * b * dx * dy + c * dy * dy
+                if q < 0.0:
+                    q = 0.0
+                u = 1.0 + gamma * q
+                if small:
+                    v = math.exp(-q + 0.5 * gamma * q * q)
+                else:
+                    lu = math.log(u)
+                    v = math.exp(-lu / gamma)
                 g += v
                 if want_jac:
-                    dv_du = -beta * v / u
-                    gx0 += dv_du * (-2.0 * (a * dx + b * dy))
-                    gy0 += dv_du * (-2.0 * (b * dx + c * dy))
-                    ga += dv_du * dx * dx
-                    gb += dv_du * 2.0 * dx * dy
-                    gc += dv_du * dy * dy
-                    gbeta += -v * lu
+                    dv_dq = -v / u
+                    gx0 += dv_dq * (-2.0 * (a * dx + b * dy))
+                    gy0 += dv_dq * (-2.0 * (b * dx + c * dy))
+                    ga += dv_dq * dx * dx
+                    gb += dv_dq * 2.0 * dx * dy
+                    gc += dv_dq * dy * dy
+                    if small:
+                        gg += v * (0.5 * q * q - (2.0 / 3.0) * gamma * q * q * q)
+                    else:
+                        gg += v * (lu / (gamma * gamma) - q / (gamma * u))
         k = chan[i]
         amp = p[6 + k]
         model[i] = amp * g * inv
@@ -271,9 +284,18 @@ def _model(stamp_x: F64, stamp_y: F64, chan: IntArray, p: F64, nch: int, sub: F6
             jac[i, 2] = amp * ga * inv
             jac[i, 3] = amp * gb * inv
             jac[i, 4] = amp * gc * inv
-            jac[i, 5] = amp * gbeta * inv
-            for q in range(nch):
-                jac[i, 6 + q] = g * inv if q == k else 0.0
+            jac[i, 5] = amp * gg * inv
+            for q2 in range(nch):
+                jac[i, 6 + q2] = g * inv if q2 == k else 0.0
+
+
+@njit(cache=True, nogil=True)
+def _half_level(gamma: float) -> float:  # pragma: no cover - numba
+    """Q at half maximum: (2^γ − 1)/γ, ln 2 for a Gaussian."""
+    if gamma < _SERIES_GAMMA:
+        ln2 = math.log(2.0)
+        return ln2 + 0.5 * gamma * ln2 * ln2
+    return (math.pow(2.0, gamma) - 1.0) / gamma
 
 
 @njit(cache=True, nogil=True)
@@ -290,14 +312,14 @@ def _offsets(n: int) -> F64:  # pragma: no cover - numba
 
 @njit(cache=True, nogil=True)
 def _moffat_fwhm(p: F64) -> float:  # pragma: no cover - numba
-    """Geometric-mean FWHM of the Moffat with parameters ``p``: 2·sqrt(2^(1/β) − 1)·det(a, b, c)^(−1/4)."""
+    """Geometric-mean FWHM of the profile with parameters ``p``: 2·sqrt(Q_half)·det(a, b, c)^(−1/4)."""
     det = p[2] * p[4] - p[3] * p[3]
-    return 2.0 * math.sqrt(2.0 ** (1.0 / p[5]) - 1.0) * det ** -0.25 if det > 0.0 else np.nan
+    return 2.0 * math.sqrt(_half_level(p[5])) * det ** -0.25 if det > 0.0 else np.nan
 
 
 @njit(cache=True, nogil=True)
 def _valid(p: F64) -> bool:  # pragma: no cover - numba
-    return bool(p[2] > 0.0 and p[4] > 0.0 and p[2] * p[4] - p[3] * p[3] > 0.0 and _BETA_MIN <= p[5] <= _BETA_MAX)
+    return bool(p[2] > 0.0 and p[4] > 0.0 and p[2] * p[4] - p[3] * p[3] > 0.0 and 0.0 <= p[5] <= _GAMMA_MAX)
 
 
 @njit(cache=True, nogil=True)
@@ -337,7 +359,7 @@ def _lm(stamp_x: F64, stamp_y: F64, chan: IntArray, values: F64, weight: F64, p:
                 lhs[q, q] += lam * jtj[q, q] if jtj[q, q] > 0.0 else 1.0
             step = np.linalg.solve(lhs, jtr)
             cand = p + step
-            cand[5] = min(max(cand[5], _BETA_MIN), _BETA_MAX)
+            cand[5] = min(max(cand[5], 0.0), _GAMMA_MAX)
             if not _valid(cand):
                 lam *= 10.0
                 continue
@@ -445,14 +467,13 @@ def _fit_one(image: FloatArray, x0: float, y0: float, f_guess: float, channel: I
             if abs(x - xc) <= 1 and abs(y - yc) <= 1:
                 amp[q] = max(amp[q], vals[k])
             k += 1
-    beta0 = 3.5
-    alpha0 = f0 / (2.0 * math.sqrt(2.0 ** (1.0 / beta0) - 1.0))
+    gamma0 = 1.0 / 3.5
     p = np.empty(6 + nch)
     p[0], p[1] = x0, y0
-    p[2] = 1.0 / (alpha0 * alpha0)
+    p[2] = 4.0 * _half_level(gamma0) / (f0 * f0)
     p[3] = 0.0
     p[4] = p[2]
-    p[5] = beta0
+    p[5] = gamma0
     for q in range(nch):
         p[6 + q] = max(amp[q], 1e-3 * top)
     ns = _samples(f0)
@@ -494,24 +515,29 @@ def _fit_one(image: FloatArray, x0: float, y0: float, f_guess: float, channel: I
             return FIT_DIVERGED
     if abs(p[0] - x0) > 2.0 or abs(p[1] - y0) > 2.0:
         return FIT_MOVED
-    a, b, c, beta = p[2], p[3], p[4], p[5]
+    a, b, c, gamma = p[2], p[3], p[4], p[5]
     # n sub-samples stand for the pixel's box with a variance short of it by 1/(12 n²) px², which the fit
-    # gave to the star: remove it from the core (whose Gaussian covariance is (2β·[[a, b], [b, c]])⁻¹).
+    # gave to the star: remove it from the core (whose Gaussian covariance is (2·[[a, b], [b, c]])⁻¹).
     short = 1.0 / (12.0 * ns * ns)
     det = a * c - b * b
-    sxx, sxy, syy = c / (2.0 * beta * det) - short, -b / (2.0 * beta * det), a / (2.0 * beta * det) - short
+    sxx, sxy, syy = c / (2.0 * det) - short, -b / (2.0 * det), a / (2.0 * det) - short
     dcore = sxx * syy - sxy * sxy
     if sxx <= 0.0 or dcore <= 0.0:
         return FIT_DIVERGED
-    a, b, c = syy / (2.0 * beta * dcore), -sxy / (2.0 * beta * dcore), sxx / (2.0 * beta * dcore)
+    a, b, c = syy / (2.0 * dcore), -sxy / (2.0 * dcore), sxx / (2.0 * dcore)
     det = a * c - b * b
     t = a + c
-    # FWHM of the Moffat along its axes: 2·sqrt(2^(1/β) − 1)/sqrt(λ); geometric mean over the axes.
-    kf = 2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0)
-    fwhm = kf * det ** -0.25
-    # Uncertainties: the gradients through the covariance of (a, b, c, β).
+    # FWHM along the axes: 2·sqrt(Q_half/λ); geometric mean over the axes.
+    half = _half_level(gamma)
+    fwhm = 2.0 * math.sqrt(half) * det ** -0.25
+    # dQ_half/dγ, for the uncertainty (its series near a Gaussian).
+    if gamma < _SERIES_GAMMA:
+        dhalf = 0.5 * math.log(2.0) ** 2
+    else:
+        dhalf = (2.0 ** gamma * math.log(2.0) * gamma - (2.0 ** gamma - 1.0)) / (gamma * gamma)
+    # Uncertainties: the gradients through the covariance of (a, b, c, γ).
     g_f = np.array([-0.25 * fwhm * c / det, 0.5 * fwhm * b / det, -0.25 * fwhm * a / det,
-                    -2.0 * fwhm * 2.0 ** (1.0 / beta) * math.log(2.0) / (beta * beta * kf * kf)])
+                    0.5 * fwhm * dhalf / half])
     g_1 = np.array([-2.0 * c / (t * t), 0.0, 2.0 * a / (t * t), 0.0])
     g_2 = np.array([2.0 * b / (t * t), -2.0 / t, 2.0 * b / (t * t), 0.0])
     sub_cov = np.ascontiguousarray(cov[2:6, 2:6])
@@ -524,7 +550,7 @@ def _fit_one(image: FloatArray, x0: float, y0: float, f_guess: float, channel: I
     out[2], out[3] = fwhm, math.sqrt(vf)
     out[4], out[5] = (c - a) / t, -2.0 * b / t
     out[6], out[7] = math.sqrt(v1), math.sqrt(v2)
-    out[8] = beta
+    out[8] = 1.0 / gamma if gamma > 0.0 else np.inf
     return FIT_OK
 
 
