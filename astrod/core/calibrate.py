@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numba
@@ -447,19 +447,10 @@ def find_bad_pixels(*, master_dark: npt.NDArray[np.floating] | None = None,
                      thresholds=MappingProxyType(thresholds), model=model)
 
 
-def bad_pixel_map(*, master_dark: npt.NDArray[np.floating] | None = None,
-                  master_flat: npt.NDArray[np.floating] | None = None,
-                  dark_noise: npt.NDArray[np.floating] | None = None, saturation: float | None = None,
-                  gain: float | None = None, hot_sigma: float = 5.0, unstable_factor: float = 3.0,
-                  hot_noise_factor: float = 5.0, saturation_fraction: float = 0.8, stuck_factor: float = 4.0,
-                  cold_fraction: float = 0.5, column_fraction: float = 0.5, column_sigma: float = 5.0,
-                  cfa: bool = False) -> BoolArray:
-    """Bad pixels (True) found in the masters: :func:`find_bad_pixels` without the reasons."""
-    return find_bad_pixels(master_dark=master_dark, master_flat=master_flat, dark_noise=dark_noise,
-                           saturation=saturation, gain=gain, hot_sigma=hot_sigma, unstable_factor=unstable_factor,
-                           hot_noise_factor=hot_noise_factor, saturation_fraction=saturation_fraction,
-                           stuck_factor=stuck_factor, cold_fraction=cold_fraction,
-                           column_fraction=column_fraction, column_sigma=column_sigma, cfa=cfa).mask
+def bad_pixel_map(**options: Any) -> BoolArray:
+    """Bad pixels (True) found in the masters: :func:`find_bad_pixels` (same keyword arguments) without the
+    reasons."""
+    return find_bad_pixels(**options).mask
 
 
 def _neighbour_table(bad: BoolArray, *, cfa: bool) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:

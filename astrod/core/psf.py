@@ -76,11 +76,6 @@ class StarFits:
     def ok(self) -> npt.NDArray[np.bool_]:
         return np.asarray(np.isfinite(self.fwhm) & np.isfinite(self.e1) & np.isfinite(self.e2), dtype=np.bool_)
 
-    @property
-    def eccentricity(self) -> F64:
-        """Each star's own eccentricity (biased upwards by noise: for display, not for a frame figure)."""
-        return np.asarray(ellipticity_to_eccentricity(np.hypot(self.e1, self.e2)), dtype=np.float64)
-
 
 @dataclass(frozen=True, slots=True)
 class ShapeFigures:

@@ -24,12 +24,15 @@ Measurement
     colour). Hot pixels and cosmic-ray hits inside a star's window are replaced by their neighbours'
     median first. The centroid is weighted by a circular Gaussian the size of the PSF (the brightest
     stars' median), iterated to its fixed point (SExtractor's XWIN): unbiased for any symmetric star, and
-    the weight keeps the noise of the wings out. Eccentricity comes from the second moments under the
-    same weight, deconvolved from it and from the pixel's footprint. FWHM comes from a log-quadratic fit
-    of the pixels above half maximum, which unlike second moments does not depend on the wings of a
-    Moffat profile; the pixel's box (variance 1/12 px²) is removed, so the FWHM is that of the PSF (for
-    Bayer frames the fit uses the green pixels at their own positions). HFR is the radius holding half of
-    the flux within an aperture of 3 FWHM.
+    the weight keeps the noise of the wings out. On a Bayer frame the centroid is then refined on the raw
+    mosaic at full resolution, each colour scaled by the star's own colour ratio: a star of 1–2 px sits in
+    one or two superpixels, whose centroid locks onto their grid. Eccentricity comes from the second
+    moments under the same weight, deconvolved from it and from the pixel's footprint. FWHM comes from a
+    log-quadratic fit of the pixels above half maximum, which unlike second moments does not depend on the
+    wings of a Moffat profile; the pixel's box (variance 1/12 px²) is removed, so the FWHM is that of the
+    PSF (for Bayer frames the fit uses the green pixels at their own positions). HFR is the radius holding
+    half of the flux within an aperture of 3 FWHM. (The frame's FWHM and eccentricity for the quality gates
+    come from fitted stars: `astrod.core.psf`.)
 """
 
 from __future__ import annotations
@@ -300,11 +303,15 @@ def detect_stars(
     # The PSF: for a Bayer frame, the brightest stars' FWHM as measured under the common weight, on the
     # green pixels (their own-weight first measurement on superpixels, which only sets that weight, is far
     # off for undersampled stars); for mono, that first measurement.
-    measured = fwhm[ok][:_PSF_STARS] if bayer is not None else fwhm[:0]
-    if measured.size >= 3 or good_fwhm.size:
+    measured = fwhm[ok][:_PSF_STARS]
+    psf = math.nan
+    if bayer is not None and measured.size >= 3:
+        psf = float(np.median(measured))
+    elif good_fwhm.size:
+        psf = m_scale * float(np.median(good_fwhm))
+    if math.isfinite(psf):
         # Much wider than the PSF: a galaxy, a nebula knot or a dust-shadow edge; much sharper: a
         # cosmic-ray track. Neither is a star.
-        psf = float(np.median(measured)) if measured.size >= 3 else m_scale * float(np.median(good_fwhm))
         ok &= (fwhm <= max_fwhm_ratio * psf) & (fwhm >= min_fwhm_ratio * psf)
     sel = np.flatnonzero(ok)
     sel = sel[np.argsort(-flux[sel], kind="stable")]

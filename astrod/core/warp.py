@@ -96,27 +96,13 @@ def resample(image: npt.NDArray[np.float32] | npt.NDArray[np.uint16], transform:
         raise ValueError(f"resample needs one float32 or uint16 (H, W) plane, got {image.dtype}{image.shape}")
     if image.dtype == np.uint16 and not (0.0 <= fill <= 65535.0):
         raise ValueError(f"fill {fill} does not fit a uint16 map")
-    height, width = int(shape[0]), int(shape[1])
-    if height < 1 or width < 1:
-        raise ValueError(f"output shape must be positive, got {shape}")
-    m = transform.as_array()
-    if not np.all(np.isfinite(m)) or abs(np.linalg.det(m)) < 1e-12:
-        raise ValueError(f"transform is not invertible: {transform.matrix}")
+    height, width = _check_grid(transform, shape)
     if out is None:
         out = np.empty((height, width), dtype=image.dtype)
     elif out.shape != (height, width) or out.dtype != image.dtype or not out.flags.c_contiguous:
         raise ValueError(f"out must be C-contiguous {image.dtype} of shape {(height, width)}")
-    src: npt.NDArray[np.float32 | np.uint16] = np.ascontiguousarray(image)
-    shift = _integer_shift(m)
     flags = cv2.INTER_LINEAR if interpolation == "linear" else cv2.INTER_NEAREST
-    if shift is not None:
-        _shift_copy(src, out, shift, fill=fill)
-    elif np.array_equal(m[2], [0.0, 0.0, 1.0]):
-        cv2.warpAffine(src, m[:2], (width, height), dst=out, flags=flags, borderMode=cv2.BORDER_CONSTANT,
-                       borderValue=float(fill))
-    else:
-        cv2.warpPerspective(src, m, (width, height), dst=out, flags=flags, borderMode=cv2.BORDER_CONSTANT,
-                            borderValue=float(fill))
+    _warp_plane(image, transform.as_array(), out, flags, fill)
     return out
 
 
@@ -138,35 +124,46 @@ def _check(image: npt.NDArray[np.floating], transform: Transform, shape: tuple[i
         raise ValueError(f"unknown interpolation {interpolation!r}")
     if image.ndim not in (2, 3):
         raise ValueError(f"image must be (H, W) or (planes, H, W), got shape {image.shape}")
+    height, width = _check_grid(transform, shape)
+    return (height, width) if image.ndim == 2 else (int(image.shape[0]), height, width)
+
+
+def _check_grid(transform: Transform, shape: tuple[int, int]) -> tuple[int, int]:
+    """The output (H, W), after checking it and that ``transform`` can be inverted."""
     height, width = int(shape[0]), int(shape[1])
     if height < 1 or width < 1:
         raise ValueError(f"reference shape must be positive, got {shape}")
     m = transform.as_array()
     if not np.all(np.isfinite(m)) or abs(np.linalg.det(m)) < 1e-12:
         raise ValueError(f"transform is not invertible: {transform.matrix}")
-    return (height, width) if image.ndim == 2 else (int(image.shape[0]), height, width)
+    return height, width
 
 
 def _warp_rows(src: FloatArray, m: npt.NDArray[np.float64], row0: int, out: FloatArray,
                interpolation: str) -> None:
     """Rows ``row0 .. row0 + out.shape[-2]`` of the warped image into ``out``."""
-    rows, width = out.shape[-2], out.shape[-1]
     # output row y of the band is reference row y + row0: move the output grid up by row0
     shifted = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, -float(row0)], [0.0, 0.0, 1.0]]) @ m
     src_planes = [src] if src.ndim == 2 else list(src)
     out_planes = [out] if out.ndim == 2 else list(out)
-    shift = _integer_shift(shifted)
     for s, o in zip(src_planes, out_planes, strict=True):
-        if shift is not None:
-            _shift_copy(s, o, shift)
-        elif np.array_equal(shifted[2], [0.0, 0.0, 1.0]):
-            cv2.warpAffine(np.ascontiguousarray(s), shifted[:2], (width, rows), dst=o,
-                           flags=_CV_INTERPOLATION[interpolation], borderMode=cv2.BORDER_CONSTANT,
-                           borderValue=float("nan"))
-        else:
-            cv2.warpPerspective(np.ascontiguousarray(s), shifted, (width, rows), dst=o,
-                                flags=_CV_INTERPOLATION[interpolation], borderMode=cv2.BORDER_CONSTANT,
-                                borderValue=float("nan"))
+        _warp_plane(s, shifted, o, _CV_INTERPOLATION[interpolation], math.nan)
+
+
+def _warp_plane(src: npt.NDArray[Any], m: npt.NDArray[np.float64], out: npt.NDArray[Any], flags: int,
+                fill: float) -> None:
+    """One plane through ``m`` into ``out`` (its shape is the output's), ``fill`` where ``src`` does not
+    cover: a whole-pixel shift is copied exactly, else OpenCV's affine or perspective warp."""
+    rows, width = out.shape
+    shift = _integer_shift(m)
+    if shift is not None:
+        _shift_copy(src, out, shift, fill=fill)
+    elif np.array_equal(m[2], [0.0, 0.0, 1.0]):
+        cv2.warpAffine(np.ascontiguousarray(src), m[:2], (width, rows), dst=out, flags=flags,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=float(fill))
+    else:
+        cv2.warpPerspective(np.ascontiguousarray(src), m, (width, rows), dst=out, flags=flags,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=float(fill))
 
 
 def _integer_shift(m: npt.NDArray[np.float64]) -> tuple[int, int] | None:

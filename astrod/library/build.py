@@ -21,7 +21,7 @@ import shutil
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -99,10 +99,7 @@ class BadPixelParams:
     recipe: int = 2  # 1: hot pixels from the master dark alone; 2: from its temporal noise map
 
     def as_dict(self) -> dict[str, Any]:
-        return {"unstable_factor": self.unstable_factor, "hot_noise_factor": self.hot_noise_factor,
-                "saturation_fraction": self.saturation_fraction, "stuck_factor": self.stuck_factor,
-                "hot_sigma": self.hot_sigma, "cold_fraction": self.cold_fraction,
-                "column_fraction": self.column_fraction, "column_sigma": self.column_sigma, "recipe": self.recipe}
+        return asdict(self)
 
     def kwargs(self) -> dict[str, float]:
         return {k: v for k, v in self.as_dict().items() if k != "recipe"}

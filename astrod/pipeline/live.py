@@ -250,12 +250,16 @@ class _Candidate:
     xy: npt.NDArray[np.float64]
     flux: npt.NDArray[np.float64]
     frame_shape: tuple[int, int]
-    fwhm: float
-    stars: int
-    background: float
-    noise: float
     weight: float
-    transparency: float = math.nan
+    figures: FrameFigures  # what the gates judged it by
+
+    @property
+    def fwhm(self) -> float:
+        return self.figures.quality.fwhm
+
+    @property
+    def stars(self) -> int:
+        return self.figures.quality.star_count
 
     @property
     def score(self) -> float:
@@ -606,9 +610,8 @@ class LiveStack:
         s.candidates.append(_Candidate(
             path="" if prepared.path is None else str(prepared.path), row=len(s.rows), transform=reg.transform,
             xy=np.array(stars.xy[:n], dtype=np.float64), flux=np.array(stars.flux[:n], dtype=np.float64),
-            frame_shape=(int(data.shape[-2]), int(data.shape[-1])), fwhm=float(q.fwhm), stars=int(q.star_count),
-            background=float(q.background), noise=float(q.noise), weight=float(weight),
-            transparency=_float_or_nan(metrics.get("transparency"))))
+            frame_shape=(int(data.shape[-2]), int(data.shape[-1])), weight=float(weight),
+            figures=FrameFigures(q, _float_or_nan(metrics.get("transparency")))))
         if len(s.candidates) < after:
             return
         t0 = time.perf_counter()
@@ -658,17 +661,18 @@ class LiveStack:
         b = cands[best]
         to_new = b.transform.inverse()
         k = 1.0 / _area_ratio(to_new, ref.frame_shape)
-        c = b.background - ref.background * k
+        bq, b_transparency = b.figures.quality, b.figures.transparency
+        c = bq.background - ref.background * k
         f = 1.0 / b.weight if stacker.weighting != "none" and b.weight > 0.0 else 1.0
-        rescale_transparency = math.isfinite(b.transparency) and b.transparency > 0.0
+        rescale_transparency = math.isfinite(b_transparency) and b_transparency > 0.0
         stack_shape = (*ref.stack_shape[:-2], *b.frame_shape)
         stacker.regrid(to_new, shape=b.frame_shape, norm=(c, k), weight_scale=f)
         new_id = ref.id + 1
         asterisms = build_reference(b.xy, max_stars=max(1, b.xy.shape[0]))
         self._ref = _Reference(id=new_id, path=b.path, asterisms=asterisms,
                                flux=np.array(b.flux[: len(asterisms)], dtype=np.float64), small=ref.small,
-                               frame_shape=b.frame_shape, stack_shape=stack_shape, background=b.background,
-                               noise=b.noise, fwhm=b.fwhm, small_grid=ref.small_grid.compose(to_new))
+                               frame_shape=b.frame_shape, stack_shape=stack_shape, background=bq.background,
+                               noise=bq.noise, fwhm=bq.fwhm, small_grid=ref.small_grid.compose(to_new))
         self._warp_buffer = None
         if self._caching:
             self._rewarp_cache(to_new, stack_shape, new_id=new_id, norm=(c, k), weight_scale=f)
@@ -684,10 +688,10 @@ class LiveStack:
             row.update(dx=t.dx, dy=t.dy, rotation_deg=t.rotation_deg, scale=t.scale, residual_px=residual,
                        weight=None if weight is None else float(weight) * f)
             if transparency is not None and rescale_transparency:
-                row["transparency"] = float(transparency) / b.transparency
+                row["transparency"] = float(transparency) / b_transparency
         if rescale_transparency:
             # the gates' figures too: the next frames' transparency is measured on the new reference's stars
-            s.accepted = [replace(a, transparency=a.transparency / b.transparency) for a in s.accepted]
+            s.accepted = [replace(a, transparency=a.transparency / b_transparency) for a in s.accepted]
         s.notes.append(f"reference re-picked: {Path(b.path).name} (FWHM {b.fwhm:.2f}, {b.stars} stars) replaces "
                        f"{Path(current.path).name} (FWHM {current.fwhm:.2f}, {current.stars} stars)")
         return b.path
@@ -911,9 +915,8 @@ class LiveStack:
             arrays[f"repick_xy_{i}"] = c.xy
             arrays[f"repick_flux_{i}"] = c.flux
             candidates.append({"path": c.path, "row": c.row, "transform": [list(r) for r in c.transform.matrix],
-                               "frame_shape": list(c.frame_shape), "fwhm": c.fwhm, "stars": c.stars,
-                               "background": c.background, "noise": c.noise, "weight": c.weight,
-                               "transparency": c.transparency})
+                               "frame_shape": list(c.frame_shape), "weight": c.weight,
+                               "figures": _accepted_row(c.figures)})
         return {"done": s.repicked, "candidates": candidates}
 
     def _load_repick(self, state: Mapping[str, Any] | None, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
@@ -928,9 +931,8 @@ class LiveStack:
             _Candidate(path=str(c["path"]), row=int(c["row"]), transform=Transform.from_array(c["transform"]),
                        xy=np.asarray(arrays[f"repick_xy_{i}"], dtype=np.float64).reshape(-1, 2),
                        flux=np.asarray(arrays[f"repick_flux_{i}"], dtype=np.float64).reshape(-1),
-                       frame_shape=_shape2(c["frame_shape"]), fwhm=float(c["fwhm"]), stars=int(c["stars"]),
-                       background=float(c["background"]), noise=float(c["noise"]), weight=float(c["weight"]),
-                       transparency=float(c.get("transparency", math.nan)))
+                       frame_shape=_shape2(c["frame_shape"]), weight=float(c["weight"]),
+                       figures=_accepted_figures(np.asarray(c["figures"], dtype=np.float64)))
             for i, c in enumerate(state["candidates"])]
 
     @classmethod

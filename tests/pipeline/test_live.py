@@ -199,15 +199,20 @@ def test_colour_frame_in_a_mono_session_is_rejected(session: synth.Session) -> N
     assert result.status == "rejected" and result.reason == "3-plane frame in a session of 1-plane frames"
 
 
+def _star_poor(session: synth.Session) -> tuple[synth.Catalogue, PipelineSettings]:
+    """Only the 31st to 56th brightest stars (none of those the reference measures), and settings that need
+    more matched stars than they give and let the star count drop: phase correlation must register."""
+    faint = np.argsort(-session.catalogue.flux)[30:56]
+    cat = synth.Catalogue(x=session.catalogue.x[faint], y=session.catalogue.y[faint],
+                          flux=session.catalogue.flux[faint])
+    return cat, PipelineSettings(min_stars=20, max_stars=30,
+                                 gates=GateThresholds(min_star_ratio=0.0, collapse_star_ratio=0.0))
+
+
 def test_star_poor_frame_is_registered_by_phase_correlation(session: synth.Session) -> None:
     """A frame showing none of the reference's measured stars (only fainter ones) is registered by phase
     correlation within 0.25 px of the truth."""
-    order = np.argsort(-session.catalogue.flux)
-    faint = order[30:56]
-    cat = synth.Catalogue(x=session.catalogue.x[faint], y=session.catalogue.y[faint],
-                          flux=session.catalogue.flux[faint])
-    settings = PipelineSettings(min_stars=20, max_stars=30,
-                                gates=GateThresholds(min_star_ratio=0.0, collapse_star_ratio=0.0))
+    cat, settings = _star_poor(session)
     stack = LiveStack(settings)
     assert stack.process(_frames(session)[0]).status == "stacked"
     truth = Transform.similarity(dx=6.3, dy=-4.1)
@@ -576,12 +581,7 @@ def test_star_poor_frame_is_registered_by_phase_correlation_after_the_repick(
         return found
 
     monkeypatch.setattr(live, "register", spy)
-    order = np.argsort(-session.catalogue.flux)
-    faint = order[30:56]
-    cat = synth.Catalogue(x=session.catalogue.x[faint], y=session.catalogue.y[faint],
-                          flux=session.catalogue.flux[faint])
-    settings = PipelineSettings(min_stars=20, max_stars=30,
-                                gates=GateThresholds(min_star_ratio=0.0, collapse_star_ratio=0.0))
+    cat, settings = _star_poor(session)
     stack = _stacked(repick_frames[:5], settings)
     assert stack.reference_path == "f03.fits"
     truth = Transform.similarity(dx=6.3, dy=-4.1)  # onto frame 0's grid
