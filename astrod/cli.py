@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,10 @@ from astrod.pipeline.commands import register as register_stack
 from astrod.service.capture_commands import register as register_capture
 
 Command = Callable[[argparse.Namespace], int]
+
+ACK_TIMEOUT_S = 15.0  # how long `session close` waits for the daemon to take its request
+ACK_POLL_S = 0.2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
 
 INSPECT_FIELDS = ("path", "kind", "exposure", "gain", "offset", "temperature", "set_temperature", "filter",
                   "camera", "binning", "bayer", "object", "date_obs", "width", "height")
@@ -79,9 +85,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 1 if any("error" in r for r in records) or not records else 0
 
 
-def _config_or_exit(path: str | None) -> Config:
+def _config_or_exit(path: str | None, *, check_disk: bool = True) -> Config:
     try:
-        return load_config(path)
+        return load_config(path, check_disk=check_disk)
     except ConfigError as err:
         for problem in err.problems:
             print(f"config error: {problem}", file=sys.stderr)
@@ -100,14 +106,36 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _folder_problems(config: Config) -> list[str]:
+    """Folders the daemon must create files in (or watch) that it cannot: under systemd a relative path resolves
+    into /etc/astrod, which ProtectSystem=strict makes read-only, and the daemon would fail later, mid-night."""
+    from astrod.io.atomic import folder_problem
+
+    folders = [("watch", p, False) for p in config.paths.watch]
+    folders += [("output", config.paths.output, True), ("state", config.state_dir(), True),
+                ("library", config.library_dir(), True)]
+    problems = []
+    for key, folder, write in folders:
+        reason = folder_problem(folder, write=write)
+        if reason is not None:
+            what = "writable" if write else "usable"
+            problems.append(f"{key} folder {folder} is not {what}: {reason} (set [paths] {key} to an absolute path "
+                            f"astrod may {'write' if write else 'read'})")
+    return problems
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from astrod.service.daemon import Daemon
+    from astrod.service.daemon import run_daemon
     from astrod.service.logging import configure_logging
 
     config = _config_or_exit(args.config)
+    problems = _folder_problems(config)
+    for problem in problems:
+        print(f"config error: {problem}", file=sys.stderr)
+    if problems:
+        return EX_CONFIG
     configure_logging(level=config.log.level, fmt=config.log.format)
-    daemon = Daemon(config, config_path=Path(args.config) if args.config else None)
-    return daemon.run()
+    return run_daemon(config, config_path=Path(args.config) if args.config else None)
 
 
 def _age(iso: str | None) -> str:
@@ -122,7 +150,7 @@ def _age(iso: str | None) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     from astrod.service.daemon import read_status
 
-    config = _config_or_exit(args.config)
+    config = _config_or_exit(args.config, check_disk=False)
     status = read_status(config)
     if args.json:
         json.dump(status if status is not None else {"running": False, "sessions": []}, sys.stdout, indent=2)
@@ -138,7 +166,7 @@ def cmd_status(args: argparse.Namespace) -> int:
           + f"; queue {status.get('queue', 0)}")
     for s in status.get("sessions", []):
         last = s.get("last_frame") or {}
-        print(f"  {s['label']}: {s['stacked']} stacked, {s['rejected']} rejected, "
+        print(f"  {s['label']} [{s['id']}]: {s['stacked']} stacked, {s['rejected']} rejected, "
               f"{s['total_exposure_s'] / 60:.1f} min, queue {s['queue']}"
               + (f", last {Path(str(last.get('path'))).name} {last.get('status')}" if last else ""))
     for s in status.get("closed_sessions", [])[-5:]:
@@ -159,10 +187,73 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_session_close(args: argparse.Namespace) -> int:
-    from astrod.service.daemon import read_status, request_close
+_SESSION_FIELDS = ("id", "label", "stacked", "rejected", "queue", "closing")
 
-    config = _config_or_exit(args.config)
+
+def _open_sessions(status: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{k: s.get(k) for k in _SESSION_FIELDS} for s in status.get("sessions", []) if isinstance(s, dict)]
+
+
+def _session_line(s: dict[str, Any]) -> str:
+    return (f"{s['id']}  {s['label']}: {s['stacked'] or 0} stacked, {s['rejected'] or 0} rejected, "
+            f"queue {s['queue'] or 0}" + (", closing" if s["closing"] else ""))
+
+
+def cmd_session_list(args: argparse.Namespace) -> int:
+    """The open sessions, one per line. When the daemon is down, the ones its status file last showed: they are
+    still open in its journal and resume when it starts again."""
+    from astrod.service.daemon import read_status
+
+    config = _config_or_exit(args.config, check_disk=False)
+    status = read_status(config)
+    sessions = [] if status is None else _open_sessions(status)
+    running = status is not None and bool(status["running"])
+    if args.json:
+        json.dump({"running": running, "pid": None if status is None else status.get("pid"),
+                   "updated_at": None if status is None else status.get("updated_at"), "sessions": sessions},
+                  sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    if status is None:
+        print(f"astrod is not running (no status in {config.state_dir()}): no session known", file=sys.stderr)
+        return 0
+    if not running:
+        print(f"astrod is not running (pid {status.get('pid')}, status written {_age(status.get('updated_at'))}); "
+              + ("the sessions open when it stopped, resumed when it starts again:" if sessions
+                 else "no session was open when it stopped"), file=sys.stderr)
+    elif not sessions:
+        print("no open session", file=sys.stderr)
+    for s in sessions:
+        print(_session_line(s))
+    return 0
+
+
+def _resolve_session(sessions: list[dict[str, Any]], name: str) -> str | None:
+    """The id of the open session ``name`` names (its id, or its label when only one session has it); None,
+    after saying why, when there is none or more than one."""
+    if any(s["id"] == name for s in sessions):
+        return name
+    labelled = [s for s in sessions if s["label"] == name]
+    if len(labelled) == 1:
+        return str(labelled[0]["id"])
+    if labelled:
+        print(f"{len(labelled)} open sessions are labelled {name!r}; name one by its id:", file=sys.stderr)
+        listed = labelled
+    elif sessions:
+        print(f"no open session {name!r}; open sessions:", file=sys.stderr)
+        listed = sessions
+    else:
+        print(f"no open session {name!r}; no session is open", file=sys.stderr)
+        listed = []
+    for s in listed:
+        print(f"  {s['id']}  ({s['label']})", file=sys.stderr)
+    return None
+
+
+def cmd_session_close(args: argparse.Namespace) -> int:
+    from astrod.service.daemon import daemon_paths, read_status, request_close
+
+    config = _config_or_exit(args.config, check_disk=False)
     status = read_status(config)
     if status is None or not status["running"]:
         print("astrod is not running: nothing to close (open sessions are closed when it starts again and "
@@ -171,9 +262,38 @@ def cmd_session_close(args: argparse.Namespace) -> int:
     if not args.all and not args.session:
         print("name a session or use --all", file=sys.stderr)
         return 2
-    request_close(config, None if args.all else args.session)
-    print("close requested for " + ("all sessions" if args.all else args.session))
-    return 0
+    session: str | None = None
+    what = "all sessions"
+    if not args.all:
+        sessions = _open_sessions(status)
+        session = _resolve_session(sessions, args.session)
+        if session is None:
+            return 1
+        label = next(s["label"] for s in sessions if s["id"] == session)
+        what = f"{label} ({session})"
+    try:
+        request = request_close(config, session)
+    except OSError as err:
+        where = err.filename or daemon_paths(config).control
+        print(f"cannot write the close request: {where}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    pid = status.get("pid")
+    deadline = time.monotonic() + ACK_TIMEOUT_S
+    while True:
+        current = read_status(config)
+        if current is not None and request.name in (current.get("control_handled") or []):
+            print(f"close requested for {what} (acknowledged by the daemon)")
+            return 0
+        if current is not None and not current["running"]:
+            print(f"astrod (pid {current.get('pid')}) stopped before it took the request (left in {request})",
+                  file=sys.stderr)
+            return 1
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(ACK_POLL_S)
+    print(f"the daemon (pid {pid}) did not acknowledge the request within {ACK_TIMEOUT_S:g} s: is it stuck? "
+          "see `journalctl -u astrod`", file=sys.stderr)
+    return 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -212,8 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("session", help="session tools")
     ssub = p.add_subparsers(dest="session_command", required=True, metavar="ACTION")
-    c = ssub.add_parser("close", help="close a session (final stack now) or all of them")
-    c.add_argument("session", nargs="?", help="session id (see astrod status)")
+    c = ssub.add_parser("list", help="the open sessions: id, label, counts, queue, closing")
+    c.add_argument("--config", help="config file")
+    c.add_argument("--json", action="store_true", help="machine-readable")
+    c.set_defaults(func=cmd_session_list)
+    c = ssub.add_parser("close", help="close a session (final stack now) or all of them; waits until the daemon "
+                                      "takes the request")
+    c.add_argument("session", nargs="?", help="session id or label (see astrod session list)")
     c.add_argument("--all", action="store_true", help="close every open session")
     c.add_argument("--config", help="config file")
     c.set_defaults(func=cmd_session_close)
@@ -239,6 +364,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     func: Command = args.func
     try:
-        return func(args)
+        code = func(args)
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
+        return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `astrod status | head`: the reader left. As the Python docs recommend, point stdout at devnull so the
+        # final flush at exit cannot raise again, and leave quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE

@@ -252,9 +252,10 @@ def _type_name(tp: Any) -> str:
 class _Builder:
     """Turns parsed TOML into config dataclasses, collecting every problem instead of stopping at the first."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, *, check_disk: bool = True) -> None:
         self.problems: list[str] = []
         self.base = base
+        self.check_disk = check_disk
 
     def problem(self, key: str, message: str) -> None:
         self.problems.append(f"{key}: {message}")
@@ -335,7 +336,7 @@ class _Builder:
             p = Path(os.path.expanduser(value))
             if not p.is_absolute():
                 p = self.base / p
-            if meta.get("path_kind") == "dir" and p.exists() and not p.is_dir():
+            if self.check_disk and meta.get("path_kind") == "dir" and p.exists() and not p.is_dir():
                 self.problem(path, f"{p} exists and is not a folder")
                 return _INVALID
             return p
@@ -345,18 +346,29 @@ class _Builder:
 _INVALID = object()
 
 
-def parse_config(text: str, *, base: Path, source: str = "<config>") -> Config:
-    """Parse TOML text into a Config, relative paths resolved against ``base``; ConfigError lists every problem."""
+def parse_config(text: str, *, base: Path, source: str = "<config>", check_disk: bool = True) -> Config:
+    """Parse TOML text into a Config, relative paths resolved against ``base``; ConfigError lists every problem.
+    ``check_disk=False`` leaves out what depends on the disk now (a folder path taken by a file): commands that
+    only talk to the daemon must work while its output disk is broken."""
     try:
         data = tomli.loads(text)
     except tomli.TOMLDecodeError as err:
         raise ConfigError([f"{source}: not valid TOML: {err}"]) from err
-    builder = _Builder(base)
+    builder = _Builder(base, check_disk=check_disk)
     config: Config = builder.build(Config, data, "")
-    config = _check_cross_fields(config, builder)
+    config = _check_cross_fields(_with_base(config, base), builder)
     if builder.problems:
         raise ConfigError(builder.problems)
     return config
+
+
+def _with_base(config: Config, base: Path) -> Config:
+    """Default folders left out of the file resolve against ``base`` like written ones (the builder already made
+    written paths absolute, so only defaults are still relative)."""
+    paths = config.paths
+    watch = tuple(p if p.is_absolute() else base / p for p in paths.watch)
+    output = paths.output if paths.output.is_absolute() else base / paths.output
+    return dataclasses.replace(config, paths=dataclasses.replace(paths, watch=watch, output=output))
 
 
 def _check_cross_fields(config: Config, builder: _Builder) -> Config:
@@ -375,10 +387,12 @@ def _check_cross_fields(config: Config, builder: _Builder) -> Config:
     return config
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """The config from ``path`` (None: all defaults, relative paths against the working folder)."""
+def load_config(path: str | os.PathLike[str] | None = None, *, check_disk: bool = True) -> Config:
+    """The config from ``path``: relative folders, written or default, resolve against the file's folder.
+    With no file (None) everything is default and the watch and output folders resolve against the working
+    folder."""
     if path is None:
-        return Config(paths=PathsConfig(watch=(Path.cwd() / "capture",), output=Path.cwd() / "stacks"))
+        return _with_base(Config(), Path.cwd())
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -386,7 +400,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError([f"{p}: cannot read: {err.strerror or err}"]) from err
     except UnicodeDecodeError as err:
         raise ConfigError([f"{p}: not UTF-8 text: {err}"]) from err
-    return parse_config(text, base=p.resolve().parent, source=str(p))
+    return parse_config(text, base=p.resolve().parent, source=str(p), check_disk=check_disk)
 
 
 def iter_options(cls: type[Any] = Config, prefix: str = "") -> list[tuple[str, dataclasses.Field[Any]]]:

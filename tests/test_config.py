@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,26 @@ def test_no_file_means_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert config.state_dir({"HOME": "/h"}) == Path("/h/.local/state/astrod")
     assert config.paths.watch == (tmp_path / "capture",)
     assert config.paths.output == tmp_path / "stacks"
+
+
+def test_default_folders_resolve_against_the_config_file_like_written_ones(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path) -> None:
+    """A config file that leaves watch or output out gets them beside the file, exactly where the same values
+    written in the file would point; the working folder does not matter. Only without a file do they resolve
+    against the working folder."""
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    (conf / "empty.toml").write_text("[stack]\nkappa = 3.0\n")
+    (conf / "written.toml").write_text('[paths]\nwatch = ["capture"]\noutput = "stacks"\n')
+    (conf / "half.toml").write_text('[paths]\noutput = "/srv/astro/stacks"\n')
+    empty, written, half = (load_config(conf / n) for n in ("empty.toml", "written.toml", "half.toml"))
+    assert empty.paths.watch == written.paths.watch == (conf / "capture",)
+    assert empty.paths.output == written.paths.output == conf / "stacks"
+    assert half.paths.watch == (conf / "capture",) and half.paths.output == Path("/srv/astro/stacks")
+    assert load_config(None).paths.watch == (elsewhere / "capture",)
 
 
 def test_every_problem_is_reported_with_its_key(tmp_path: Path) -> None:
@@ -69,21 +90,56 @@ def test_invalid_toml_is_one_problem(tmp_path: Path) -> None:
         load_config(bad)
 
 
-def test_example_covers_every_option_and_loads() -> None:
-    """config/astrod.example.toml sets every option of the config dataclasses, each with a comment above it,
-    and is itself valid."""
-    data = tomli.loads(EXAMPLE.read_text(encoding="utf-8"))
-    present = {f"{section}.{key}" for section, table in data.items() for key in table}
+def _example_option_lines(lines: list[str]) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """Line indexes of the example's options by dotted key: set (``key = ...``) and commented out
+    (``# key = ...``, counted only for options that are unset by default: other commented lines are examples of
+    nested tables, like ``# target = "M 31"`` in a ``# [[capture.steps]]`` block)."""
+    unset = {key for key, f in iter_options() if f.default is None}
+    written: dict[str, list[int]] = {}
+    commented: dict[str, list[int]] = {}
+    section = ""
+    for i, line in enumerate(lines):
+        if header := re.fullmatch(r"\[(\w+)\]", line):
+            section = header[1]
+        elif option := re.match(r"(# )?(\w+) = ", line):
+            key = f"{section}.{option[2]}"
+            if option[1] is None:
+                written.setdefault(key, []).append(i)
+            elif key in unset:
+                commented.setdefault(key, []).append(i)
+    return written, commented
+
+
+def test_example_covers_every_option_at_its_default_and_loads() -> None:
+    """config/astrod.example.toml shows every option of the config dataclasses exactly once, each with a comment
+    above it: set to its default value, or, when the default is unset, commented out with a valid example value.
+    Loading it gives exactly the defaults (no site, no state or library folder), and uncommenting the examples
+    gives a valid config that sets them."""
+    text = EXAMPLE.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    written, commented = _example_option_lines(lines)
+    data = tomli.loads(text)
+    assert {f"{section}.{key}" for section, table in data.items() for key in table} == set(written)
     options = {key for key, _ in iter_options()}
-    assert present == options
-    lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
-    for key in options:
-        name = key.split(".")[1]
-        index = next(i for i, line in enumerate(lines) if line.startswith(f"{name} = "))
-        assert lines[index - 1].startswith("#"), f"{key} has no comment"
+    unset = {key for key, f in iter_options() if f.default is None}
+    assert set(written) == options - unset
+    assert set(commented) == unset
+    for key, found in {**written, **commented}.items():
+        assert len(found) == 1, f"{key} is shown {len(found)} times"
+        above = lines[found[0] - 1]
+        assert above.startswith("#") and not re.match(r"# \w+ = ", above), f"{key} has no comment"
+
     config = load_config(EXAMPLE)
-    assert isinstance(config, Config)
+    assert config == parse_config("", base=EXAMPLE.parent)
     assert config.paths.watch == (EXAMPLE.parent / "capture",)
+    assert config.site.latitude is None and config.paths.state is None
+
+    for i in (found[0] for found in commented.values()):
+        lines[i] = lines[i].removeprefix("# ")
+    uncommented = parse_config("\n".join(lines), base=EXAMPLE.parent)
+    for key in unset:
+        section, name = key.split(".")
+        assert getattr(getattr(uncommented, section), name) is not None, key
 
 
 def test_config_dataclasses_are_frozen() -> None:

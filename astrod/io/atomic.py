@@ -2,12 +2,16 @@
 
 A reader (or a crash) sees either the old file or the complete new one, never half of it:
 write to a temporary name in the same folder, fsync, ``os.replace``, fsync the folder.
+
+New files get the mode ``open()`` would give them (0666 less the umask: 0644 under umask 022), not mkstemp's
+0600, so the observer's own account can read what the daemon's account wrote; a replaced file keeps its mode.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +31,28 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask can only be read by setting it, which races with
+    files other threads create meanwhile); the set-and-restore fallback is for kernels without the field."""
+    try:
+        with Path("/proc/self/status").open(encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def _new_mode(target: Path) -> int:
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except OSError:  # not there yet (or unreadable): what open() would create
+        return 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on a clean exit it replaces ``path`` atomically.
@@ -37,10 +63,12 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
         raise ValueError(f"atomic_write supports modes 'wb' and 'w', not {mode!r}")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    file_mode = _new_mode(target)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
+            os.fchmod(handle.fileno(), file_mode)
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -62,3 +90,19 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_write(path, "w") as handle:
         handle.write(text)
+
+
+def folder_problem(path: str | os.PathLike[str], *, write: bool = True) -> str | None:
+    """Create the folder if it is missing; None when this process can use it (create files in it when
+    ``write``, else list and read it), otherwise why not, for a one-line message."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return f"cannot create it: {err.strerror or err}"
+    need = os.R_OK | os.X_OK | (os.W_OK if write else 0)
+    if os.access(folder, need):
+        return None
+    if write and os.statvfs(folder).f_flag & os.ST_RDONLY:  # access() is false there even for root
+        return "read-only file system"
+    return "no write permission" if write else "no read permission"

@@ -72,3 +72,9 @@ def write_frames_table(path: str | os.PathLike[str], rows: Iterable[Mapping[str,
     target = Path(path)
     atomic_write_text(target, frames_table_text(rows, columns))
     return target
+
+
+def read_frames_table(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """The rows of a frames table written by `write_frames_table` (cells as text; empty cells are '')."""
+    with Path(path).open(encoding="utf-8", newline="") as handle:
+        return [dict(row) for row in csv.DictReader(handle)]

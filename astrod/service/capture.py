@@ -3,7 +3,8 @@
 Each frame lands in the capture folder (atomically with client upload, or written by the driver with local
 upload), so the daemon's watcher ingests it like any drop-folder frame: one ingest path. Progress is journaled
 per frame (``<state>/capture.sqlite``): a restarted plan resumes at its first missing frame. A lost indiserver is
-reconnected with back-off, settings are re-applied and the plan goes on; a failed exposure is retried
+reconnected with back-off, settings are re-applied and the plan goes on (a runner given ``connect_attempts``, the
+one-shot command's, fails after that many failed connections in a row instead); a failed exposure is retried
 ``indi.exposure_retries`` times. When the plan ends, ``on_plan_end(targets)`` lets the daemon close the sessions
 of the plan's targets, once the daemon has taken in every frame the plan wrote.
 """
@@ -170,7 +171,8 @@ class CaptureRunner:
                  on_plan_end: Callable[[set[str]], None] | None = None, on_event: EventSink | None = None,
                  settled: Callable[[Sequence[Path]], bool] | None = None, camera: Camera | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC), backoff: Backoff = Backoff(),
-                 settle_timeout: float = 600.0, cooler_poll: float = 1.0) -> None:
+                 settle_timeout: float = 600.0, cooler_poll: float = 1.0,
+                 connect_attempts: int | None = None) -> None:
         self.config = config
         self.plan = plan if plan is not None else config.capture
         self.capture_dir = config.paths.watch[0]
@@ -186,6 +188,7 @@ class CaptureRunner:
         self._backoff = backoff
         self._settle_timeout = settle_timeout
         self._cooler_poll = cooler_poll
+        self._connect_attempts = connect_attempts  # None: reconnect forever (the daemon's long-running runner)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -311,7 +314,10 @@ class CaptureRunner:
             if self._stop.is_set():
                 break
         if self._stop.is_set():
-            self._set(state="stopped", next_exposure_eta=None)
+            with self._lock:  # a failure stops the plan too: keep saying it failed
+                if self._state["state"] != "failed":
+                    self._state["state"] = "stopped"
+                self._state["next_exposure_eta"] = None
             self._event("capture_plan_stopped", run=run.stamp)
             return
         journal.finish_run(run.id, now=self._clock())
@@ -391,12 +397,11 @@ class CaptureRunner:
                                 gain=step.gain, offset=step.offset, binning=step.binning)
                 failures = 0
                 path = self._expose(frame, step, index)
-            except IndiConnectionError as err:
+            except (IndiConnectionError, IndiDeviceError) as err:
                 failures += 1
-                self._connection_failed(err, failures)
-                continue
-            except IndiDeviceError as err:
-                failures += 1
+                if self._connect_attempts is not None and failures >= self._connect_attempts:
+                    self._give_up(err, failures)
+                    break
                 self._connection_failed(err, failures)
                 continue
             except ExposureError as err:
@@ -430,6 +435,13 @@ class CaptureRunner:
                 self._state["steps"][index]["done"] += 1
                 self._state["frames_done"] += 1
         return written
+
+    def _give_up(self, err: IndiConnectionError | IndiDeviceError, failures: int) -> None:
+        self.camera.disconnect()
+        self._set(connected=False, state="failed", next_exposure_eta=None)
+        self._error(f"{err} (gave up after {failures} attempts)")
+        self._event("capture_gave_up", level="error", reason=str(err), attempts=failures)
+        self._stop.set()
 
     def _connection_failed(self, err: IndiConnectionError | IndiDeviceError, failures: int) -> None:
         self.camera.disconnect()

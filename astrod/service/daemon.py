@@ -1,34 +1,44 @@
 """The daemon: watcher -> router -> library (calibration frames) or session workers (lights).
 
-Threads: the watchdog observer and its settle thread, the router (one), one worker per open session, and
-APScheduler's thread for the idle and end-of-night closes. The main thread runs :meth:`Daemon.run`: it handles
-signals, control requests (``astrod session close``), the status file, and systemd's notify/watchdog.
+Threads: the watchdog observer and its settle thread, the router (one), and one worker per open session. The
+main thread runs :meth:`Daemon.run`: it handles signals, control requests (``astrod session close``), the idle
+and end-of-night closes (a periodic check, see `astrod.service.closing`), the status file, and systemd's
+notify/watchdog.
+
+The daemon never stops on its own state: one daemon per state folder (a lock); a damaged journal is moved aside
+and rebuilt (`astrod.service.recovery`), at start or, found while running, by starting again in the same
+process; a full or failing state disk is waited out with the problem in the status; a file whose routing
+fails on the state disk is routed again later.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import queue
 import signal
+import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import structlog
-from apscheduler.schedulers.background import BackgroundScheduler
 
 from astrod import __version__
 from astrod.config import Config, load_config
 from astrod.errors import AstrodError, ConfigError, LibraryError
-from astrod.io.atomic import atomic_write_text
+from astrod.io.control import ControlInbox, write_request
 from astrod.io.frames import read_meta
 from astrod.io.headers import rules_from_config
-from astrod.io.journal import Journal, quick_hash
+from astrod.io.journal import FileRecord, Journal, Seen, quick_hash
+from astrod.io.sqlite import StateCorrupt, is_corrupt, is_disk_problem
+from astrod.io.state_lock import StateLock, StateLocked
+from astrod.io.status_file import read_status_file, write_status
 from astrod.library.build import BuildOptions, build_library
 from astrod.library.masters import MasterLibrary
 from astrod.model import Frame, FrameKind, FrameMeta
@@ -37,8 +47,12 @@ from astrod.pipeline.live import Calibrated, Calibrator, PipelineSettings
 from astrod.pipeline.night import next_dawn
 from astrod.pipeline.sessions import Pointing, SessionKey, session_key, slug, target_of
 from astrod.service.capture import CaptureRunner
+from astrod.service.closing import CloseClock
 from astrod.service.notify import Notifier
-from astrod.service.sessions import SessionPaths, SessionWorker
+from astrod.service.problems import Problems
+from astrod.service.recovery import open_journal
+from astrod.service.reload import compare
+from astrod.service.sessions import QueuedFrame, SessionPaths, SessionWorker
 from astrod.service.watcher import FolderWatcher, WatchSettings, scan_folders
 from astrod.service.web import WebServer, journal_frames
 
@@ -46,8 +60,13 @@ log = structlog.get_logger()
 
 STATUS_FILE = "status.json"
 CONTROL_DIR = "control"
+RESTART = 75  # run()'s exit status when the daemon must start again (a damaged journal found while running)
+STATE_RETRY_S = 5.0
 _FLUSH = object()
 _STOP = object()
+# DATE-OBS outside these bounds is a camera or PC clock error, not a night: the file's time is used instead
+EARLIEST_DATE = datetime(1970, 1, 2, tzinfo=UTC)
+FUTURE_SLACK = timedelta(days=2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +87,12 @@ class DaemonPaths:
     def control(self) -> Path:
         return self.state / CONTROL_DIR
 
+    @property
+    def sessions(self) -> Path:
+        return self.state / "sessions"
+
     def session_state(self, session_id: str) -> Path:
-        return self.state / "sessions" / session_id
+        return self.sessions / session_id
 
 
 def daemon_paths(config: Config) -> DaemonPaths:
@@ -77,47 +100,99 @@ def daemon_paths(config: Config) -> DaemonPaths:
 
 
 def request_close(config: Config, session: str | None) -> Path:
-    """Ask the running daemon to close one session (or all, with None); returns the request file."""
-    paths = daemon_paths(config)
-    name = f"close-{time.time_ns()}.json"
-    target = paths.control / name
-    atomic_write_text(target, json.dumps({"action": "close", "session": session}) + "\n")
-    return target
+    """Ask the running daemon to close one session (or all, with None); returns the request file (its name
+    appears in the status's ``control_handled`` once the daemon acted on it). Raises OSError when the control
+    folder cannot be written."""
+    return write_request(daemon_paths(config).control, {"action": "close", "session": session})
+
+
+def plausible_date(when: datetime, now: datetime) -> bool:
+    """Whether a frame's DATE-OBS can be a real night (a clock that itself says 1970 judges only the past)."""
+    aware = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    if aware < EARLIEST_DATE:
+        return False
+    return now.year < 2020 or aware <= now + FUTURE_SLACK
 
 
 class Daemon:
     def __init__(self, config: Config, *, config_path: Path | None = None, env: dict[str, str] | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 monotonic: Callable[[], float] = time.monotonic, rebuild_journal: bool = False) -> None:
         self.config = config
         self.config_path = config_path
         self.paths = daemon_paths(config)
         self._clock = clock
+        self._monotonic = monotonic
         self.notifier = Notifier(env)
-        self.paths.state.mkdir(parents=True, exist_ok=True)
-        self.paths.output.mkdir(parents=True, exist_ok=True)
-        self.journal = Journal(self.paths.journal)
+        self._status_dirty = True
+        self.problems = Problems(clock, on_change=self._mark_dirty)
+        self.started_at = clock()
+        self._lock_file = StateLock(self.paths.state)
+        self._lock_file.acquire()  # StateLocked: another daemon runs on this state folder
+        self._ensure_output()
+        self.journal = self._open_state(rebuild=rebuild_journal)
         self._ready: queue.Queue[object] = queue.Queue()
+        self._deferred: list[tuple[float, Path]] = []  # routing failed on the state disk: (retry at, path)
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._restart_reason: str | None = None
         self._lock = threading.RLock()
         self.workers: dict[str, SessionWorker] = {}
         self._keys: dict[SessionKey, str] = {}
         self._pending_calibration: list[Path] = []
         self._last_calibration = 0.0
         self._library: MasterLibrary | None = None
-        self.errors: list[dict[str, str]] = []
         self.progress: dict[str, Any] = {}  # a long job under way: {"what", "done", "total"}
-        self.started_at = clock()
-        self._scheduler = BackgroundScheduler(timezone="UTC")
+        self._inbox = ControlInbox(self.paths.control)
+        self._closes = CloseClock(idle_s=config.session.idle_minutes * 60.0, wall=clock, monotonic=monotonic,
+                                  dawn_after=self._dawn_after(config))
         self._router = threading.Thread(target=self._route_loop, name="astrod-router", daemon=True)
         self._watcher = FolderWatcher(self._watch_settings(), self._on_ready)
-        self._status_dirty = True
         self.web: WebServer | None = None
         # INDI capture plan: the runner's frames arrive through the watcher like any other frame
         self.capture: CaptureRunner | None = (CaptureRunner.for_daemon(self)
                                               if config.indi.enabled and config.capture.steps else None)
 
+    @property
+    def errors(self) -> list[dict[str, str]]:
+        return self.problems.history()
+
+    def _mark_dirty(self) -> None:
+        self._status_dirty = True
+
     # ----------------------------------------------------------------------------------- set-up
+    def _ensure_output(self) -> None:
+        try:
+            self.paths.output.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # sessions retry their writes; the status says why they fail
+            self.problems.set("output", f"output folder {self.paths.output}: {err.strerror or err}")
+        else:
+            self.problems.set("output", None)
+
+    def _open_state(self, *, rebuild: bool) -> Journal:
+        """The journal (rebuilt when damaged); while the state disk fails, wait and say so (never exit)."""
+        while True:
+            try:
+                journal, rebuilt = open_journal(self.paths.journal, sessions_dir=self.paths.sessions,
+                                                output=self.paths.output, force_rebuild=rebuild)
+            except Exception as err:
+                if not is_disk_problem(err):
+                    raise
+                text = f"state folder {self.paths.state}: {err}; waiting for it to work again"
+                log.error("state_unusable", state=str(self.paths.state), reason=str(err))
+                self.problems.set("state", text)
+                self.notifier.status(text)
+                self.notifier.watchdog()
+                self._write_status_quietly(starting=True)
+                time.sleep(STATE_RETRY_S)
+                continue
+            self.problems.set("state", None)
+            if rebuilt is not None:
+                self.problems.error("journal", f"{self.paths.journal} was damaged: moved to {rebuilt.moved_to} "
+                                    f"and rebuilt ({rebuilt.open_sessions} open and {rebuilt.closed_sessions} "
+                                    f"closed sessions, {rebuilt.files} frames)")
+            return journal
+
     def _watch_settings(self) -> WatchSettings:
         c = self.config
         return WatchSettings(folders=c.paths.watch, stable_seconds=c.watch.stable_seconds, polling=c.watch.polling,
@@ -129,6 +204,14 @@ class Daemon:
 
     def _pipeline_settings(self) -> PipelineSettings:
         return PipelineSettings.from_config(self.config)
+
+    @staticmethod
+    def _dawn_after(config: Config) -> Callable[[datetime], datetime | None]:
+        site = config.site
+        if site.latitude is None or site.longitude is None:
+            return lambda _: None
+        lat, lon, elev = site.latitude, site.longitude, site.elevation
+        return lambda t: next_dawn(t, latitude=lat, longitude=lon, elevation=elev)
 
     def _open_library(self) -> MasterLibrary | None:
         with self._lock:  # the router, the workers and the web server's threads all ask
@@ -163,17 +246,10 @@ class Daemon:
     # ----------------------------------------------------------------------------------- running
     def start(self) -> None:
         """Restore open sessions, start the threads, queue what arrived while astrod was down."""
-        self._scheduler.start()
         for record in self.journal.sessions(status="open"):
-            key = _key_from_dict(record.key)
-            worker = self._make_worker(record.id, key, record.info.get("label", record.id),
-                                       Path(record.info.get("output", self.paths.output / record.id)))
-            self._keys[key] = record.id
-            for f in self.journal.files(session=record.id, status=["queued"]):
-                worker.enqueue(Path(f.path))
-            self._touch_idle(record.id)
+            self._restore_session(record.id, record.key, record.info, close_reason=record.close_reason)
         for f in self.journal.files(status=["queued"]):
-            if f.session is None:
+            if f.session is None or f.session not in self.workers:  # never routed, or its session has closed
                 self._ready.put(Path(f.path))
         self._router.start()
         if self.capture is not None:
@@ -181,11 +257,23 @@ class Daemon:
         self._watcher.start()
         for path in scan_folders(self._watch_settings()):
             self._ready.put(path)
-        self._schedule_dawn()
         self._start_web()
         self.notifier.ready(self.status_line())
         log.info("daemon_started", version=__version__, state=str(self.paths.state), library=str(self.paths.library),
                  output=str(self.paths.output), sessions=len(self.workers))
+
+    def _restore_session(self, sid: str, key_data: dict[str, Any], info: dict[str, Any], *,
+                         close_reason: str | None = None) -> SessionWorker:
+        """A worker for a session the journal has open, with the frames queued for it."""
+        key = _key_from_dict(key_data)
+        worker = self._make_worker(sid, key, info.get("label", sid), Path(info.get("output", self.paths.output / sid)))
+        self._keys[key] = sid
+        for f in self.journal.files(session=sid, status=["queued"]):
+            worker.enqueue(Path(f.path), f.arrival)
+        self._closes.touch(sid)
+        if close_reason is not None:  # a close was under way when astrod stopped: it is done now
+            self.close_session(sid, close_reason)
+        return worker
 
     def _start_web(self, *, port: int | None = None) -> None:
         if not self.config.web.enabled:
@@ -196,21 +284,24 @@ class Daemon:
             web.start()
         except OSError as err:  # port taken: go on without the dashboard, say so in the status
             log.error("web_start_failed", host=self.config.web.host, port=self.config.web.port, reason=str(err))
-            self._error("web", f"{self.config.web.host}:{self.config.web.port}: {err.strerror or err}")
+            self.problems.set("web", f"{self.config.web.host}:{self.config.web.port}: {err.strerror or err}")
             return
+        self.problems.set("web", None)
         self.web = web
 
     def run(self, *, install_signals: bool = True, until: Callable[[], bool] | None = None) -> int:
-        """Run until SIGTERM/SIGINT (or ``until()``); returns the exit status."""
+        """Run until SIGTERM/SIGINT (or ``until()``); returns the exit status (`RESTART`: start again)."""
         if install_signals:
             signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
             signal.signal(signal.SIGINT, lambda *_: self._stop.set())
             signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
         self.start()
-        last_ping = last_status = 0.0
+        last_ping = last_status = last_check = 0.0
         interval = self.notifier.watchdog_interval
         try:
             while not self._stop.is_set() and not (until is not None and until()):
+                if self._restart_reason is not None:
+                    return RESTART
                 now = time.monotonic()
                 if interval is not None and now - last_ping >= interval:
                     self.notifier.watchdog()
@@ -218,7 +309,9 @@ class Daemon:
                 if self._reload.is_set():
                     self._reload.clear()
                     self.reload()
-                self._handle_control()
+                if now - last_check >= 1.0:
+                    self._periodic()
+                    last_check = now
                 if self._pending_calibration and now - self._last_calibration > 5.0:
                     self._ready.put(_FLUSH)
                     self._last_calibration = now
@@ -229,6 +322,36 @@ class Daemon:
         finally:
             self.shutdown()
         return 0
+
+    def _periodic(self) -> None:
+        """Once a second: control requests, due closes, deferred files, and workers that must not be dead."""
+        self._handle_control()
+        decision = self._closes.check(busy=self._session_busy)
+        if decision.dawn:
+            self.close_all("end of night (astronomical dawn)")
+        for sid in decision.idle:
+            self.close_session(sid, "idle")
+        now = self._monotonic()
+        due = [p for t, p in self._deferred if t <= now]
+        if due:
+            self._deferred = [(t, p) for t, p in self._deferred if t > now]
+            for path in due:
+                self._ready.put(path)
+        with self._lock:
+            dead = [w for w in self.workers.values() if not w.alive and not w.closed]
+        for worker in dead:  # cannot happen by design (the worker catches everything); if it does, start it again
+            log.error("session_worker_died", session=worker.id)
+            self.problems.error(worker.id, f"{worker.label}: its worker thread ended unexpectedly; restarted")
+            with self._lock:
+                self.workers.pop(worker.id, None)
+            record = self.journal.session(worker.id)
+            if record is not None and record.status == "open":
+                self._restore_session(record.id, record.key, record.info, close_reason=record.close_reason)
+
+    def _session_busy(self, sid: str) -> bool:
+        with self._lock:
+            worker = self.workers.get(sid)
+        return worker is not None and worker.in_flight > 0
 
     def shutdown(self) -> None:
         """Stop taking frames, let every worker finish its current frame and checkpoint, then exit."""
@@ -247,15 +370,16 @@ class Daemon:
             worker.stop()
         for worker in workers:
             worker.join(timeout=60)
-        self._scheduler.shutdown(wait=True)
         self.write_status(running=False)
         if self._library is not None:
             self._library.close()
         self.journal.close()
+        self._lock_file.release()
         log.info("daemon_stopped")
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config; new sessions use it, open sessions keep the settings they started with."""
+        """SIGHUP: re-read the config and apply it: watch folders, output, web, closes and logging at once; the
+        pipeline settings for new sessions (open ones keep theirs); state and library paths need a restart."""
         if self.config_path is None:
             return
         self.notifier.reloading()
@@ -263,10 +387,36 @@ class Daemon:
             config = load_config(self.config_path)
         except ConfigError as err:
             log.error("config_reload_failed", problems=err.problems)
-            self._error("config", "; ".join(err.problems))
-        else:
-            self.config = config
-            log.info("config_reloaded", path=str(self.config_path))
+            self.problems.error("config", "; ".join(err.problems))
+            self.notifier.ready(self.status_line())
+            return
+        change = compare(self.config, config)
+        old = self.config
+        self.config = replace(config, paths=replace(config.paths, state=old.paths.state, library=old.paths.library))
+        if "paths.output" in change.applied:
+            self.paths = replace(self.paths, output=config.paths.output)
+            self._ensure_output()
+        if {"paths.watch", "watch", "paths.output"} & set(change.applied):
+            self._watcher.stop()
+            self._watcher = FolderWatcher(self._watch_settings(), self._on_ready)
+            self._watcher.start()
+            for path in scan_folders(self._watch_settings()):
+                self._ready.put(path)
+        if {"session", "site"} & set(change.applied):
+            self._closes.reconfigure(idle_s=config.session.idle_minutes * 60.0, dawn_after=self._dawn_after(config))
+        if "log" in change.applied:
+            from astrod.service.logging import configure_logging
+
+            configure_logging(level=config.log.level, fmt=config.log.format)
+        if "web" in change.applied:
+            if self.web is not None:
+                self.web.stop()
+                self.web = None
+            self._start_web()
+        self.problems.set("config", None if not change.needs_restart else
+                          "config changes that need a restart: " + ", ".join(change.needs_restart))
+        log.info("config_reloaded", path=str(self.config_path), applied=list(change.applied),
+                 needs_restart=list(change.needs_restart))
         self.notifier.ready(self.status_line())
 
     # ----------------------------------------------------------------------------------- routing
@@ -277,6 +427,7 @@ class Daemon:
         while True:
             item = self._ready.get()
             if item is _STOP:
+                self._ready.task_done()
                 return
             try:
                 if item is _FLUSH:
@@ -285,11 +436,39 @@ class Daemon:
                     assert isinstance(item, Path)
                     self._route(item)
             except Exception as err:  # one bad file must not stop the router
-                log.exception("route_failed", frame=str(item))
-                self._error(str(item), f"internal error: {err}")
+                self._route_failed(item, err)
             finally:
                 self._ready.task_done()  # busy() waits for this: a file being routed is not yet in a session
             self._status_dirty = True
+
+    def _route_failed(self, item: object, err: Exception) -> None:
+        if self.state_failed(err):
+            if isinstance(item, Path):  # the file is routed again once the state disk works
+                self._deferred.append((self._monotonic() + STATE_RETRY_S, item))
+            return
+        log.exception("route_failed", frame=str(item))
+        self.problems.error(str(item), f"internal error: {err}")
+        if isinstance(item, Path):  # a final record, so that it is not routed (and failing) at every start
+            try:
+                self.journal.set_file(item, status="rejected", reason=f"{item}: internal error while routing: {err}")
+            except Exception as again:
+                self.state_failed(again)
+
+    def state_failed(self, err: BaseException) -> bool:
+        """Whether ``err`` is the state (journal) failing; if so it is reported, and a damaged journal makes
+        the daemon start again (the start rebuilds it). Other errors (a frame's own disk, a bug) are not."""
+        if not isinstance(err, sqlite3.Error | StateCorrupt):
+            return False
+        if is_corrupt(err):
+            log.error("journal_damaged_while_running", reason=str(err))
+            self.problems.set("state", f"{self.paths.journal} is damaged ({err}): starting again to rebuild it")
+            self._restart_reason = str(err)
+            return True
+        if is_disk_problem(err):
+            log.error("state_write_failed", reason=str(err))
+            self.problems.set("state", f"state folder {self.paths.state}: {err}; retrying")
+            return True
+        return False
 
     def _route(self, path: Path) -> None:
         try:
@@ -299,15 +478,25 @@ class Daemon:
                 lst = path.lstat()
             except OSError:
                 return  # gone before we looked
-            if self.journal.record_seen(path, size=lst.st_size, mtime=lst.st_mtime, hash=None):
+            if self.journal.record_seen(path, size=lst.st_size, mtime=lst.st_mtime, hash=None).queued:
                 self._reject(path, f"{path}: cannot stat: {err.strerror or err}")
             return
         try:
             digest = quick_hash(path, size=st.st_size) if path.is_file() else None
         except OSError:
             digest = None
-        if not self.journal.record_seen(path, size=st.st_size, mtime=st.st_mtime, hash=digest):
+        sighting = self.journal.record_seen(path, size=st.st_size, mtime=st.st_mtime, hash=digest)
+        self.problems.set("state", None)
+        if sighting.seen is Seen.DUPLICATE:
+            log.info("frame_duplicate", frame=str(path), original=sighting.original)
             return
+        if sighting.seen is Seen.KNOWN:
+            record = sighting.previous
+            if record is None or record.status != "queued" or self._routed_to_open_session(record):
+                return
+            # queued but never routed (astrod stopped in between), or left behind by a session that closed
+        if sighting.seen is Seen.CHANGED and sighting.previous is not None:
+            self._forget_old_version(path, sighting.previous)
         try:
             meta = read_meta(path, **self._read_options())
         except AstrodError as err:
@@ -326,20 +515,54 @@ class Daemon:
             self._last_calibration = time.monotonic()
             log.info("calibration_frame_seen", frame=str(path), kind=meta.kind.value)
             return
-        self._route_light(path, meta, st.st_mtime)
+        self._route_light(path, meta, st.st_mtime, sighting.arrival)
+
+    def _routed_to_open_session(self, record: FileRecord) -> bool:
+        with self._lock:
+            return record.session is not None and record.session in self.workers
+
+    def _forget_old_version(self, path: Path, old: FileRecord) -> None:
+        """A file was overwritten with other content: the old version's contribution goes (its session is
+        stacked again from its files; a closed one is reopened), and the new version is routed as a new frame."""
+        if old.session is None:
+            return
+        with self._lock:
+            worker = self.workers.get(old.session)
+        in_stack = old.status == "stacked" or (worker is not None and str(path) in worker.uncheckpointed())
+        if not in_stack:
+            return
+        why = f"{path} was overwritten with other content after it was stacked"
+        log.warning("stacked_frame_overwritten", frame=str(path), session=old.session)
+        self.problems.error(str(path), f"{why}: session {old.session} is stacked again from its files")
+        if worker is not None:
+            worker.restack(why)
+            return
+        record = self.journal.session(old.session)
+        if record is None:
+            return
+        self.journal.reopen_session(old.session)  # its products are written again when it closes
+        with self._lock:
+            self._restore_session(record.id, record.key, record.info)
 
     def _reject(self, path: Path, reason: str, *, kind: str | None = None) -> None:
         self.journal.set_file(path, status="rejected", reason=reason, kind=kind)
         log.warning("frame_rejected", frame=str(path), reason=reason)
 
-    def _route_light(self, path: Path, meta: FrameMeta, mtime: float) -> None:
+    def _route_light(self, path: Path, meta: FrameMeta, mtime: float, arrival: int) -> None:
         if meta.exposure is None:
             self._reject(path, f"{path}: no exposure time (EXPTIME/EXPOSURE) in the header", kind="light")
             return
         if self._pending_calibration:
             self._flush_calibration()  # masters from the calibration frames that came first serve this light
+        file_time = datetime.fromtimestamp(mtime, tz=UTC)
         if meta.date_obs is None:
-            meta = replace(meta, date_obs=datetime.fromtimestamp(mtime, tz=UTC))
+            meta = replace(meta, date_obs=file_time)
+        elif not plausible_date(meta.date_obs, self._clock()):
+            log.warning("frame_date_implausible", frame=str(path), date_obs=str(meta.date_obs),
+                        using=file_time.isoformat())
+            self.problems.error(str(path), f"{path}: DATE-OBS {meta.date_obs.isoformat()} cannot be right; "
+                                f"the file's time {file_time.isoformat(timespec='seconds')} names its night")
+            meta = replace(meta, date_obs=file_time)
         with self._lock:
             pointings = [Pointing(w.key["target"], w.key["ra"], w.key["dec"]) for w in self.workers.values()
                          if w.key.get("ra") is not None and not w.closing]
@@ -348,11 +571,15 @@ class Daemon:
             self._reject(path, f"{path}: no OBJECT and no RA/DEC: cannot tell which target it belongs to",
                          kind="light")
             return
-        key = session_key(meta, target=target, longitude=self.config.site.longitude)
+        try:
+            key = session_key(meta, target=target, longitude=self.config.site.longitude)
+        except (ValueError, OverflowError) as err:
+            self._reject(path, f"{path}: cannot tell the night of DATE-OBS {meta.date_obs}: {err}", kind="light")
+            return
         worker = self._session_for(key, meta)
         self.journal.set_file(path, status="queued", kind="light", session=worker.id)
-        worker.enqueue(path)
-        self._touch_idle(worker.id)
+        worker.enqueue(path, arrival)
+        self._closes.touch(worker.id)
 
     def _session_for(self, key: SessionKey, meta: FrameMeta) -> SessionWorker:
         with self._lock:
@@ -388,10 +615,14 @@ class Daemon:
             checkpoint_seconds=self.config.session.checkpoint_seconds,
             preview_every_frames=self.config.stack.preview_every_frames,
             preview_every_seconds=self.config.stack.preview_every_seconds,
-            read_options=self._read_options(), on_closed=self._on_session_closed, on_progress=self._set_progress)
+            read_options=self._read_options(), on_closed=self._on_session_closed, on_progress=self._set_progress,
+            on_problem=self._worker_problem, on_state_error=self.state_failed)
         self.workers[sid] = worker
         worker.start()
         return worker
+
+    def _worker_problem(self, key: str, text: str | None) -> None:
+        self.problems.set(key, text)
 
     def _flush_calibration(self) -> None:
         """Build or refresh the masters the new calibration frames belong to."""
@@ -403,9 +634,10 @@ class Daemon:
         try:
             report = build_library(self.paths.library, sources, options=options, progress=_StatusProgress(self))
         except AstrodError as err:
-            self._error("library", str(err))
+            self.problems.set("library", str(err))
             log.error("library_update_failed", reason=str(err))
             return
+        self.problems.set("library", None)
         for skipped in report.skipped:
             self.journal.set_file(skipped.path, status="rejected", reason=skipped.reason)
         if self._library is not None:
@@ -413,31 +645,17 @@ class Daemon:
         log.info("library_updated", masters=len(report.masters), skipped=len(report.skipped))
 
     # ----------------------------------------------------------------------------------- closing
-    def _touch_idle(self, sid: str) -> None:
-        when = self._clock() + timedelta(minutes=self.config.session.idle_minutes)
-        self._scheduler.add_job(self.close_session, "date", run_date=when, args=[sid, "idle"],
-                                id=f"idle-{sid}", replace_existing=True)
-
-    def _schedule_dawn(self) -> None:
-        site = self.config.site
-        if site.latitude is None or site.longitude is None:
-            return
-        dawn = next_dawn(self._clock(), latitude=site.latitude, longitude=site.longitude, elevation=site.elevation)
-        if dawn is None:  # polar day or night: no dawn within 36 h, sessions close when idle
-            return
-        self._scheduler.add_job(self._dawn, "date", run_date=dawn, id="dawn", replace_existing=True)
-        log.info("dawn_scheduled", at=dawn.isoformat())
-
-    def _dawn(self) -> None:
-        self.close_all("end of night (astronomical dawn)")
-        self._schedule_dawn()
-
     def close_session(self, sid: str, why: str) -> bool:
         with self._lock:
             worker = self.workers.get(sid)
         if worker is None or worker.closing:
             return False
         log.info("session_close_requested", session=sid, reason=why)
+        try:  # remembered, so that a restart in the middle of the close closes the session again
+            self.journal.request_close(sid, why)
+        except Exception as err:
+            if not self.state_failed(err):
+                raise
         worker.request_close(why)
         return True
 
@@ -450,40 +668,36 @@ class Daemon:
         self.progress = dict(progress) if progress else {}
         self._status_dirty = True
 
-    def _on_session_closed(self, sid: str) -> None:
+    def _on_session_closed(self, sid: str, leftovers: list[QueuedFrame]) -> None:
         with self._lock:
-            worker = self.workers.pop(sid, None)
+            self.workers.pop(sid, None)
             self._keys = {k: v for k, v in self._keys.items() if v != sid}
-        if self._scheduler.get_job(f"idle-{sid}") is not None:
-            self._scheduler.remove_job(f"idle-{sid}")
+        self._closes.forget(sid)
+        for item in leftovers:  # routed to the session as it closed: they go to the next one
+            self._ready.put(item.path)
         self._status_dirty = True
-        del worker
 
     def _handle_control(self) -> None:
-        if not self.paths.control.is_dir():
-            return
-        for request in sorted(self.paths.control.glob("*.json")):
-            try:
-                data = json.loads(request.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as err:
-                log.warning("control_request_unreadable", path=str(request), reason=str(err))
-            else:
-                if data.get("action") == "close":
-                    sid = data.get("session")
-                    n = self.close_all("closed by request") if sid is None else int(
-                        self.close_session(str(sid), "closed by request"))
-                    log.info("control_close_handled", session=sid, closed=n)
-            request.unlink(missing_ok=True)
+        for request in self._inbox.poll():
+            data = request.data
+            if data is None:
+                log.warning("control_request_unreadable", path=str(self.paths.control / request.name),
+                            reason=request.error)
+            elif data.get("action") == "close":
+                sid = data.get("session")
+                n = self.close_all("closed by request") if sid is None else int(
+                    self.close_session(str(sid), "closed by request"))
+                log.info("control_close_handled", session=sid, closed=n)
+            problem = self._inbox.done(request)
+            if problem is not None:
+                log.warning("control_request_not_removed", reason=problem)
+                self.problems.set("control", problem)
+            self._status_dirty = True
 
     # ----------------------------------------------------------------------------------- status
-    def _error(self, where: str, text: str) -> None:
-        self.errors.append({"at": self._clock().isoformat(), "where": where, "error": text})
-        del self.errors[:-50]
-        self._status_dirty = True
-
     def busy(self) -> bool:
         """Whether any frame is still waiting somewhere (router queue, calibration batch, session queues)."""
-        if self._ready.unfinished_tasks or self._pending_calibration:
+        if self._ready.unfinished_tasks or self._pending_calibration or self._deferred:
             return True
         # (journal rows stay "queued" until their frames' checkpoint: stacked frames waiting for one are done)
         with self._lock:
@@ -493,7 +707,9 @@ class Daemon:
         with self._lock:
             parts = [f"{w.label}: {w.stats.stacked} stacked, {w.stats.rejected} rejected"
                      for w in self.workers.values()]
-        return "; ".join(parts) if parts else "idle, watching"
+        problems = self.problems.current()
+        line = "; ".join(parts) if parts else "idle, watching"
+        return line + (f"; PROBLEM: {problems[0].text}" if problems else "")
 
     def _uncheckpointed(self, session_id: str) -> dict[str, tuple[str, str | None, dict[str, Any]]]:
         with self._lock:
@@ -514,7 +730,7 @@ class Daemon:
                          "night": w.key.get("night"), "stacked": w.stats.stacked, "rejected": w.stats.rejected,
                          "total_exposure_s": w.stats.exposure, "queue": w.queue_length,
                          "last_frame": w.stats.last_metrics, "rejections": w.stats.rejections,
-                         "output": str(w.paths.output), "closing": w.closing}
+                         "output": str(w.paths.output), "closing": w.closing, "problems": w.problems}
                         for w in self.workers.values()]
         library = self._open_library()
         lib_summary: dict[str, Any] = {"path": str(self.paths.library)}
@@ -524,20 +740,47 @@ class Daemon:
                 counts[record.kind.value] = counts.get(record.kind.value, 0) + 1
             lib_summary["masters"] = counts
         progress = dict(self.progress) if self.progress else None
+        rejected = [{"path": r.path, "status": r.status, "reason": r.reason}
+                    for r in self.journal.recent(status=["rejected", "duplicate"], limit=20)]
         return {"running": running, "pid": os.getpid(), "version": __version__, "progress": progress,
                 "started_at": self.started_at.isoformat(), "updated_at": self._clock().isoformat(),
                 "queue": self._ready.qsize(), "files": files, "sessions": sessions,
                 "closed_sessions": [{"id": s.id, "label": s.info.get("label"), "output": s.info.get("output"),
                                      "closed_at": s.closed_at, **s.info.get("stats", {})}
                                     for s in self.journal.sessions(status="closed")][-50:],
-                "library": lib_summary, "errors": self.errors[-20:], "status_line": self.status_line(),
+                "library": lib_summary, "errors": self.problems.history(),
+                "problems": [{"where": p.key, "problem": p.text, "since": p.since} for p in self.problems.current()],
+                "recent_rejections": rejected, "control_handled": self._inbox.handled,
+                "status_line": self.status_line(),
                 "capture": self.capture.status() if self.capture is not None else None}
 
     def write_status(self, *, running: bool = True) -> None:
         self._status_dirty = False
-        status = self.status(running=running)
-        atomic_write_text(self.paths.status, json.dumps(status, indent=2, default=str) + "\n")
-        self.notifier.status(status["status_line"])
+        try:
+            status = self.status(running=running)
+        except Exception as err:  # the journal itself failing: say so in a short status
+            if not self.state_failed(err):
+                raise
+            self._write_status_quietly(running=running)
+            return
+        self._write_status_file(status)
+
+    def _write_status_quietly(self, *, running: bool = True, starting: bool = False) -> None:
+        """A short status that needs nothing but the problems (the journal may be what fails)."""
+        status = {"running": running, "pid": os.getpid(), "version": __version__,
+                  "started_at": self.started_at.isoformat(), "updated_at": self._clock().isoformat(),
+                  "starting": starting, "sessions": [], "files": {},
+                  "problems": [{"where": p.key, "problem": p.text, "since": p.since} for p in self.problems.current()],
+                  "errors": self.problems.history(), "status_line": self.status_line() if not starting else
+                  "; ".join(p.text for p in self.problems.current())}
+        self._write_status_file(status)
+
+    def _write_status_file(self, status: dict[str, Any]) -> None:
+        try:
+            write_status(self.paths.status, status)
+        except OSError as err:
+            log.error("status_write_failed", path=str(self.paths.status), reason=str(err))
+        self.notifier.status(str(status.get("status_line", "")))
 
 
 class _StatusProgress:
@@ -547,18 +790,15 @@ class _StatusProgress:
         self._daemon = daemon
 
     def start(self, stage: str, total: int) -> None:
-        self._daemon.progress = {"what": f"library {stage}", "done": 0, "total": total}
-        self._daemon._status_dirty = True
+        self._daemon._set_progress({"what": f"library {stage}", "done": 0, "total": total})
 
     def advance(self, item: str = "", n: int = 1) -> None:
         p = self._daemon.progress
         if p:
-            self._daemon.progress = {**p, "done": p["done"] + n, "item": item}
-            self._daemon._status_dirty = True
+            self._daemon._set_progress({**p, "done": p["done"] + n, "item": item})
 
     def finish(self) -> None:
-        self._daemon.progress = {}
-        self._daemon._status_dirty = True
+        self._daemon._set_progress(None)
 
 
 def _key_dict(key: SessionKey, meta: FrameMeta | None) -> dict[str, Any]:
@@ -569,8 +809,6 @@ def _key_dict(key: SessionKey, meta: FrameMeta | None) -> dict[str, Any]:
 
 
 def _key_from_dict(data: dict[str, Any]) -> SessionKey:
-    from datetime import date
-
     return SessionKey(night=date.fromisoformat(data["night"]), target=data["target"], filter=data["filter"],
                       camera=data["camera"], gain=data["gain"], offset=data["offset"],
                       binning=(int(data["binning"][0]), int(data["binning"][1])), bayer=data["bayer"])
@@ -578,10 +816,8 @@ def _key_from_dict(data: dict[str, Any]) -> SessionKey:
 
 def read_status(config: Config) -> dict[str, Any] | None:
     """The status the daemon last wrote, with ``running`` corrected when its process is gone."""
-    path = daemon_paths(config).status
-    try:
-        status: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    status = read_status_file(daemon_paths(config).status)
+    if status is None:
         return None
     pid = int(status.get("pid", 0))
     alive = False
@@ -595,3 +831,24 @@ def read_status(config: Config) -> dict[str, Any] | None:
             alive = True
     status["running"] = bool(status.get("running")) and alive
     return status
+
+
+def run_daemon(config: Config, *, config_path: Path | None = None) -> int:
+    """``astrod run``: the daemon until SIGTERM; started again in this process when it found its journal
+    damaged (the new start rebuilds it). Another daemon on the same state folder: one line and exit 1."""
+    rebuild = False
+    while True:
+        try:
+            daemon = Daemon(config, config_path=config_path, rebuild_journal=rebuild)
+        except StateLocked as err:
+            log.error("state_locked", reason=str(err))
+            print(f"astrod: {err}", file=sys.stderr)
+            return 1
+        status = daemon.run()
+        if status != RESTART:
+            return status
+        log.warning("daemon_restarting", reason="journal damaged while running")
+        rebuild = True
+        if config_path is not None:
+            with contextlib.suppress(ConfigError):  # a broken file: the config the daemon ran with
+                config = load_config(config_path)

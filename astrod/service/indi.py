@@ -12,6 +12,7 @@ Nothing outside this module imports PyIndi.
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 from collections import deque
@@ -94,6 +95,15 @@ class Camera(Protocol):
     def temperature(self) -> float | None: ...
 
     def expose(self, seconds: float, *, local_file: Path | None = None) -> Exposure: ...
+
+
+def _unreachable_reason(host: str, port: int, timeout: float) -> str:
+    """Why a TCP connection fails (PyIndi's connectServer says only that it did): refused, no route, ..."""
+    try:
+        with socket.create_connection((host, int(port)), timeout=min(timeout, 5.0)):
+            return "the port answers, but the INDI client could not connect"
+    except OSError as err:
+        return err.strerror or str(err) or type(err).__name__
 
 
 @dataclass
@@ -326,7 +336,8 @@ class IndiCamera:
         client.setServer(self.host, int(self.port))
         client.setConnectionTimeout(int(self.timeout), int((self.timeout % 1) * 1e6))
         if not client.connectServer():
-            raise IndiConnectionError(f"cannot reach indiserver at {self.host}:{self.port}")
+            raise IndiConnectionError(f"cannot reach indiserver at {self.host}:{self.port}: "
+                                      f"{_unreachable_reason(self.host, self.port, self.timeout)}")
         snap = self._snapshot
         if not snap.wait(lambda: snap.up, self.timeout):
             raise IndiConnectionError(f"indiserver at {self.host}:{self.port} did not answer")

@@ -2,6 +2,12 @@
 
 A worker reads each frame, runs it through the pipeline's LiveStack, checkpoints the stack together with the
 journal rows of the frames it holds, refreshes the preview on schedule, and on close writes the final outputs.
+
+Failures never end the thread. A frame that fails is recorded once, as rejected with the reason. A checkpoint,
+a preview or a close that fails (full or read-only disk, a file where a folder should be) is reported as a
+problem, retried with back-off, and cleared when it succeeds; the frames it concerns stay in memory meanwhile
+and keep exactly one record. A checkpoint that is missing or cannot be read makes the session stack again from
+its source files (the journal knows them).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +30,35 @@ from astrod.errors import AstrodError
 from astrod.io.atomic import atomic_write_text
 from astrod.io.frames import is_scratch, read_frame
 from astrod.io.journal import Journal
+from astrod.io.previews import write_frames_table
 from astrod.model import Frame
-from astrod.pipeline.live import Calibrator, FrameResult, LiveStack, PipelineSettings
-from astrod.pipeline.outputs import write_preview, write_session_outputs
+from astrod.pipeline.live import TABLE_COLUMNS, Calibrator, LiveStack, PipelineSettings
+from astrod.pipeline.outputs import FRAMES, SESSION, write_preview, write_session_outputs
 
 log = structlog.get_logger()
 
-_CLOSE = object()
-_STOP = object()
+_CLOSE = "close"
+_STOP = "stop"
+_RESTACK = "restack"
+FIRST_RETRY_S = 2.0
+MAX_RETRY_S = 300.0
+
+ProblemSink = Callable[[str, str | None], None]  # (key, text) sets a problem; (key, None) clears it
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedFrame:
+    """A frame for the worker: its path and the journal's arrival number of the version routed here (a later
+    version of the same path, or a re-route elsewhere, makes this one stale)."""
+
+    path: Path
+    arrival: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Control:
+    action: str
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +85,23 @@ class SessionStats:
     timings_ms: list[float] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class _Retry:
+    """Back-off of one kind of failing work: the next attempt is due at ``due`` (monotonic seconds)."""
+
+    due: float = 0.0
+    delay: float = FIRST_RETRY_S
+    failing: bool = False
+
+    def failed(self, now: float) -> None:
+        self.due = now + self.delay
+        self.delay = min(self.delay * 2.0, MAX_RETRY_S)
+        self.failing = True
+
+    def succeeded(self) -> None:
+        self.due, self.delay, self.failing = 0.0, FIRST_RETRY_S, False
+
+
 def _reason_class(reason: str | None, path: Path) -> str:
     """The kind of a rejection, for counts by reason: 'truncated', 'registration failed', 'FWHM 5.1 px is ...'."""
     text = (reason or "unknown").strip()
@@ -75,8 +119,10 @@ class SessionWorker:
                  settings: PipelineSettings, calibrator: Calibrator | None,
                  checkpoint_every: int, preview_every_frames: int, preview_every_seconds: float,
                  checkpoint_seconds: float = 600.0,
-                 read_options: dict[str, Any], on_closed: Callable[[str], None],
-                 on_progress: Callable[[dict[str, Any] | None], None] = lambda _: None) -> None:
+                 read_options: dict[str, Any], on_closed: Callable[[str, list[QueuedFrame]], None],
+                 on_progress: Callable[[dict[str, Any] | None], None] = lambda _: None,
+                 on_problem: ProblemSink = lambda _key, _text: None,
+                 on_state_error: Callable[[BaseException], bool] = lambda _err: False) -> None:
         self.id = session_id
         self.label = label
         self.key = key
@@ -95,8 +141,11 @@ class SessionWorker:
         self._scratch: npt.NDArray[np.float32] | None = None
         self._on_closed = on_closed
         self._on_progress = on_progress
-        self._queue: queue.Queue[object] = queue.Queue()
+        self._on_problem = on_problem
+        self._on_state_error = on_state_error  # the daemon's judgement of journal errors (damaged: restart)
+        self._queue: queue.Queue[QueuedFrame | _Control] = queue.Queue()
         self._pending: list[tuple[Path, str, str | None, dict[str, Any]]] = []
+        self._done: set[tuple[str, int]] = set()  # frames in the current stack (a re-stack starts a new set)
         self._count_lock = threading.Lock()
         self._enqueued = 0
         self._finished = 0
@@ -104,46 +153,72 @@ class SessionWorker:
         self._since_preview = 0
         self._last_preview = time.monotonic()
         self._previewed = False  # the first stacked frame shows at once, not after preview_every_frames
+        self._preview_owed = False  # a preview failed to write: it is written again when its retry is due
+        self._retries = {"checkpoint": _Retry(), "preview": _Retry(), "close": _Retry()}
+        self._close_why: str | None = None
         self.stats = SessionStats()
         self.closing = False
         self.closed = False
+        self._log = log.bind(session=session_id)
         self._live = self._restore()
         self._thread = threading.Thread(target=self._run, name=f"astrod-session-{session_id}", daemon=True)
-        self._log = log.bind(session=session_id)
 
     # ------------------------------------------------------------------------------------ life cycle
     def _restore(self) -> LiveStack:
         record = self._journal.session(self.id)
         self.paths.state.mkdir(parents=True, exist_ok=True)
-        if record is not None and record.checkpoint and Path(record.checkpoint).exists():
-            live = LiveStack.load(Path(record.checkpoint), self._settings, calibrator=self._calibrator,
-                                  cache_dir=self.paths.cache)
-            self._seq = record.checkpoint_seq
-            stats = record.info.get("stats", {})
-            self.stats = SessionStats(stacked=stats.get("stacked", 0), rejected=stats.get("rejected", 0),
-                                      exposure=stats.get("exposure", 0.0), last_frame=stats.get("last_frame"),
-                                      last_metrics=stats.get("last_metrics", {}),
-                                      rejections=stats.get("rejections", {}))
-            log.info("session_restored", session=self.id, checkpoint=record.checkpoint, stacked=self.stats.stacked)
-            return live
+        problem: str | None = None
+        if record is not None and record.checkpoint:
+            try:
+                live = LiveStack.load(Path(record.checkpoint), self._settings, calibrator=self._calibrator,
+                                      cache_dir=self.paths.cache)
+            except Exception as err:  # missing, truncated, garbled, of another version: stack again from sources
+                problem = str(err).splitlines()[0]
+            else:
+                self._seq = record.checkpoint_seq
+                stats = record.info.get("stats", {})
+                self.stats = SessionStats(stacked=stats.get("stacked", 0), rejected=stats.get("rejected", 0),
+                                          exposure=stats.get("exposure", 0.0), last_frame=stats.get("last_frame"),
+                                          last_metrics=stats.get("last_metrics", {}),
+                                          rejections=stats.get("rejections", {}))
+                self._log.info("session_restored", checkpoint=record.checkpoint, stacked=self.stats.stacked)
+                return live
+        elif record is not None and self._journal.files(session=self.id, status=["stacked", "rejected"]):
+            problem = "its checkpoint is not recorded"
+        if problem is not None and record is not None:
+            self._seq = record.checkpoint_seq  # new checkpoints never take the name of one that may be there
+            n = self._journal.requeue_session(self.id)
+            shutil.rmtree(self.paths.cache, ignore_errors=True)
+            self._log.error("session_restacking", reason=problem, frames=n)
+            self._on_problem(f"{self.id}:restack",
+                             f"{self.label}: checkpoint unusable ({problem}); stacking its {n} frames again "
+                             "from their files")
         return LiveStack(self._settings, calibrator=self._calibrator, cache_dir=self.paths.cache)
 
     def start(self) -> None:
         self._thread.start()
 
-    def enqueue(self, path: Path) -> None:
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def enqueue(self, path: Path, arrival: int) -> None:
         with self._count_lock:
             self._enqueued += 1
-        self._queue.put(path)
+        self._queue.put(QueuedFrame(path, arrival))
 
     def request_close(self, why: str) -> None:
         if not self.closing:
             self.closing = True
-            self._queue.put((_CLOSE, why))
+            self._queue.put(_Control(_CLOSE, why))
+
+    def restack(self, why: str) -> None:
+        """Stack the session again from its source files (a stacked frame's file was overwritten)."""
+        self._queue.put(_Control(_RESTACK, why))
 
     def stop(self) -> None:
         """Finish the current frame, checkpoint, and end the thread (the session stays open)."""
-        self._queue.put(_STOP)
+        self._queue.put(_Control(_STOP))
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
@@ -151,6 +226,11 @@ class SessionWorker:
     @property
     def queue_length(self) -> int:
         return self._queue.qsize()
+
+    @property
+    def problems(self) -> list[str]:
+        """What is failing now (checkpoint, preview, close), retried with back-off."""
+        return [what for what, retry in self._retries.items() if retry.failing]
 
     def uncheckpointed(self) -> dict[str, tuple[str, str | None, dict[str, Any]]]:
         """By path, the outcome (status, reason, metrics) of the frames processed since the last checkpoint:
@@ -167,57 +247,143 @@ class SessionWorker:
     def _run(self) -> None:
         while True:
             try:
-                item = self._queue.get(timeout=self._checkpoint_due_in())
-            except queue.Empty:  # no frame for a while: the frames stacked so far get their checkpoint
-                self._checkpoint()
-                continue
-            if item is _STOP:
-                self._checkpoint()
-                return
-            if isinstance(item, tuple) and item and item[0] is _CLOSE:
-                try:
-                    self._close(str(item[1]))
-                except Exception:  # a failed close must not leave the daemon waiting: log, keep the checkpoint
-                    self._log.exception("session_close_failed")
-                    self.closing = False
-                    continue
-                return
-            assert isinstance(item, Path)
+                if self._step():
+                    return
+            except Exception as err:  # a bug here must not end the session silently: report, wait, go on
+                self._log.exception("session_worker_error")
+                self._on_problem(f"{self.id}:worker", f"{self.label}: internal error: {err}")
+                time.sleep(1.0)
+
+    def _step(self) -> bool:
+        """One item of the queue, or the retries that are due; True when the thread is to end."""
+        try:
+            item = self._queue.get(timeout=self._due_in())
+        except queue.Empty:
+            return self._due_work()
+        if isinstance(item, QueuedFrame):
             try:
-                self._process(item)
-            except Exception:  # a bug on one frame must not end the session: log and go on
-                self._log.exception("frame_failed", frame=str(item))
-                self._add_result(item, "rejected", "internal error while processing (see log)", {})
+                self._frame(item)
             finally:
                 with self._count_lock:
                     self._finished += 1
+            return self._due_work()
+        if item.action == _STOP:
+            self._attempt("checkpoint", self._checkpoint)
+            return True
+        if item.action == _RESTACK:
+            self._restack(item.reason)
+            return False
+        self._close_why = item.reason
+        return self._try_close()
+
+    # ------------------------------------------------------------------------------------ scheduled work
+    def _due_in(self) -> float | None:
+        """Seconds until the next checkpoint, owed preview or close retry is due (None: nothing is)."""
+        now = time.monotonic()
+        dues: list[float] = []
+        if self._pending:
+            due = (self._last_checkpoint if len(self._pending) >= self._checkpoint_every
+                   else self._last_checkpoint + self._checkpoint_seconds)
+            dues.append(max(due, self._retries["checkpoint"].due))
+        if self._preview_owed:
+            dues.append(self._retries["preview"].due)
+        if self._close_why is not None:
+            dues.append(self._retries["close"].due)
+        return max(0.0, min(dues) - now) if dues else None
+
+    def _due_work(self) -> bool:
+        """Retries and checkpoints that are due; True when a retried close succeeded (the thread ends)."""
+        now = time.monotonic()
+        if self._close_why is not None and now >= self._retries["close"].due and self._try_close():
+            return True
+        if self._pending and now >= self._retries["checkpoint"].due and (
+                len(self._pending) >= self._checkpoint_every
+                or now >= self._last_checkpoint + self._checkpoint_seconds):
+            self._attempt("checkpoint", self._checkpoint)
+        if self._preview_owed and now >= self._retries["preview"].due:
+            self._attempt("preview", self._write_preview)
+        return False
+
+    def _attempt(self, what: str, work: Callable[[], None]) -> bool:
+        """Run ``work``; on failure report the problem and schedule a retry with back-off."""
+        retry = self._retries[what]
+        try:
+            work()
+        except Exception as err:
+            self._on_state_error(err)
+            retry.failed(time.monotonic())
+            text = str(err).splitlines()[0] if str(err) else type(err).__name__
+            self._log.error(f"{what}_failed", error=text, retry_in_s=round(retry.due - time.monotonic(), 1))
+            self._on_problem(f"{self.id}:{what}", f"{self.label}: {what} failed: {text} (retrying)")
+            return False
+        if retry.failing:
+            self._log.info(f"{what}_recovered")
+            self._on_problem(f"{self.id}:{what}", None)
+        retry.succeeded()
+        return True
 
     # ------------------------------------------------------------------------------------ frames
-    def _process(self, path: Path) -> None:
-        started = time.perf_counter()
-        try:
-            frame = read_frame(path, **self._read_options, out=self._scratch)
-        except AstrodError as err:
-            self._add_result(path, "rejected", str(err), {})
+    def _frame(self, item: QueuedFrame) -> None:
+        stamp = (str(item.path), item.arrival)
+        record = self._journal.file(item.path)
+        if stamp in self._done or record is None or record.arrival != item.arrival or record.session != self.id:
+            # stacked already in this stack, or the file changed (or was re-routed) since it was queued here:
+            # the newer version has its own queue entry
+            self._log.debug("frame_skipped_stale", frame=str(item.path))
             return
+        self._done.add(stamp)
+        try:
+            status, reason, metrics, seen = self._process(item.path)
+        except Exception as err:  # a bug on one frame must not end the session: record it once, go on
+            self._log.exception("frame_failed", frame=str(item.path))
+            status, reason, metrics = "rejected", f"{item.path}: internal error while processing: {err}", {}
+            seen = self._live.rows[-1:] != [] and self._live.rows[-1].get("path") == str(item.path)
+        self._add_result(item.path, status, reason, metrics, seen_by_pipeline=seen)
+        if status == "stacked":
+            self._log.info("frame_stacked", frame=str(item.path), ms=metrics.get("ms_total"),
+                           fwhm=metrics.get("fwhm"), stars=metrics.get("stars"))
+            self._since_preview += 1
+            self._preview_owed = self._preview_owed or self._preview_due()
+        else:
+            self._log.warning("frame_rejected", frame=str(item.path), reason=reason)
+        if self._preview_owed and time.monotonic() >= self._retries["preview"].due:
+            self._attempt("preview", self._write_preview)
+
+    def _process(self, path: Path) -> tuple[str, str | None, dict[str, Any], bool]:
+        """(status, reason, metrics, whether the live stack has a row for it already)."""
+        started = time.perf_counter()
+        source = self._readable(path)
+        try:
+            frame = read_frame(source, **self._read_options, out=self._scratch)
+        except AstrodError as err:
+            return "rejected", str(err), {}, False
         if is_scratch(frame.data):
             self._scratch = frame.data
+        if source != path:  # the exposure is recorded (journal and frames table) under its first path
+            frame = replace(frame, path=path)
         reason = self._precheck(frame)
         if reason is not None:
-            self._add_result(path, "rejected", f"{path}: {reason}", {})
-            return
-        result: FrameResult = self._live.process(frame)
+            return "rejected", f"{path}: {reason}", {}, False
+        result = self._live.process(frame)
         ms = (time.perf_counter() - started) * 1e3
-        metrics = {k: v for k, v in result.metrics.items()}
+        metrics = dict(result.metrics)
         metrics["ms_total"] = round(ms, 1)
         self.stats.timings_ms.append(ms)
         del self.stats.timings_ms[:-200]
         if result.status == "stacked" and frame.meta.exposure is not None:
             self.stats.exposure += frame.meta.exposure
-        self._add_result(path, result.status, result.reason, metrics, seen_by_pipeline=True)
-        self._log.info("frame_" + result.status, frame=str(path), reason=result.reason, ms=round(ms, 1),
-                       fwhm=metrics.get("fwhm"), stars=metrics.get("stars"))
-        self._maybe_preview()
+        return result.status, result.reason, metrics, True
+
+    def _readable(self, path: Path) -> Path:
+        """``path``, or when it was renamed or moved away before its turn came, the duplicate the journal
+        recorded under its new name (the exposure is stacked once, under its first path)."""
+        if path.exists():
+            return path
+        for other in self._journal.duplicates_of(path):
+            if Path(other).exists():
+                self._log.info("frame_read_from_new_name", frame=str(path), now_at=other)
+                return Path(other)
+        return path
 
     def _precheck(self, frame: Frame) -> str | None:
         shape = self._live.shape
@@ -244,14 +410,6 @@ class SessionWorker:
         self.stats.last_frame = str(path)
         self.stats.last_metrics = {"path": str(path), "status": status, "reason": reason, **metrics}
         self._pending.append((path, status, reason, metrics))
-        if len(self._pending) >= self._checkpoint_every or self._checkpoint_due_in() == 0.0:
-            self._checkpoint()
-
-    def _checkpoint_due_in(self) -> float | None:
-        """Seconds until the pending frames are due for a checkpoint (None: nothing pending)."""
-        if not self._pending:
-            return None
-        return max(0.0, self._last_checkpoint + self._checkpoint_seconds - time.monotonic())
 
     def _stats_info(self) -> dict[str, Any]:
         s = self.stats
@@ -264,9 +422,10 @@ class SessionWorker:
             return
         seq = self._seq + 1
         target = self.paths.checkpoint(seq)
-        self._live.save(target)
-        self._journal.commit_checkpoint(self.id, checkpoint=target, seq=seq, frames=self._pending,
-                                        info=self._stats_info())
+        info = self._stats_info()
+        # the session's identity rides along, so that a lost journal can be rebuilt from the checkpoints
+        self._live.save(target, extra={"session": {"id": self.id, "key": self.key, "info": info}})
+        self._journal.commit_checkpoint(self.id, checkpoint=target, seq=seq, frames=self._pending, info=info)
         old = self.paths.checkpoint(self._seq)
         self._seq = seq
         self._pending = []
@@ -274,49 +433,104 @@ class SessionWorker:
         if old != target:
             old.unlink(missing_ok=True)
 
-    def _maybe_preview(self, *, force: bool = False) -> None:
-        self._since_preview += 1
-        due = (not self._previewed or self._since_preview >= self._preview_frames
-               or time.monotonic() - self._last_preview >= self._preview_seconds)
-        if (force or due) and self._live.n_stacked > 0:
-            linear, stretched = self._live.preview()
-            write_preview(self.paths.output, linear=linear, stretched=stretched)
-            self._previewed = True
-            self._since_preview = 0
-            self._last_preview = time.monotonic()
-            self._log.info("preview_written", path=str(self.paths.output / "preview.jpg"), frames=self._live.n_stacked)
+    def _preview_due(self) -> bool:
+        return (not self._previewed or self._since_preview >= self._preview_frames
+                or time.monotonic() - self._last_preview >= self._preview_seconds)
+
+    def _write_preview(self) -> None:
+        if self._live.n_stacked == 0:
+            self._preview_owed = False
+            return
+        linear, stretched = self._live.preview()
+        write_preview(self.paths.output, linear=linear, stretched=stretched)
+        self._previewed = True
+        self._preview_owed = False
+        self._since_preview = 0
+        self._last_preview = time.monotonic()
+        self._log.info("preview_written", path=str(self.paths.output / "preview.jpg"), frames=self._live.n_stacked)
+
+    # ------------------------------------------------------------------------------------ re-stacking
+    def _restack(self, why: str) -> None:
+        """Start the stack again and queue every frame of the session from its file, in arrival order."""
+        n = self._journal.requeue_session(self.id)
+        self._log.warning("session_restacking", reason=why, frames=n)
+        held = []
+        while True:  # what is queued now goes behind the session's frames (frames among it are in the journal)
+            try:
+                held.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        with self._count_lock:
+            self._finished += sum(isinstance(h, QueuedFrame) for h in held)
+        self._live = LiveStack(self._settings, calibrator=self._calibrator, cache_dir=self.paths.cache)
+        shutil.rmtree(self.paths.cache, ignore_errors=True)
+        self.stats = SessionStats()
+        self._pending = []
+        self._done = set()
+        self._previewed = False
+        for record in self._journal.files(session=self.id, status=["queued"]):
+            self.enqueue(Path(record.path), record.arrival)
+        for h in held:
+            if isinstance(h, QueuedFrame):
+                self.enqueue(h.path, h.arrival)  # stale or repeated entries are skipped when their turn comes
+            else:
+                self._queue.put(h)
+
+    # ------------------------------------------------------------------------------------ closing
+    def _try_close(self) -> bool:
+        """Close now; on failure the close is retried with back-off (the session keeps its frames)."""
+        why = self._close_why or "closed"
+        if not self._attempt("close", lambda: self._close(why)):
+            return False
+        leftovers = []
+        while True:  # frames routed here while the close ran belong to the next session of this key
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, QueuedFrame):
+                leftovers.append(item)
+                with self._count_lock:
+                    self._finished += 1
+        self._on_closed(self.id, leftovers)
+        return True
 
     def _close(self, why: str) -> None:
         self._checkpoint()
         self._scratch = None  # the frame array is not needed any more: the final stack is made in its room
         started = time.perf_counter()
+        timings = self.stats.timings_ms
+        rows = self._live.rows
+        summary: dict[str, Any] = {
+            "session": self.id, "label": self.label, "key": self.key, "closed_because": why,
+            "stacked": self.stats.stacked, "rejected": self.stats.rejected,
+            "total_exposure_s": self.stats.exposure, "rejections": self.stats.rejections,
+            "rejected_frames": [{"path": r.get("path"), "reason": r.get("reason")} for r in rows
+                                if r.get("status") != "stacked"],
+            "masters": [],
+            "timings_ms": {"per_frame_median": float(np.median(timings)) if timings else None,
+                           "per_frame_worst": float(np.max(timings)) if timings else None,
+                           "finalize": None},
+        }
         if self._live.n_stacked > 0:
-            self._maybe_preview(force=True)
+            self._write_preview()
             self._on_progress({"what": f"final stack of {self.label}", "done": 0, "total": 1})
             try:
                 product = self._live.finalize()
             finally:
                 self._on_progress(None)
-            info = self._stats_info()
-            timings = self.stats.timings_ms
-            summary = {
-                "session": self.id, "label": self.label, "key": self.key, "closed_because": why,
-                "stacked": self.stats.stacked, "rejected": self.stats.rejected,
-                "total_exposure_s": self.stats.exposure, "rejections": self.stats.rejections,
-                "masters": list(product.masters),
-                "timings_ms": {"per_frame_median": float(np.median(timings)) if timings else None,
-                               "per_frame_worst": float(np.max(timings)) if timings else None,
-                               "finalize": None},
-            }
+            summary["masters"] = list(product.masters)
             write_session_outputs(product, self.paths.output)
-            summary["timings_ms"]["finalize"] = round((time.perf_counter() - started) * 1e3, 1)  # type: ignore[index]
-            atomic_write_text(self.paths.output / "session.json", json.dumps(summary, indent=2, default=str) + "\n")
-        else:
-            info = self._stats_info()
+            summary["timings_ms"]["finalize"] = round((time.perf_counter() - started) * 1e3, 1)
+        else:  # no stack, but the frames table and the summary say what became of every frame
+            write_frames_table(self.paths.output / FRAMES, rows, TABLE_COLUMNS)
             self._log.warning("session_closed_empty", reason=why)
-        self._journal.update_session(self.id, status="closed", info=info)
-        shutil.rmtree(self.paths.state, ignore_errors=True)  # checkpoints and the registered-frame cache
+        atomic_write_text(self.paths.output / SESSION, json.dumps(summary, indent=2, default=str) + "\n")
+        self._journal.update_session(self.id, status="closed", info=self._stats_info())
         self.closed = True
+        shutil.rmtree(self.paths.state, ignore_errors=True)  # checkpoints and the registered-frame cache
+        for what in self._retries:
+            self._on_problem(f"{self.id}:{what}", None)
+        self._on_problem(f"{self.id}:restack", None)
         self._log.info("session_closed", reason=why, stacked=self.stats.stacked, rejected=self.stats.rejected,
                        output=str(self.paths.output))
-        self._on_closed(self.id)

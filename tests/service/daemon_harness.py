@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from astrod.io.journal import FileRecord, Journal
 
@@ -84,6 +89,53 @@ preview_every_seconds = {preview_every_seconds}
 
     def statuses(self) -> dict[str, str]:
         return {Path(r.path).name: r.status for r in self.journal_files()}
+
+    def status(self) -> dict[str, Any]:
+        """The daemon's status file as it is now ({} while it is being replaced or unreadable)."""
+        try:
+            data = json.loads((self.state / "status.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def problems(self) -> str:
+        """The status's current problems as one text (empty when none)."""
+        return " | ".join(str(p.get("problem")) for p in self.status().get("problems", []))
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "astrod", *args, "--config", str(self.config)],
+                              capture_output=True, text=True, timeout=60, check=False)
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path`` (a disk that fills up for real); skips where mounting is not
+    allowed (not root, or a container without the capability)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def fill_disk(folder: Path, *, leave: int = 0) -> Path:
+    """Fill the file system of ``folder`` with one file, then give back ``leave`` bytes; returns the file."""
+    filler = folder / "filler.bin"
+    block = b"\0" * 65536
+    with contextlib.suppress(OSError), filler.open("wb") as handle:
+        while True:
+            handle.write(block)
+            handle.flush()
+    if leave:
+        size = filler.stat().st_size
+        os.truncate(filler, max(0, size - leave))
+    return filler
 
 
 class DaemonProcess:

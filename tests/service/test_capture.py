@@ -3,6 +3,8 @@ the daemon taking in, stacking and closing what the plan captures."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -229,6 +231,43 @@ def test_unreachable_server_is_retried_with_the_error_in_status(tmp_path: Path) 
     assert camera.connects == 4 and runner.status()["frames_done"] == 1
     assert [e["event"] for e in logs].count("indi_connect_failed") == 3
     assert all("nowhere:1" in e["reason"] for e in logs if e["event"] == "indi_connect_failed")
+
+
+def test_a_bounded_runner_gives_up_on_an_unreachable_server(tmp_path: Path) -> None:
+    """With ``connect_attempts`` (the one-shot command's setting) the runner stops after that many failed
+    connections in a row: state "failed", the reason and the attempts in last_error, no frame taken."""
+    config = _config(tmp_path, (CaptureStepConfig(target="M 31", exposure=1.0, count=2),))
+    camera = ScriptedCamera(refuse_connects=100)
+    with capture_logs() as logs:
+        runner = _run(config, camera, connect_attempts=3)
+    status = runner.status()
+    assert camera.connects == 3 and camera.calls == 0
+    assert status["state"] == "failed" and status["frames_done"] == 0
+    assert status["last_error"] == "cannot reach indiserver at nowhere:1 (gave up after 3 attempts)"
+    assert [e["event"] for e in logs].count("capture_gave_up") == 1
+
+
+def test_capture_command_fails_at_once_without_indiserver(tmp_path: Path) -> None:
+    """`astrod capture --plan F` with nothing listening on the configured port is a one-shot command: it tries a
+    few times, then exits 1 with one line naming host:port and the reason (it used to retry forever; the
+    subprocess time-out is the bound)."""
+    from astrod.service.indi import pyindi_available
+
+    if not pyindi_available():
+        pytest.skip("pyindi-client is not installed")
+    port = free_port()
+    config = tmp_path / "astrod.toml"
+    config.write_text(f'[paths]\nstate = "state"\nlibrary = "library"\n[indi]\nhost = "127.0.0.1"\nport = {port}\n'
+                      '[log]\nformat = "json"\n', encoding="utf-8")
+    plan = tmp_path / "plan.toml"
+    plan.write_text('[capture]\nname = "quick"\n[[capture.steps]]\ntarget = "M 31"\nexposure = 1.0\ncount = 1\n',
+                    encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "astrod", "capture", "--plan", str(plan), "--config", str(config)],
+                            capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("capture plan quick failed: ")]
+    assert lines == [f"capture plan quick failed: cannot reach indiserver at 127.0.0.1:{port}: Connection refused "
+                     f"(gave up after 3 attempts)"], result.stderr
 
 
 # ------------------------------------------------------------------------------------------------ end to end

@@ -204,11 +204,20 @@ def test_burst_of_200_frames_is_all_journaled(obs: Observatory, tmp_path: Path) 
     session = synth.make_session(n_frames=4, width=128, height=96, seed=8, n_stars=40, max_shift=2.0,
                                  max_rotation_deg=0.0)
     sources = session.write(tmp_path / "burst", object="M 13", filter="L", start=START)
+    # 200 exposures: four star fields, each exposure its own DATE-OBS (copies of one file would be duplicates)
+    exposures = []
+    for i in range(200):
+        data, header = fits.getdata(sources[i % 4], header=True)
+        header["DATE-OBS"] = (START + timedelta(seconds=30 * i)).strftime("%Y-%m-%dT%H:%M:%S")
+        path = tmp_path / "burst200" / f"burst_{i:03d}.fits"
+        path.parent.mkdir(exist_ok=True)
+        fits.PrimaryHDU(data, header=header).writeto(path)
+        exposures.append(path)
     daemon = DaemonProcess(obs)
     try:
         daemon.wait_started()
-        for i in range(200):
-            obs.publish(sources[i % 4], f"Lights/burst_{i:03d}.fits")
+        for path in exposures:
+            obs.publish(path, f"Lights/{path.name}")
         obs.wait_for(lambda: len(obs.journal_files()) == 200, timeout=120, message="200 journaled")
         obs.wait_for(lambda: all(r.status in ("stacked", "rejected") for r in obs.journal_files()),
                      timeout=240, message="queue drained")

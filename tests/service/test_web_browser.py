@@ -222,3 +222,50 @@ def test_dashboard_in_headless_chromium(running: Running, browser: Browser, tmp_
     overflow = browser.js("return document.documentElement.scrollWidth - window.innerWidth;")
     assert overflow <= 0
     browser.screenshot(tmp_path / "dashboard-phone.png")
+
+
+FIGURE_HEIGHTS = """const cards = [...document.querySelectorAll('[data-session]')].map((card) => {
+  const cells = [...card.querySelectorAll('.last .metrics span')];
+  const box = card.getBoundingClientRect();
+  return {id: card.dataset.session, top: Math.round(box.top), left: Math.round(box.left), cells: cells.map((c) => ({
+    text: c.textContent, height: c.getBoundingClientRect().height,
+    line: parseFloat(getComputedStyle(c).lineHeight)}))};
+});
+return cards.length === 2 && cards.every((card) => card.cells.length >= 12) ? cards : null;"""
+
+
+def test_last_frame_figures_do_not_wrap_in_two_columns(browser: Browser, tmp_path: Path) -> None:
+    """At 1280 px with two open sessions side by side, every figure of the last-frame block (labels and values)
+    stays within two lines: it used to wrap one character per line."""
+    from astrod.service.web import WebServer
+    from tests.service.test_web import make_config
+
+    last = {"path": "/capture/M_31_L_300s_20261121T210000_0042.fits", "status": "stacked", "fwhm": 2.4567,
+            "stars": 1234, "background": 1523.7, "eccentricity": 0.4321, "weight": 0.98765, "ms_total": 1234.0}
+
+    def session(n: int, target: str) -> dict[str, Any]:
+        return {"id": f"2026-11-21_{n}", "label": f"{target}/Ha", "target": target, "filter": "Ha",
+                "night": "2026-11-21", "stacked": 42, "rejected": 3, "total_exposure_s": 12600.0, "queue": 1,
+                "last_frame": last, "rejections": {"FWHM 3.77 px is 2.10× the session's median": 3},
+                "output": str(tmp_path / "nowhere"), "closing": False}
+
+    status = {"running": True, "pid": 1, "version": "test", "sessions": [session(1, "M 31"), session(2, "NGC 7000")],
+              "closed_sessions": [], "library": {"path": "lib", "masters": {}}, "errors": [], "files": {},
+              "status_line": "two sessions"}
+    server = WebServer(make_config(tmp_path / "obs"), status=lambda: status, frames=lambda sid: [], port=0)
+    server.start()
+    try:
+        browser.resize(1280, 900)
+        browser.get(f"http://127.0.0.1:{server.port}/")
+        cards = browser.until(FIGURE_HEIGHTS, message="two cards with their last-frame figures")
+        browser.screenshot(tmp_path / "two-columns.png")
+    finally:
+        server.stop()
+    assert browser.js("return window.innerWidth;") >= 1200
+    first, second = cards
+    assert first["top"] == second["top"] and first["left"] < second["left"], "the sessions are not side by side"
+    for card in cards:
+        texts = [c["text"] for c in card["cells"]]
+        assert "2.46 px" in texts and "eccentricity" in texts, texts
+        for cell in card["cells"]:
+            assert cell["height"] <= 2 * cell["line"] + 1, (card["id"], cell)

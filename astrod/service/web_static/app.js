@@ -223,7 +223,8 @@
       for (const [label, value] of [["FWHM", `${fmt(m.fwhm, 2)} px`], ["stars", fmt(m.stars, 0)],
         ["background", fmt(m.background, 0)], ["eccentricity", fmt(m.eccentricity, 2)],
         ["weight", fmt(m.weight, 2)], ["took", !isNum(m.ms_total) ? "–" : m.ms_total < 1000 ? `${fmt(m.ms_total, 0)} ms` : `${fmt(m.ms_total / 1000, 1)} s`]]) {
-        grid.append(el("span", { class: "muted", text: label }), el("span", { text: value }));
+        grid.append(el("div", { class: "figure" }, el("span", { class: "muted", text: label }),
+          el("span", { text: value })));
       }
       card.last.append(grid);
       if (m.reason) card.last.append(el("div", { class: "reason", text: m.reason }));
