@@ -179,9 +179,16 @@ def cmd_status(args: argparse.Namespace) -> int:
               + (f", next exposure {capture['next_exposure_eta']}" if capture.get("next_exposure_eta") else "")
               + (f", camera {temp:.1f} °C" if isinstance(temp, int | float) else "")
               + (f"; last error: {capture['last_error']}" if capture.get("last_error") else ""))
-    masters = status.get("library", {}).get("masters")
-    print(f"library {status.get('library', {}).get('path')}: "
-          + (", ".join(f"{k} {v}" for k, v in sorted(masters.items())) if masters else "no masters"))
+    if "library" in status:  # (a short status, written while the state disk is full, has no library)
+        masters = status["library"].get("masters")
+        print(f"library {status['library'].get('path')}: "
+              + (", ".join(f"{k} {v}" for k, v in sorted(masters.items())) if masters else "no masters"))
+    for problem in status.get("problems", []):
+        print(f"  PROBLEM since {problem.get('since', '?')[:19]}: {problem.get('problem')}")
+    if status.get("status_file_error"):
+        print(f"  PROBLEM: {status['status_file_error']}")
+    for r in status.get("recent_rejections", [])[:5]:
+        print(f"  {r.get('status')}: {r.get('reason') or r.get('path')}")
     for err in status.get("errors", [])[-5:]:
         print(f"  error {err['where']}: {err['error']}")
     return 0

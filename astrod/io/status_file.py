@@ -25,14 +25,12 @@ def write_status(path: Path, status: dict[str, Any]) -> bool:
         atomic_write_text(path, text)
         return True
     except OSError as err:
-        short = {k: status[k] for k in SHORT_KEYS if k in status}
-        short["status_file_error"] = f"{path}: {err.strerror or err} (short status written in place)"
-        data = json.dumps(short, separators=(",", ":"), default=str).encode("utf-8")
         try:
-            old_size = path.stat().st_size
+            room = path.stat().st_size
         except OSError:
             raise err from None
-        if len(data) > old_size:  # would need new blocks: keep what there is rather than half a file
+        data = _short(status, f"{path}: {err.strerror or err} (short status written in place)", room)
+        if data is None:  # not even the essentials fit: keep what there is rather than half a file
             raise err from None
         fd = os.open(path, os.O_WRONLY)
         try:
@@ -41,6 +39,20 @@ def write_status(path: Path, status: dict[str, Any]) -> bool:
         finally:
             os.close(fd)
         return False
+
+
+def _short(status: dict[str, Any], why: str, room: int) -> bytes | None:
+    """The status's essentials as compact JSON in at most ``room`` bytes (problem texts cut when needed)."""
+    short = {k: status[k] for k in SHORT_KEYS if k in status}
+    short["status_file_error"] = why
+    for keep in (None, 400, 160, 60):
+        if keep is not None:
+            short = {k: short[k] for k in ("running", "pid", "updated_at", "problems") if k in short}
+            short["problems"] = [{**p, "problem": str(p.get("problem", ""))[:keep]} for p in short.get("problems", [])]
+        data = json.dumps(short, separators=(",", ":"), default=str).encode("utf-8")
+        if len(data) <= room:
+            return data
+    return None
 
 
 def read_status_file(path: Path) -> dict[str, Any] | None:

@@ -114,11 +114,18 @@ def plausible_date(when: datetime, now: datetime) -> bool:
     return now.year < 2020 or aware <= now + FUTURE_SLACK
 
 
+class StoppedBeforeStart(AstrodError):
+    """SIGTERM while the daemon waited for its state folder to work."""
+
+
 class Daemon:
     def __init__(self, config: Config, *, config_path: Path | None = None, env: dict[str, str] | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 monotonic: Callable[[], float] = time.monotonic, rebuild_journal: bool = False) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, rebuild_journal: bool = False,
+                 stop: threading.Event | None = None) -> None:
         self.config = config
+        # set by SIGTERM/SIGINT; given by `run_daemon`, which installs the handlers before the state is opened
+        self._stop = stop if stop is not None else threading.Event()
         self.config_path = config_path
         self.paths = daemon_paths(config)
         self._clock = clock
@@ -133,7 +140,6 @@ class Daemon:
         self.journal = self._open_state(rebuild=rebuild_journal)
         self._ready: queue.Queue[object] = queue.Queue()
         self._deferred: list[tuple[float, Path]] = []  # routing failed on the state disk: (retry at, path)
-        self._stop = threading.Event()
         self._reload = threading.Event()
         self._restart_reason: str | None = None
         self._lock = threading.RLock()
@@ -178,13 +184,15 @@ class Daemon:
             except Exception as err:
                 if not is_disk_problem(err):
                     raise
-                text = f"state folder {self.paths.state}: {err}; waiting for it to work again"
+                text = f"state folder unusable, waiting for it to work again: {err} ({self.paths.state})"
                 log.error("state_unusable", state=str(self.paths.state), reason=str(err))
                 self.problems.set("state", text)
                 self.notifier.status(text)
                 self.notifier.watchdog()
                 self._write_status_quietly(starting=True)
-                time.sleep(STATE_RETRY_S)
+                if self._stop.wait(STATE_RETRY_S):
+                    self._lock_file.release()
+                    raise StoppedBeforeStart(text) from err
                 continue
             self.problems.set("state", None)
             if rebuilt is not None:
@@ -837,13 +845,19 @@ def run_daemon(config: Config, *, config_path: Path | None = None) -> int:
     """``astrod run``: the daemon until SIGTERM; started again in this process when it found its journal
     damaged (the new start rebuilds it). Another daemon on the same state folder: one line and exit 1."""
     rebuild = False
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     while True:
         try:
-            daemon = Daemon(config, config_path=config_path, rebuild_journal=rebuild)
+            daemon = Daemon(config, config_path=config_path, rebuild_journal=rebuild, stop=stop)
         except StateLocked as err:
             log.error("state_locked", reason=str(err))
             print(f"astrod: {err}", file=sys.stderr)
             return 1
+        except StoppedBeforeStart:
+            log.info("daemon_stopped", before="start")
+            return 0
         status = daemon.run()
         if status != RESTART:
             return status

@@ -4,10 +4,12 @@ stays up, and the problem is in its status while it lasts."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -287,3 +289,97 @@ def test_a_session_whose_every_frame_was_rejected_leaves_its_frames_table(obs: O
     (rejection,) = obs.status()["recent_rejections"]
     assert rejection["path"].endswith("nan.fits") and "NaN" in rejection["reason"]
     assert "frame_rejected" in daemon.log.read_text() and "nan.fits" in daemon.log.read_text()
+
+
+@pytest.mark.slow
+def test_a_full_state_disk_at_start_is_waited_out(obs: Observatory, tmp_path: Path) -> None:
+    """Started on a full state disk the daemon does not exit (no crash loop under systemd): it says what is
+    wrong in its status and `astrod status`, and goes on by itself once there is space again."""
+    obs.write_config()
+    (light,) = _lights(tmp_path / "src", n=1, seed=51, target="M 57")
+    with small_tmpfs(obs.state, "4m"):
+        daemon = DaemonProcess(obs)
+        daemon.wait_started()
+        assert daemon.terminate() == 0
+        (obs.state / "journal.sqlite").unlink()  # a fresh journal must be created: that needs space
+        filler = fill_disk(obs.state)
+        daemon = DaemonProcess(obs)
+        try:
+            obs.wait_for(lambda: "waiting for it to work again" in obs.problems(), timeout=60,
+                         message="the state problem in the status")
+            shown = obs.cli("status")
+            assert shown.returncode == 0 and "PROBLEM" in shown.stdout and "disk is full" in shown.stdout, shown
+            time.sleep(6.0)  # a retry or two: still up
+            assert daemon.proc.poll() is None
+            filler.unlink()
+            daemon.wait_started()
+            obs.publish(light, f"Lights/{light.name}")
+            obs.wait_for(lambda: _stacked(obs) == 1, message="the light stacked once there is space")
+            assert not obs.problems()
+        finally:
+            assert daemon.terminate() == 0
+
+
+@pytest.mark.slow
+def test_a_close_under_way_survives_sigkill(obs: Observatory, tmp_path: Path) -> None:
+    """A close that cannot finish yet (the output is a file) is remembered: killed with SIGKILL and started again
+    the daemon closes the session by itself once the output can be written, without a second request."""
+    obs.write_config()
+    sources = _lights(tmp_path / "src", n=2, seed=61, target="M 97")
+    daemon = DaemonProcess(obs)
+    try:
+        daemon.wait_started()
+        for p in sources:
+            obs.publish(p, f"Lights/{p.name}")
+        obs.wait_for(lambda: _stacked(obs) == 2, message="2 stacked")
+        shutil.rmtree(obs.stacks)
+        obs.stacks.write_text("not a folder\n")
+        daemon.close_all()
+        obs.wait_for(lambda: "close failed" in obs.problems(), message="the failing close")
+        daemon.kill()
+        obs.stacks.unlink()
+        daemon = DaemonProcess(obs)
+        daemon.wait_started()
+        obs.wait_for(lambda: any(obs.stacks.rglob("stack.fits")), timeout=60, message="the close done after restart")
+    finally:
+        assert daemon.terminate() == 0
+    (folder,) = {p.parent for p in obs.stacks.rglob("stack.fits")}
+    _check_once(folder, {p.name for p in sources})
+    assert json.loads((folder / "session.json").read_text())["closed_because"] == "closed by request"
+
+
+@pytest.mark.slow
+def test_a_journal_damaged_while_running_is_rebuilt_without_a_restart_by_hand(obs: Observatory,
+                                                                             tmp_path: Path) -> None:
+    """Pages of the journal garbled under the running daemon: it notices, starts again in the same process with
+    the journal rebuilt, and the frames that come next are stacked; the stack has every frame once."""
+    obs.write_config(checkpoint_every=1)
+    sources = _lights(tmp_path / "src", n=4, seed=71, target="M 27")
+    daemon = DaemonProcess(obs)
+    try:
+        daemon.wait_started()
+        for p in sources[:2]:
+            obs.publish(p, f"Lights/{p.name}")
+        obs.wait_for(lambda: _stacked(obs) == 2, message="2 stacked")
+        journal = obs.state / "journal.sqlite"
+        with contextlib.closing(sqlite3.connect(journal)) as other:  # every page in the main file, none in the WAL
+            other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        data = bytearray(journal.read_bytes())
+        for page in range(1, len(data) // 4096):  # every page but the first (the header stays readable)
+            data[page * 4096 + 8: page * 4096 + 4096] = bytes([0xA5]) * (4096 - 8)
+        with journal.open("r+b") as handle:  # in place, as a failing disk would
+            handle.write(bytes(data))
+        with contextlib.closing(sqlite3.connect(journal)) as other:  # another writer: the daemon's cache is stale
+            other.execute("PRAGMA user_version = 7")
+        for p in sources[2:]:
+            obs.publish(p, f"Lights/{p.name}")
+        obs.wait_for(lambda: "daemon_restarting" in daemon.log.read_text(), timeout=60, message="the restart")
+        obs.wait_for(lambda: sum(r.status == "stacked" for r in obs.journal_files()) == 4, timeout=90,
+                     message="4 stacked after the rebuild")
+        assert daemon.proc.poll() is None
+        daemon.close_all()
+        obs.wait_for(lambda: any(obs.stacks.rglob("stack.fits")), timeout=60, message="final stack")
+    finally:
+        assert daemon.terminate() == 0
+    (folder,) = {p.parent for p in obs.stacks.rglob("stack.fits")}
+    _check_once(folder, {p.name for p in sources})

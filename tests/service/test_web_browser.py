@@ -166,7 +166,10 @@ def test_dashboard_in_headless_chromium(running: Running, browser: Browser, tmp_
     sid = session["id"]
     wait_for(lambda: any(c["id"] == first["id"] and "stack.fits" in c["files"]
                          for c in running.status()["closed_sessions"]), message="M 33 final stack")
-    running.daemon.extra_status = {"progress": {"what": "library build: dark 300 s", "done": 7, "total": 20}}
+    running.daemon.extra_status = {"progress": {"what": "library build: dark 300 s", "done": 7, "total": 20},
+                                   "problems": [{"where": "x:checkpoint", "since": "2026-11-21T22:00:00+00:00",
+                                                 "problem": "M 31/L: checkpoint failed: No space left on device "
+                                                            "(retrying)"}]}
 
     base = f"http://127.0.0.1:{running.port}/"
     browser.get(base)
@@ -179,6 +182,8 @@ def test_dashboard_in_headless_chromium(running: Running, browser: Browser, tmp_
     text = browser.js("return document.body.innerText;")
     assert "M 31/L" in text and "M 33/L" in text
     assert "library build: dark 300 s" in text and "7 / 20" in text
+    problems = browser.js("return document.getElementById('problems').innerText;")
+    assert "Problems now" in problems and "checkpoint failed: No space left on device" in problems
     stack_href = browser.js("const a = [...document.querySelectorAll('#closed a')].find(a => a.textContent === "
                             "'stack'); return a && a.getAttribute('href');")
     assert stack_href and stack_href.endswith("/stack.fits")

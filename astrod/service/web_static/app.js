@@ -329,11 +329,20 @@
       el("li", { text: `${fmtTime(e.at)} ${e.where}: ${e.error}` })));
   }
 
+  // what fails now (retried by the daemon until it works again), as opposed to the history of errors
+  function renderProblems(problems) {
+    const now = problems || [];
+    $("problems").hidden = now.length === 0;
+    $("problem-list").replaceChildren(...now.map((p) =>
+      el("li", { text: `since ${fmtTime(p.since)} ${p.problem}` })));
+  }
+
   function render(status) {
     $("state-dot").className = status.running ? "dot up" : "dot down";
     $("status-line").textContent = status.running ? (status.status_line || "") : "astrod is not running";
     $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
     renderProgress(status.progress);
+    renderProblems(status.problems);
     renderErrors(status.errors);
     renderSessions(status.sessions || []);
     renderLibrary(status.library);
