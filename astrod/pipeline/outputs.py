@@ -19,10 +19,11 @@ SESSION = "session.json"
 
 
 def write_preview(folder: Path, *, linear: npt.NDArray[np.float32], stretched: npt.NDArray[np.uint8]) -> None:
-    """The auto-stretched JPEG people look at and the linear FITS they can process further (both atomic)."""
-    write_image(folder / PREVIEW_JPEG, stretched)
+    """The auto-stretched JPEG people look at and the linear FITS they can process further (both atomic; the
+    FITS first, so that whoever sees a new JPEG finds its FITS beside it)."""
     write_fits(folder / PREVIEW_FITS, np.asarray(linear, dtype=np.float32),
                {"IMAGETYP": ("Preview", "live stack preview, may be downsampled")})
+    write_image(folder / PREVIEW_JPEG, stretched)
 
 
 def write_session_outputs(product: StackProduct, folder: Path) -> None:

@@ -10,12 +10,23 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 
 from astrod.library.keys import night_of
 from astrod.model import FrameMeta
 
 UNKNOWN_OBJECTS = frozenset({"", "unknown", "none", "null", "-"})
+# DATE-OBS outside these bounds is a camera or PC clock error, not a night: the file's time is used instead
+EARLIEST_DATE = datetime(1970, 1, 2, tzinfo=UTC)
+FUTURE_SLACK = timedelta(days=2)
+
+
+def plausible_date(when: datetime, now: datetime) -> bool:
+    """Whether a frame's DATE-OBS can be a real night (a clock that itself says 1970 judges only the past)."""
+    aware = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    if aware < EARLIEST_DATE:
+        return False
+    return now.year < 2020 or aware <= now + FUTURE_SLACK
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ from astrod.model import Frame, FrameKind, FrameMeta
 from astrod.pipeline.calibration import library_calibrator
 from astrod.pipeline.live import Calibrated, Calibrator, PipelineSettings
 from astrod.pipeline.night import next_dawn
-from astrod.pipeline.sessions import Pointing, SessionKey, session_key, slug, target_of
+from astrod.pipeline.sessions import Pointing, SessionKey, plausible_date, session_key, slug, target_of
 from astrod.service.capture import CaptureRunner
 from astrod.service.closing import CloseClock
 from astrod.service.notify import Notifier
@@ -64,9 +64,6 @@ RESTART = 75  # run()'s exit status when the daemon must start again (a damaged 
 STATE_RETRY_S = 5.0
 _FLUSH = object()
 _STOP = object()
-# DATE-OBS outside these bounds is a camera or PC clock error, not a night: the file's time is used instead
-EARLIEST_DATE = datetime(1970, 1, 2, tzinfo=UTC)
-FUTURE_SLACK = timedelta(days=2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +103,6 @@ def request_close(config: Config, session: str | None) -> Path:
     return write_request(daemon_paths(config).control, {"action": "close", "session": session})
 
 
-def plausible_date(when: datetime, now: datetime) -> bool:
-    """Whether a frame's DATE-OBS can be a real night (a clock that itself says 1970 judges only the past)."""
-    aware = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-    if aware < EARLIEST_DATE:
-        return False
-    return now.year < 2020 or aware <= now + FUTURE_SLACK
-
-
 class StoppedBeforeStart(AstrodError):
     """SIGTERM while the daemon waited for its state folder to work."""
 
@@ -149,7 +138,10 @@ class Daemon:
         self._last_calibration = 0.0
         self._library: MasterLibrary | None = None
         self.progress: dict[str, Any] = {}  # a long job under way: {"what", "done", "total"}
-        self._inbox = ControlInbox(self.paths.control)
+        self._inbox = ControlInbox(self.paths.control, memory=self.paths.state / "control-handled.json")
+        if self._inbox.stuck:
+            self.problems.set("control", f"{len(self._inbox.stuck)} handled request(s) in {self.paths.control} "
+                              "cannot be removed (they are not acted on again)")
         self._closes = CloseClock(idle_s=config.session.idle_minutes * 60.0, wall=clock, monotonic=monotonic,
                                   dawn_after=self._dawn_after(config))
         self._router = threading.Thread(target=self._route_loop, name="astrod-router", daemon=True)
@@ -158,10 +150,6 @@ class Daemon:
         # INDI capture plan: the runner's frames arrive through the watcher like any other frame
         self.capture: CaptureRunner | None = (CaptureRunner.for_daemon(self)
                                               if config.indi.enabled and config.capture.steps else None)
-
-    @property
-    def errors(self) -> list[dict[str, str]]:
-        return self.problems.history()
 
     def _mark_dirty(self) -> None:
         self._status_dirty = True
@@ -624,7 +612,7 @@ class Daemon:
             preview_every_frames=self.config.stack.preview_every_frames,
             preview_every_seconds=self.config.stack.preview_every_seconds,
             read_options=self._read_options(), on_closed=self._on_session_closed, on_progress=self._set_progress,
-            on_problem=self._worker_problem, on_state_error=self.state_failed)
+            on_problem=self._worker_problem, on_state_error=self.state_failed, clock=self._clock)
         self.workers[sid] = worker
         worker.start()
         return worker

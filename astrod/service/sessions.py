@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from astrod.io.previews import write_frames_table
 from astrod.model import Frame
 from astrod.pipeline.live import TABLE_COLUMNS, Calibrator, LiveStack, PipelineSettings
 from astrod.pipeline.outputs import FRAMES, SESSION, write_preview, write_session_outputs
+from astrod.pipeline.sessions import plausible_date
 
 log = structlog.get_logger()
 
@@ -122,7 +124,8 @@ class SessionWorker:
                  read_options: dict[str, Any], on_closed: Callable[[str, list[QueuedFrame]], None],
                  on_progress: Callable[[dict[str, Any] | None], None] = lambda _: None,
                  on_problem: ProblemSink = lambda _key, _text: None,
-                 on_state_error: Callable[[BaseException], bool] = lambda _err: False) -> None:
+                 on_state_error: Callable[[BaseException], bool] = lambda _err: False,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.id = session_id
         self.label = label
         self.key = key
@@ -143,6 +146,7 @@ class SessionWorker:
         self._on_progress = on_progress
         self._on_problem = on_problem
         self._on_state_error = on_state_error  # the daemon's judgement of journal errors (damaged: restart)
+        self._clock = clock
         self._queue: queue.Queue[QueuedFrame | _Control] = queue.Queue()
         self._pending: list[tuple[Path, str, str | None, dict[str, Any]]] = []
         self._done: set[tuple[str, int]] = set()  # frames in the current stack (a re-stack starts a new set)
@@ -361,6 +365,10 @@ class SessionWorker:
             self._scratch = frame.data
         if source != path:  # the exposure is recorded (journal and frames table) under its first path
             frame = replace(frame, path=path)
+        date = frame.meta.date_obs
+        if date is not None and not plausible_date(date, self._clock()):  # as the router did: the file's time
+            file_time = datetime.fromtimestamp(source.stat().st_mtime, tz=UTC)
+            frame = replace(frame, meta=replace(frame.meta, date_obs=file_time))
         reason = self._precheck(frame)
         if reason is not None:
             return "rejected", f"{path}: {reason}", {}, False

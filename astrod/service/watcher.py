@@ -171,8 +171,13 @@ class FolderWatcher:
             return
         try:
             st = path.stat()
-        except OSError:
+        except FileNotFoundError:
             self._pending.pop(path, None)
+            return
+        except OSError as err:  # there, but not usable (a symlink loop): the router records it with the reason
+            self._pending.pop(path, None)
+            log.warning("watch_cannot_stat", frame=str(path), reason=err.strerror or str(err))
+            self._ready(path)
             return
         now = self._clock()
         if kind == "moved":

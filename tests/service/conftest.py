@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.service.daemon_harness import Observatory
 from tests.service.indi_harness import IndiServer, require_indi
 
 
@@ -19,3 +20,11 @@ def server(tmp_path: Path) -> Iterator[IndiServer]:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture
+def obs(tmp_path: Path) -> Observatory:
+    """An empty observatory folder for a daemon (its config is written by the test)."""
+    o = Observatory(tmp_path / "obs")
+    o.root.mkdir()
+    return o

@@ -11,12 +11,26 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from astrod.io.journal import FileRecord, Journal
+from tests import synth
+
+W, H = 160, 120  # small frames: the daemon tests are about files and threads, not pixels
+START = datetime(2026, 11, 21, 20, 0, tzinfo=UTC)
+
+
+def lights(tmp: Path, *, n: int, seed: int, target: str, band: str = "L", dialect: str = "nina",
+           sensor: synth.Sensor | None = None) -> list[Path]:
+    """``n`` synthetic lights of one target and filter (a seeded star field, dithered), written as FITS."""
+    session = synth.make_session(n_frames=n, width=W, height=H, seed=seed, n_stars=60, max_shift=6.0,
+                                 max_rotation_deg=0.5, sensor=sensor)
+    return session.write(tmp / f"{target}-{band}", dialect=dialect, object=target, filter=band,
+                         start=START + timedelta(minutes=seed % 7))
 
 
 @dataclass

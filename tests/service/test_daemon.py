@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -19,25 +19,7 @@ from astropy.io import fits
 
 from astrod.io.fits import read_fits
 from tests import synth
-from tests.service.daemon_harness import DaemonProcess, Observatory
-
-W, H = 160, 120
-START = datetime(2026, 11, 21, 20, 0, tzinfo=UTC)
-
-
-def _lights(tmp: Path, *, n: int, seed: int, target: str, band: str, dialect: str = "nina",
-            sensor: synth.Sensor | None = None) -> list[Path]:
-    session = synth.make_session(n_frames=n, width=W, height=H, seed=seed, n_stars=60, max_shift=6.0,
-                                 max_rotation_deg=0.5, sensor=sensor)
-    return session.write(tmp / f"{target}-{band}", dialect=dialect, object=target, filter=band,
-                         start=START + timedelta(minutes=seed % 7))
-
-
-@pytest.fixture
-def obs(tmp_path: Path) -> Observatory:
-    o = Observatory(tmp_path / "obs")
-    o.root.mkdir()
-    return o
+from tests.service.daemon_harness import START, DaemonProcess, H, Observatory, W, lights
 
 
 @pytest.mark.slow
@@ -49,7 +31,7 @@ def test_shuffled_night_ends_in_the_right_sessions_and_masters(obs: Observatory,
     cal = synth.write_calibration_set(tmp_path / "cal", sensor, seed=9, n=5, filter="L")
     frames = {f"Lights/{t}/{b}/{p.name}": p for i, (t, b) in enumerate(
         [("M 31", "L"), ("M 31", "Ha"), ("M 42", "L"), ("M 42", "Ha")])
-        for p in _lights(tmp_path, n=4, seed=20 + i, target=t, band=b, sensor=sensor)}
+        for p in lights(tmp_path, n=4, seed=20 + i, target=t, band=b, sensor=sensor)}
     for kind, paths in cal.items():
         for p in paths:
             frames[f"Calibration/{kind}/{p.name}"] = p
@@ -66,11 +48,11 @@ def test_shuffled_night_ends_in_the_right_sessions_and_masters(obs: Observatory,
     finally:
         assert daemon.terminate() == 0
     statuses = obs.statuses()
-    lights = [name for name in frames if name.startswith("Lights")]
+    light_names = [name for name in frames if name.startswith("Lights")]
     by_status: dict[str, int] = {}
     for status in statuses.values():
         by_status[status] = by_status.get(status, 0) + 1
-    assert by_status == {"stacked": len(lights), "calibration": sum(len(v) for v in cal.values())}
+    assert by_status == {"stacked": len(light_names), "calibration": sum(len(v) for v in cal.values())}
     for target, band in [("M_31", "L"), ("M_31", "Ha"), ("M_42", "L"), ("M_42", "Ha")]:
         folder = obs.stacks / START.date().isoformat() / target / band
         summary = json.loads((folder / "session.json").read_text())
@@ -115,7 +97,7 @@ def test_sigkill_at_random_points_gives_the_same_stack(tmp_path: Path) -> None:
     uninterrupted run (≤ 1e-5 relative) and every frame stacked exactly once: with a checkpoint after every
     frame, and with checkpoints every 4 frames (or 2 s), where the frames stacked after the last checkpoint
     are lost with the process and stacked again from their files."""
-    sources = _lights(tmp_path / "src", n=10, seed=77, target="M 33", band="L")
+    sources = lights(tmp_path / "src", n=10, seed=77, target="M 33", band="L")
     runs = {}
     for name, kills, every in (("clean", set(), 1), ("killed", {1, 4, 5, 8}, 1), ("batched", {2, 6, 7}, 4)):
         obs = Observatory(tmp_path / name)
@@ -139,7 +121,7 @@ def test_bad_input_is_rejected_with_reasons_and_left_untouched(obs: Observatory,
     """Zero-byte, truncated, non-FITS, NaN-filled, wrong-size, EXPTIME-less frames, a symlink loop and an
     unreadable file (a FIFO): each rejected with a one-line reason, source untouched, good frames still stacked."""
     obs.write_config()
-    good = _lights(tmp_path, n=4, seed=3, target="M 51", band="L")
+    good = lights(tmp_path, n=4, seed=3, target="M 51", band="L")
     blob = good[0].read_bytes()
     bad = obs.root / "bad"
     bad.mkdir()
@@ -231,7 +213,7 @@ def test_sigterm_checkpoints_and_exits_within_10s_and_notifies(obs: Observatory,
     """Under a notify socket the daemon sends READY and WATCHDOG; SIGTERM ends it within 10 s with exit 0,
     after checkpointing, and a restart goes on from the checkpoint."""
     obs.write_config()
-    sources = _lights(tmp_path, n=3, seed=41, target="M 81", band="L")
+    sources = lights(tmp_path, n=3, seed=41, target="M 81", band="L")
     sock_path = tmp_path / "notify.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
         server.bind(str(sock_path))
@@ -269,7 +251,7 @@ def test_the_first_light_of_a_session_shows_a_preview_at_once(obs: Observatory, 
     """A session's first stacked light writes preview.jpg and preview.fits at once, long before
     ``preview_every_frames`` frames or ``preview_every_seconds`` have passed."""
     obs.write_config(preview_every_frames=20, preview_every_seconds=3600.0)
-    light = _lights(tmp_path, n=1, seed=31, target="M 13", band="L")[0]
+    light = lights(tmp_path, n=1, seed=31, target="M 13", band="L")[0]
     daemon = DaemonProcess(obs)
     try:
         daemon.wait_started()
@@ -327,7 +309,7 @@ def test_frames_are_checkpointed_after_checkpoint_seconds_without_more_frames(ob
     """With a frame count that is never reached, the frames stacked so far are checkpointed (their journal
     rows committed with the stack) once checkpoint_seconds have passed, though no further frame comes."""
     obs.write_config(checkpoint_every=1000, checkpoint_seconds=2.0)
-    sources = _lights(tmp_path, n=2, seed=43, target="M 82", band="L")
+    sources = lights(tmp_path, n=2, seed=43, target="M 82", band="L")
     daemon = DaemonProcess(obs)
     try:
         daemon.wait_started()
@@ -344,7 +326,7 @@ def test_status_counts_frames_stacked_before_their_checkpoint(obs: Observatory, 
     """Frames stacked since the last checkpoint are queued in the journal (a crash re-stacks them) but the
     status says they are stacked; stopping the daemon checkpoints them and the journal agrees."""
     obs.write_config(checkpoint_every=1000, checkpoint_seconds=3600.0)
-    sources = _lights(tmp_path, n=2, seed=44, target="M 82", band="L")
+    sources = lights(tmp_path, n=2, seed=44, target="M 82", band="L")
     daemon = DaemonProcess(obs)
     status_file = obs.state / "status.json"
 

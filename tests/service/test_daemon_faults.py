@@ -11,24 +11,12 @@ import os
 import shutil
 import sqlite3
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from astropy.io import fits
 
-from tests import synth
-from tests.service.daemon_harness import DaemonProcess, Observatory, fill_disk, small_tmpfs
-
-W, H = 160, 120
-START = datetime(2026, 11, 21, 20, 0, tzinfo=UTC)
-
-
-def _lights(tmp: Path, *, n: int, seed: int, target: str, band: str = "L") -> list[Path]:
-    session = synth.make_session(n_frames=n, width=W, height=H, seed=seed, n_stars=60, max_shift=6.0,
-                                 max_rotation_deg=0.5)
-    return session.write(tmp / f"{target}-{band}", object=target, filter=band,
-                         start=START + timedelta(minutes=seed % 7))
+from tests.service.daemon_harness import DaemonProcess, Observatory, fill_disk, lights, small_tmpfs
 
 
 def _digests(paths: list[Path]) -> dict[str, str]:
@@ -50,20 +38,13 @@ def _check_once(folder: Path, names: set[str]) -> None:
     assert summary["stacked"] == len(names) and summary["rejected"] == 0
 
 
-@pytest.fixture
-def obs(tmp_path: Path) -> Observatory:
-    o = Observatory(tmp_path / "obs")
-    o.root.mkdir()
-    return o
-
-
 @pytest.mark.slow
 def test_a_full_state_disk_stops_checkpoints_not_the_session(obs: Observatory, tmp_path: Path) -> None:
     """With the state disk full, checkpoints fail: the session goes on stacking, the status says what fails,
     and once space returns the checkpoint is written (retried with back-off), the close works, and every frame
     is in the stack once."""
     obs.write_config(checkpoint_every=1)
-    sources = _lights(tmp_path / "src", n=5, seed=3, target="M 51")
+    sources = lights(tmp_path / "src", n=5, seed=3, target="M 51")
     before = _digests(sources)
     with small_tmpfs(obs.state, "8m"):
         daemon = DaemonProcess(obs)
@@ -99,7 +80,7 @@ def test_an_unwritable_output_is_retried_and_no_frame_is_recorded_twice(obs: Obs
     """The output folder replaced by a file: previews and then the close fail and are reported; frames are
     recorded once (not again as 'internal error'); when the folder is back the close is retried on its own."""
     obs.write_config(checkpoint_every=1, preview_every_frames=1, preview_every_seconds=1.0)
-    sources = _lights(tmp_path / "src", n=4, seed=5, target="M 63")
+    sources = lights(tmp_path / "src", n=4, seed=5, target="M 63")
     daemon = DaemonProcess(obs)
     try:
         daemon.wait_started()
@@ -133,7 +114,7 @@ def test_lost_or_damaged_checkpoints_restack_their_sessions_from_the_sources(obs
     that session again from its files, and each final stack has every frame once."""
     obs.write_config(checkpoint_every=1)
     targets = {"M 1": "deleted", "M 2": "truncated", "M 3": "garbled", "M 4": "empty"}
-    sources = {t: _lights(tmp_path / "src", n=4, seed=10 + i, target=t) for i, t in enumerate(targets)}
+    sources = {t: lights(tmp_path / "src", n=4, seed=10 + i, target=t) for i, t in enumerate(targets)}
     daemon = DaemonProcess(obs)
     try:
         daemon.wait_started()
@@ -178,20 +159,20 @@ def test_renamed_moved_copied_and_overwritten_frames_are_stacked_once(obs: Obser
     in the stack (the session is stacked again from its files, the renamed and moved ones read from their new
     names)."""
     obs.write_config(checkpoint_every=1)
-    a, b, c, d, e = _lights(tmp_path / "src", n=5, seed=21, target="M 101")
+    a, b, c, d, e = lights(tmp_path / "src", n=5, seed=21, target="M 101")
     daemon = DaemonProcess(obs)
-    lights = obs.capture / "Lights"
+    folder_of_lights = obs.capture / "Lights"
     try:
         daemon.wait_started()
         for p in (a, b, c, d):
             obs.publish(p, f"Lights/{p.name}")
         obs.wait_for(lambda: _stacked(obs) == 4, message="4 stacked")
-        os.rename(lights / a.name, lights / "renamed.fits")
-        (lights / "sorted").mkdir()
-        os.rename(lights / b.name, lights / "sorted" / b.name)
-        shutil.copyfile(lights / c.name, lights / "copy.fits")
+        os.rename(folder_of_lights / a.name, folder_of_lights / "renamed.fits")
+        (folder_of_lights / "sorted").mkdir()
+        os.rename(folder_of_lights / b.name, folder_of_lights / "sorted" / b.name)
+        shutil.copyfile(folder_of_lights / c.name, folder_of_lights / "copy.fits")
         obs.wait_for(lambda: sum(r.status == "duplicate" for r in obs.journal_files()) == 3, message="3 duplicates")
-        shutil.copyfile(e, lights / d.name)  # d overwritten in place with the next exposure
+        shutil.copyfile(e, folder_of_lights / d.name)  # d overwritten in place with the next exposure
         obs.wait_for(lambda: "was overwritten" in " ".join(x["error"] for x in obs.status().get("errors", [])),
                      message="the overwrite noticed")
         obs.wait_for(lambda: _stacked(obs) == 4 and obs.status().get("files", {}).get("queued") is None
@@ -200,7 +181,7 @@ def test_renamed_moved_copied_and_overwritten_frames_are_stacked_once(obs: Obser
         obs.wait_for(lambda: any(obs.stacks.rglob("stack.fits")), timeout=60, message="final stack")
     finally:
         assert daemon.terminate() == 0
-    records = {Path(r.path).relative_to(lights).as_posix(): r for r in obs.journal_files()}
+    records = {Path(r.path).relative_to(folder_of_lights).as_posix(): r for r in obs.journal_files()}
     for name, first in (("renamed.fits", a), (f"sorted/{b.name}", b), ("copy.fits", c)):
         assert records[name].status == "duplicate" and str(first.name) in str(records[name].reason), records[name]
     assert sorted(n for n, r in records.items() if r.status == "stacked") == sorted(p.name for p in (a, b, c, d))
@@ -220,8 +201,8 @@ def test_a_damaged_journal_is_rebuilt_from_checkpoints_and_products(obs: Observa
     """A truncated journal: the daemon moves it aside and rebuilds it from the open session's checkpoint and the
     closed session's products; nothing is stacked again or lost, and the open session goes on."""
     obs.write_config(checkpoint_every=1)
-    done = _lights(tmp_path / "src", n=3, seed=31, target="M 13")
-    going = _lights(tmp_path / "src", n=4, seed=32, target="M 92")
+    done = lights(tmp_path / "src", n=3, seed=31, target="M 13")
+    going = lights(tmp_path / "src", n=4, seed=32, target="M 92")
     daemon = DaemonProcess(obs)
     try:
         daemon.wait_started()
@@ -264,7 +245,7 @@ def test_a_session_whose_every_frame_was_rejected_leaves_its_frames_table(obs: O
     """A session of lights that are all rejected (NaN-filled) still leaves frames.csv and session.json naming
     each file and why; the rejection is in the log and in the status's recent rejections."""
     obs.write_config()
-    (good,) = _lights(tmp_path / "src", n=1, seed=41, target="M 3")
+    (good,) = lights(tmp_path / "src", n=1, seed=41, target="M 3")
     data, header = fits.getdata(good, header=True)
     bad = tmp_path / "nan.fits"
     fits.PrimaryHDU(data * float("nan"), header=header).writeto(bad)
@@ -296,7 +277,7 @@ def test_a_full_state_disk_at_start_is_waited_out(obs: Observatory, tmp_path: Pa
     """Started on a full state disk the daemon does not exit (no crash loop under systemd): it says what is
     wrong in its status and `astrod status`, and goes on by itself once there is space again."""
     obs.write_config()
-    (light,) = _lights(tmp_path / "src", n=1, seed=51, target="M 57")
+    (light,) = lights(tmp_path / "src", n=1, seed=51, target="M 57")
     with small_tmpfs(obs.state, "4m"):
         daemon = DaemonProcess(obs)
         daemon.wait_started()
@@ -325,7 +306,7 @@ def test_a_close_under_way_survives_sigkill(obs: Observatory, tmp_path: Path) ->
     """A close that cannot finish yet (the output is a file) is remembered: killed with SIGKILL and started again
     the daemon closes the session by itself once the output can be written, without a second request."""
     obs.write_config()
-    sources = _lights(tmp_path / "src", n=2, seed=61, target="M 97")
+    sources = lights(tmp_path / "src", n=2, seed=61, target="M 97")
     daemon = DaemonProcess(obs)
     try:
         daemon.wait_started()
@@ -354,7 +335,7 @@ def test_a_journal_damaged_while_running_is_rebuilt_without_a_restart_by_hand(ob
     """Pages of the journal garbled under the running daemon: it notices, starts again in the same process with
     the journal rebuilt, and the frames that come next are stacked; the stack has every frame once."""
     obs.write_config(checkpoint_every=1)
-    sources = _lights(tmp_path / "src", n=4, seed=71, target="M 27")
+    sources = lights(tmp_path / "src", n=4, seed=71, target="M 27")
     daemon = DaemonProcess(obs)
     try:
         daemon.wait_started()

@@ -113,3 +113,17 @@ def test_scan_skips_outputs_and_survives_symlink_loops(tmp_path: Path) -> None:
     assert list(scan_folders(settings)) == [old, new]
     assert not is_candidate(tmp_path / "stacks" / "x.fits", settings)
     assert is_candidate(tmp_path / "x.FITS", settings) and is_candidate(tmp_path / "x.cr2", settings)
+
+
+def test_a_symlink_loop_is_reported_at_once_for_the_router_to_reject(tmp_path: Path) -> None:
+    """A symlink loop appearing in a watched folder is handed on (the router records why it cannot be read)
+    instead of being dropped without a word."""
+    got: list[Path] = []
+    settings = WatchSettings(folders=(tmp_path,), stable_seconds=30.0)
+    with FolderWatcher(settings, got.append):
+        loop = tmp_path / "loop.fits"
+        loop.symlink_to(loop)
+        deadline = time.monotonic() + 10.0
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert got == [loop]
