@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from astrod import __version__
-from astrod.config import EX_CONFIG, Config, load_config
+from astrod.config import Config, load_config, load_config_or_exit, report_config_error
 from astrod.errors import AstrodError, ConfigError
+from astrod.library.commands import format_cell, table_lines
 from astrod.library.commands import register as register_library
 from astrod.pipeline.commands import register as register_stack
 from astrod.service.capture_commands import register as register_capture
@@ -46,18 +47,8 @@ def _inspect_record(path: Path, config: Config) -> dict[str, Any]:
     return record
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, list):
-        return "x".join(str(v) for v in value)
-    return str(value)
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
-    config = _config_or_exit(args.config)
+    config = load_config_or_exit(args.config)
     from astrod.io.frames import expand_frame_paths
 
     records = [_inspect_record(p, config) for p in expand_frame_paths(args.files)]
@@ -73,34 +64,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         for r in records:
             if "error" in r:
                 continue
-            cells = [_fmt(r[c]) for c in cols]
+            cells = [format_cell(r[c]) for c in cols]
             cells[0] = Path(cells[0]).name
             rows.append(tuple(cells))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(heads))]
-        for row in rows:
-            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        for line in table_lines(rows):
+            print(line)
         for r in records:
             if "error" in r:
                 print(f"error: {r['error']}", file=sys.stderr)
     return 1 if any("error" in r for r in records) or not records else 0
 
 
-def _config_or_exit(path: str | None, *, check_disk: bool = True) -> Config:
-    try:
-        return load_config(path, check_disk=check_disk)
-    except ConfigError as err:
-        for problem in err.problems:
-            print(f"config error: {problem}", file=sys.stderr)
-        raise SystemExit(EX_CONFIG) from err
-
-
 def cmd_config_check(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as err:
-        for problem in err.problems:
-            print(problem)
-        return EX_CONFIG
+        return report_config_error(err, prefix="", stream=sys.stdout)
     where = args.config or "defaults (no config file)"
     print(f"config OK: {where}; state {config.state_dir()}, library {config.library_dir()}")
     return 0
@@ -125,15 +104,13 @@ def _folder_problems(config: Config) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from astrod.service.daemon import run_daemon
     from astrod.service.logging import configure_logging
+    from astrod.service.run import run_daemon
 
-    config = _config_or_exit(args.config)
+    config = load_config_or_exit(args.config)
     problems = _folder_problems(config)
-    for problem in problems:
-        print(f"config error: {problem}", file=sys.stderr)
     if problems:
-        return EX_CONFIG
+        return report_config_error(ConfigError(problems))
     configure_logging(level=config.log.level, fmt=config.log.format)
     return run_daemon(config, config_path=Path(args.config) if args.config else None)
 
@@ -150,7 +127,7 @@ def _age(iso: str | None) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     from astrod.service.daemon import read_status
 
-    config = _config_or_exit(args.config, check_disk=False)
+    config = load_config_or_exit(args.config, check_disk=False)
     status = read_status(config)
     if args.json:
         json.dump(status if status is not None else {"running": False, "sessions": []}, sys.stdout, indent=2)
@@ -211,7 +188,7 @@ def cmd_session_list(args: argparse.Namespace) -> int:
     still open in its journal and resume when it starts again."""
     from astrod.service.daemon import read_status
 
-    config = _config_or_exit(args.config, check_disk=False)
+    config = load_config_or_exit(args.config, check_disk=False)
     status = read_status(config)
     sessions = [] if status is None else _open_sessions(status)
     running = status is not None and bool(status["running"])
@@ -260,7 +237,7 @@ def _resolve_session(sessions: list[dict[str, Any]], name: str) -> str | None:
 def cmd_session_close(args: argparse.Namespace) -> int:
     from astrod.service.daemon import daemon_paths, read_status, request_close
 
-    config = _config_or_exit(args.config, check_disk=False)
+    config = load_config_or_exit(args.config, check_disk=False)
     status = read_status(config)
     if status is None or not status["running"]:
         print("astrod is not running: nothing to close (open sessions are closed when it starts again and "

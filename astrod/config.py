@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import sys
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import tomli
 
@@ -401,6 +402,23 @@ def load_config(path: str | os.PathLike[str] | None = None, *, check_disk: bool 
     except UnicodeDecodeError as err:
         raise ConfigError([f"{p}: not UTF-8 text: {err}"]) from err
     return parse_config(text, base=p.resolve().parent, source=str(p), check_disk=check_disk)
+
+
+def report_config_error(err: ConfigError, *, prefix: str = "config error: ", stream: TextIO | None = None) -> int:
+    """Print every problem of ``err``, one line each (to stderr unless ``stream`` is given), and return
+    EX_CONFIG, the exit status of a command that met a bad config file. The one way commands report it."""
+    out = sys.stderr if stream is None else stream
+    for problem in err.problems:
+        print(f"{prefix}{problem}", file=out)
+    return EX_CONFIG
+
+
+def load_config_or_exit(path: str | os.PathLike[str] | None, *, check_disk: bool = True) -> Config:
+    """:func:`load_config`, or report the problems and exit with EX_CONFIG (``SystemExit``)."""
+    try:
+        return load_config(path, check_disk=check_disk)
+    except ConfigError as err:
+        raise SystemExit(report_config_error(err)) from err
 
 
 def iter_options(cls: type[Any] = Config, prefix: str = "") -> list[tuple[str, dataclasses.Field[Any]]]:

@@ -79,10 +79,6 @@ class FrameMeta:
     software: str | None = None
     source_format: str = "fits"
 
-    @property
-    def is_colour(self) -> bool:
-        return self.bayer is not None and self.planes == 1
-
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict (enum as its value, datetime as ISO 8601 UTC)."""
         out: dict[str, Any] = {}

@@ -269,12 +269,13 @@ def test_run_refuses_an_output_folder_it_cannot_create(obs: Observatory, monkeyp
     /etc/astrod would) exits 78 with one config error line naming the folder and the key, before the daemon
     starts."""
     import astrod.service.daemon
+    import astrod.service.run
 
     def no_daemon(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the daemon must not start")
 
     monkeypatch.setattr(astrod.service.daemon, "Daemon", no_daemon)
-    monkeypatch.setattr(astrod.service.daemon, "run_daemon", no_daemon, raising=False)
+    monkeypatch.setattr(astrod.service.run, "run_daemon", no_daemon)
     (obs.root / "etc").write_text("a file, not a folder")
     text = obs.config.read_text(encoding="utf-8").replace(f'output = "{obs.root / "out"}"', 'output = "etc/stacks"')
     obs.config.write_text(text, encoding="utf-8")

@@ -25,6 +25,8 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
+from astrod.core.bayer import colour_map
+
 FloatArray = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]
 DarkMode = Literal["exact", "scaled", "optimised"]
@@ -107,14 +109,7 @@ def cfa_colour_map(shape: tuple[int, int], *, bayer: str, bayer_offset: tuple[in
     ``bayer_offset`` is (x, y) as in XBAYROFF/YBAYROFF: pixel (x, y) has the colour the pattern gives
     at ((x + x_off) % 2, (y + y_off) % 2).
     """
-    pattern = bayer.strip().upper()
-    if len(pattern) != 4 or set(pattern) - set("RGB") or not {"R", "G", "B"} <= set(pattern):
-        raise ValueError(f"unsupported Bayer pattern {bayer!r}; expected a 2x2 pattern such as 'RGGB'")
-    index = np.array(["RGB".index(ch) for ch in pattern], dtype=np.uint8).reshape(2, 2)
-    x_off, y_off = bayer_offset
-    ys = (np.arange(shape[0]) + y_off) % 2
-    xs = (np.arange(shape[1]) + x_off) % 2
-    return np.asarray(index[ys[:, np.newaxis], xs[np.newaxis, :]], dtype=np.uint8)
+    return np.asarray(colour_map(shape, pattern=bayer, offset=bayer_offset), dtype=np.uint8)
 
 
 def flat_normalisation(flat: npt.NDArray[np.floating], *, bayer: str | None = None,

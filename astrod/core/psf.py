@@ -41,6 +41,7 @@ import numpy.typing as npt
 from numba import njit, prange
 from scipy.spatial import cKDTree
 
+from astrod.core.bayer import cell_colours
 from astrod.core.stars import StarList
 
 FloatArray = npt.NDArray[np.float32]
@@ -215,9 +216,7 @@ def _channel_map(bayer: str | None) -> IntArray:
     pattern = bayer.strip().upper()
     if len(pattern) != 4 or sorted(pattern) != ["B", "G", "G", "R"]:
         raise ValueError(f"unknown Bayer pattern {bayer!r}")
-    index = {"R": 0, "G": 1, "B": 2}
-    return np.array([[index[pattern[0]], index[pattern[1]]], [index[pattern[2]], index[pattern[3]]]],
-                    dtype=np.intp)
+    return cell_colours(pattern).astype(np.intp)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ IntArray = npt.NDArray[np.intp]
 Model = Literal["similarity", "affine", "homography"]
 Stars = StarList | npt.ArrayLike
 
-_MODEL_POINTS = {"similarity": 2, "affine": 3, "homography": 4}
+MODEL_POINTS = {"similarity": 2, "affine": 3, "homography": 4}  # points that fit each model exactly
 _EVAL_STARS = 100  # brightest frame stars used to score a hypothesis
 _CHUNK = 64  # hypotheses scored per k-d tree query
 
@@ -121,10 +121,10 @@ def find_transform(
     matches when it lands within ``match_radius_px`` of a reference star. Raises `RegistrationError`
     when fewer than ``min_matches`` stars match.
     """
-    if model not in _MODEL_POINTS:
-        raise ValueError(f"unknown registration model {model!r}; expected one of {', '.join(_MODEL_POINTS)}")
-    if min_matches < _MODEL_POINTS[model] + 1:
-        raise ValueError(f"min_matches must be at least {_MODEL_POINTS[model] + 1} for a {model} fit")
+    if model not in MODEL_POINTS:
+        raise ValueError(f"unknown registration model {model!r}; expected one of {', '.join(MODEL_POINTS)}")
+    if min_matches < MODEL_POINTS[model] + 1:
+        raise ValueError(f"min_matches must be at least {MODEL_POINTS[model] + 1} for a {model} fit")
     ref = reference if isinstance(reference, ReferenceAsterisms) else build_reference(
         reference, asterism_stars=asterism_stars, neighbours=neighbours)
     src = _xy(source)
@@ -200,6 +200,12 @@ def phase_correlate(
                         method="phase", peak=peak)
 
 
+def star_poor(n_stars: int, *, min_matches: int) -> bool:
+    """Whether a frame with ``n_stars`` stars is star-poor (fewer than 2 × ``min_matches``): one whose failed
+    star match may fall back to phase correlation. A star-rich frame that cannot be matched is bad instead."""
+    return n_stars < 2 * min_matches
+
+
 def register(
     source: Stars,
     reference: ReferenceAsterisms | Stars,
@@ -223,7 +229,7 @@ def register(
         return find_transform(src, reference, model=model, min_matches=min_matches,
                               match_radius_px=match_radius_px, seed=seed)
     except RegistrationError as err:
-        if image is None or reference_image is None or src.shape[0] >= 2 * min_matches:
+        if image is None or reference_image is None or not star_poor(src.shape[0], min_matches=min_matches):
             raise
         star_error = err
     try:
@@ -422,7 +428,7 @@ def _refine(matrix: F64, src: F64, ref: ReferenceAsterisms, *, model: Model,
             radius: float) -> tuple[F64, IntArray]:
     """Least squares on every matched star, re-matching until the set settles, then 3σ clipping, then a
     fit weighted by brightness (see `_rank_weights`)."""
-    need = _MODEL_POINTS[model] + 1
+    need = MODEL_POINTS[model] + 1
     pairs = _pairs(matrix, src, ref, radius)
     for _ in range(10):
         if pairs.shape[0] < need:

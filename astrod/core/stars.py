@@ -47,6 +47,8 @@ import numpy.typing as npt
 from numba import njit, prange
 from scipy.spatial import cKDTree
 
+from astrod.core.bayer import green_on_main_diagonal
+
 FloatArray = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
@@ -206,7 +208,7 @@ def detect_stars(
         # Detect on the superpixel luminance (all the light); measure on the mean of each cell's two green
         # pixels, which sits exactly at the cell centre whatever the star's colour (the luminance does
         # not: its red and blue pixels are off-centre and weigh by colour).
-        lum, measure_img = _bayer_planes(full, _green_on_main_diagonal(bayer))
+        lum, measure_img = _bayer_planes(full, green_on_main_diagonal(bayer))
         detect_img = _smooth121(lum)
         m_scale = 2
     else:
@@ -279,7 +281,7 @@ def detect_stars(
         footprint_xy, cfa, cfa_green = 0.0, np.zeros((1, 1), dtype=np.float32), -1
     else:
         # The mean of two diagonal greens spreads over ±1/4 full px² along its diagonal.
-        cfa_green = int(_green_on_main_diagonal(bayer))
+        cfa_green = int(green_on_main_diagonal(bayer))
         footprint_xy, cfa = (0.0625 if cfa_green else -0.0625), full
     first = order[:_PSF_STARS]
     own = _measure(measure_img, ix[first], iy[first], bg_m[first], np.zeros(first.size), noise_m, rmax,
@@ -348,16 +350,6 @@ def _bin2(image: FloatArray) -> FloatArray:
     h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
     out = cv2.resize(image[:h, :w], (w // 2, h // 2), interpolation=cv2.INTER_AREA)
     return np.asarray(out, dtype=np.float32)
-
-
-def _green_on_main_diagonal(pattern: str) -> bool:
-    """Whether the green pixels of a 2×2 CFA cell are (0, 0) and (1, 1) rather than (0, 1) and (1, 0)."""
-    p = pattern.upper()
-    if p in ("GRBG", "GBRG"):
-        return True
-    if p in ("RGGB", "BGGR"):
-        return False
-    raise ValueError(f"unknown Bayer pattern {pattern!r}; expected RGGB, BGGR, GRBG or GBRG")
 
 
 def _clip_correction(k: float) -> float:
@@ -872,63 +864,31 @@ def _fwhm_from_sums(a0: float, a1: float, a2: float, t0: float, t1: float, npx: 
 
 @njit(cache=True, nogil=True)
 def _half_max_fwhm(image: FloatArray, b: float, cx: float, cy: float, rlim: float, pixel_var: float,
-                   spy: IntArray, spx: IntArray, spv: F64, nsp: int) -> float:  # pragma: no cover - numba
+                   spy: IntArray, spx: IntArray, spv: F64, nsp: int,
+                   green_parity: int) -> float:  # pragma: no cover - numba
     """FWHM from a weighted least-squares fit of ln(v) = c - r²/(2σ²) over the pixels above half of the
     brightest pixel near (cx, cy) and within ``rlim`` of it (a neighbour's light beyond must not count),
-    minus the pixel's own box; NaN when there are too few pixels."""
-    h, w = image.shape
-    xc, yc = math.floor(cx + 0.5), math.floor(cy + 0.5)
-    rf = max(math.ceil(rlim), 1)
-    r2lim = rlim * rlim
-    if xc - rf < 0 or yc - rf < 0 or xc + rf >= w or yc + rf >= h:
-        return np.nan
-    top = -np.inf
-    for y in range(yc - 1, yc + 2):
-        for x in range(xc - 1, xc + 2):
-            top = max(top, _px(image, y, x, b, spy, spx, spv, nsp))
-    if top <= 0.0:
-        return np.nan
-    a0 = 0.0
-    a1 = 0.0
-    a2 = 0.0
-    t0 = 0.0
-    t1 = 0.0
-    npx = 0
-    for y in range(yc - rf, yc + rf + 1):
-        for x in range(xc - rf, xc + rf + 1):
-            v = _px(image, y, x, b, spy, spx, spv, nsp)
-            r2 = (x - cx) ** 2 + (y - cy) ** 2
-            if v >= 0.5 * top and r2 <= r2lim:
-                wt = v * v  # ln(v) has noise σ/v
-                lv = math.log(v)
-                a0 += wt
-                a1 += wt * r2
-                a2 += wt * r2 * r2
-                t0 += wt * lv
-                t1 += wt * r2 * lv
-                npx += 1
-    return _fwhm_from_sums(a0, a1, a2, t0, t1, npx, pixel_var)
+    minus the pixel's own box; NaN when there are too few pixels.
 
-
-@njit(cache=True, nogil=True)
-def _half_max_fwhm_cfa(cfa: FloatArray, b: float, cx: float, cy: float, rlim: float, green_main: bool,
-                       spy: IntArray, spx: IntArray, spv: F64, nsp: int) -> float:  # pragma: no cover - numba
-    """`_half_max_fwhm` on the green pixels of a CFA frame at their own positions (full resolution).
-
-    (cx, cy) and ``rlim`` are full-resolution; green pixels whose superpixel holds a spike are skipped.
+    ``green_parity`` -1 measures every pixel of ``image``, with the spikes found near the star replaced.
+    0 or 1 measures only the green pixels of a CFA frame, those with (x + y) % 2 == ``green_parity``, at their
+    own positions (full resolution): (cx, cy) and ``rlim`` are full-resolution, and green pixels whose
+    superpixel holds a spike are left out of the fit (not out of the peak).
     """
-    h, w = cfa.shape
+    h, w = image.shape
+    cfa = green_parity >= 0
     xc, yc = math.floor(cx + 0.5), math.floor(cy + 0.5)
-    rf = max(math.ceil(rlim), 2)
+    rf = max(math.ceil(rlim), 2 if cfa else 1)
     r2lim = rlim * rlim
     if xc - rf < 0 or yc - rf < 0 or xc + rf >= w or yc + rf >= h:
         return np.nan
-    parity = 0 if green_main else 1
     top = -np.inf
     for y in range(yc - 1, yc + 2):
         for x in range(xc - 1, xc + 2):
-            if (x + y) % 2 == parity:
-                top = max(top, cfa[y, x] - b)
+            if not cfa:
+                top = max(top, _px(image, y, x, b, spy, spx, spv, nsp))
+            elif (x + y) % 2 == green_parity:
+                top = max(top, image[y, x] - b)
     if top <= 0.0:
         return np.nan
     a0 = 0.0
@@ -939,19 +899,19 @@ def _half_max_fwhm_cfa(cfa: FloatArray, b: float, cx: float, cy: float, rlim: fl
     npx = 0
     for y in range(yc - rf, yc + rf + 1):
         for x in range(xc - rf, xc + rf + 1):
-            if (x + y) % 2 != parity:
-                continue
-            v = cfa[y, x] - b
-            r2 = (x - cx) ** 2 + (y - cy) ** 2
-            if v < 0.5 * top or r2 > r2lim:
-                continue
-            spiked = False
-            for t in range(nsp):
-                if spy[t] == y // 2 and spx[t] == x // 2:
-                    spiked = True
-            if spiked:
-                continue
-            wt = v * v
+            if not cfa:
+                v = _px(image, y, x, b, spy, spx, spv, nsp)
+                r2 = (x - cx) ** 2 + (y - cy) ** 2
+                if not (v >= 0.5 * top and r2 <= r2lim):
+                    continue
+            else:
+                if (x + y) % 2 != green_parity:
+                    continue
+                v = image[y, x] - b
+                r2 = (x - cx) ** 2 + (y - cy) ** 2
+                if v < 0.5 * top or r2 > r2lim or _in_superpixel_spike(y, x, spy, spx, nsp):
+                    continue
+            wt = v * v  # ln(v) has noise σ/v
             lv = math.log(v)
             a0 += wt
             a1 += wt * r2
@@ -959,7 +919,17 @@ def _half_max_fwhm_cfa(cfa: FloatArray, b: float, cx: float, cy: float, rlim: fl
             t0 += wt * lv
             t1 += wt * r2 * lv
             npx += 1
-    return _fwhm_from_sums(a0, a1, a2, t0, t1, npx, 1.0 / 12.0)
+    return _fwhm_from_sums(a0, a1, a2, t0, t1, npx, pixel_var)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _in_superpixel_spike(y: int, x: int, spy: IntArray, spx: IntArray, nsp: int) -> bool:  # pragma: no cover
+    """Whether full-resolution pixel (x, y) lies in a superpixel that holds one of the spikes."""
+    spiked = False
+    for t in range(nsp):
+        if spy[t] == y // 2 and spx[t] == x // 2:
+            spiked = True
+    return spiked
 
 
 @njit(cache=True, nogil=True)
@@ -1102,10 +1072,10 @@ def _measure(image: FloatArray, ix: IntArray, iy: IntArray, bg: F64, weight_sigm
                 continue
             # Pixels above half maximum lie within FWHM/2 of the centre: 0.9 FWHM leaves room for noise.
             fwhm = _half_max_fwhm(image, b, cx, cy, max(1.5, 0.9 * _FWHM_PER_SIGMA * sw), pixel_var,
-                                  spy, spx, spv, nsp)
+                                  spy, spx, spv, nsp, -1)
         else:
             # The star's own weight: a first FWHM around its brightest pixel, refined at the centroid.
-            fwhm = _half_max_fwhm(image, b, x0, y0, min(rmax, 6.0), 0.0, spy, spx, spv, nsp)
+            fwhm = _half_max_fwhm(image, b, x0, y0, min(rmax, 6.0), 0.0, spy, spx, spv, nsp, -1)
             if not np.isfinite(fwhm):
                 continue
             ok = False
@@ -1117,7 +1087,7 @@ def _measure(image: FloatArray, ix: IntArray, iy: IntArray, bg: F64, weight_sigm
                 if not ok:
                     break
                 new = _half_max_fwhm(image, b, cx, cy, min(float(rmax), max(1.5, 0.9 * fwhm)), pixel_var,
-                                     spy, spx, spv, nsp)
+                                     spy, spx, spv, nsp, -1)
                 if not np.isfinite(new):
                     ok = False
                     break
@@ -1129,9 +1099,10 @@ def _measure(image: FloatArray, ix: IntArray, iy: IntArray, bg: F64, weight_sigm
                 continue
 
         if cfa_green >= 0:
-            full = _half_max_fwhm_cfa(cfa, b, 2.0 * cx + 0.5, 2.0 * cy + 0.5,
-                                      2.0 * max(1.5, 0.9 * _FWHM_PER_SIGMA * sw), cfa_green == 1, spy, spx,
-                                      spv, nsp)
+            green_parity = 0 if cfa_green == 1 else 1
+            full = _half_max_fwhm(cfa, b, 2.0 * cx + 0.5, 2.0 * cy + 0.5,
+                                  2.0 * max(1.5, 0.9 * _FWHM_PER_SIGMA * sw), 1.0 / 12.0, spy, spx, spv, nsp,
+                                  green_parity)
             if np.isfinite(full):
                 fwhm = 0.5 * full
             # The centre at full resolution: on superpixels a star of 1–2 px sits in one or two of them and

@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 from astropy.io import fits  # type: ignore[import-untyped]
 
+from astrod.core.bayer import PATTERNS, check_pattern, colour_map
 from astrod.model import FrameKind, Transform
 
 F32 = npt.NDArray[np.float32]
@@ -41,8 +42,7 @@ _TAG_COSMIC = 31
 _TAG_SESSION = 41
 _TAG_RENDER = 51
 
-BAYER_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
-_CHANNEL = {"R": 0, "G": 1, "B": 2}
+BAYER_PATTERNS = PATTERNS
 
 
 def _rng(seed: Seed | None, *tags: int) -> np.random.Generator:
@@ -384,26 +384,14 @@ def to_rgb(scene: F32, *, colour: tuple[float, float, float] = (1.0, 1.0, 1.0)) 
 # Bayer
 
 
-def _check_pattern(pattern: str) -> str:
-    p = pattern.upper()
-    if p not in BAYER_PATTERNS:
-        raise ValueError(f"unknown Bayer pattern {pattern!r}; expected one of {', '.join(BAYER_PATTERNS)}")
-    return p
-
-
 def cfa_channel_index(pattern: str, offset: tuple[int, int], shape: tuple[int, int]) -> npt.NDArray[np.int8]:
     """Colour of each pixel (0=R, 1=G, 2=B) for a CFA ``pattern`` read from the top-left pixel.
 
     ``offset`` is (x, y) like XBAYROFF/YBAYROFF: pixel (row, col) has colour
     ``pattern[2 * ((row + oy) % 2) + (col + ox) % 2]``.
     """
-    p = _check_pattern(pattern)
-    ox, oy = int(offset[0]), int(offset[1])
-    cell = np.array([[_CHANNEL[p[0]], _CHANNEL[p[1]]], [_CHANNEL[p[2]], _CHANNEL[p[3]]]], dtype=np.int8)
-    h, w = shape
-    rows = (np.arange(h) + oy) % 2
-    cols = (np.arange(w) + ox) % 2
-    return np.ascontiguousarray(cell[rows[:, None], cols[None, :]])
+    colours = colour_map(shape, pattern=check_pattern(pattern), offset=offset, dtype=np.int8)
+    return colours.astype(np.int8, copy=False)
 
 
 def mosaic(rgb: F32, *, pattern: str, offset: tuple[int, int] = (0, 0)) -> F32:
@@ -485,7 +473,7 @@ class Sensor:
         self.amp_glow = float(amp_glow)
         self.vignetting = float(vignetting)
         self.full_well = float(full_well)
-        self.bayer = None if bayer is None else _check_pattern(bayer)
+        self.bayer = None if bayer is None else check_pattern(bayer)
         self.bayer_offset = (int(bayer_offset[0]), int(bayer_offset[1]))
         self._seed_key = seed if isinstance(seed, int) else 0
 
@@ -1037,7 +1025,7 @@ def write_fits(
     date_utc = date.astimezone(UTC)
     date_avg = date_utc + timedelta(seconds=exposure / 2.0)
     date_loc = date_utc + timedelta(hours=utc_offset_hours)
-    bayer_p = None if bayer is None else _check_pattern(bayer)
+    bayer_p = None if bayer is None else check_pattern(bayer)
 
     hdu = fits.PrimaryHDU(pixels)  # astropy stores uint16 as int16 with BZERO 32768
     h = hdu.header

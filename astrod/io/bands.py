@@ -9,7 +9,6 @@ decoded once into an uncompressed float32 FITS file in a spool folder, which is 
 from __future__ import annotations
 
 import hashlib
-import math
 import mmap
 import os
 from collections.abc import Sequence
@@ -26,7 +25,6 @@ from astrod.io import fits as fitsio
 from astrod.io.frames import is_raw_name, read_frame
 
 FloatArray = npt.NDArray[np.float32]
-_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +80,7 @@ def locate_rows(path: str | os.PathLike[str]) -> RowLayout:
         raise FrameReadError(f"{p}: tile-compressed FITS: its rows cannot be mapped")
     if len(loc.shape) != 2:
         raise FrameReadError(f"{p}: image of shape {loc.shape}: only 2-D frames can be read in row bands")
-    if loc.bitpix not in _DTYPES:
+    if loc.bitpix not in fitsio.BITPIX_DTYPES:
         raise FrameReadError(f"{p}: unsupported BITPIX {loc.bitpix}")
     try:
         bscale = float(loc.header.get("BSCALE", 1.0))
@@ -136,7 +134,7 @@ def _exact_in_float32(layout: RowLayout) -> bool:
 def _decode_into(buf: npt.NDArray[np.uint8], layout: RowLayout, out: FloatArray) -> None:
     flat = out.reshape(-1)
     if _exact_in_float32(layout):
-        raw = buf.view(_DTYPES[layout.bitpix])
+        raw = buf.view(fitsio.BITPIX_DTYPES[layout.bitpix])
         if layout.bzero:
             np.add(raw, np.float32(layout.bzero), out=flat, dtype=np.float32, casting="unsafe")
         else:
@@ -146,7 +144,8 @@ def _decode_into(buf: npt.NDArray[np.uint8], layout: RowLayout, out: FloatArray)
         flat[...] = int16be_to_float32(buf, bscale=layout.bscale, bzero=layout.bzero)
     else:
         # 32/64-bit integers or scaled data: float64 keeps them exact before the final rounding
-        flat[...] = scaled_to_float32(buf.view(_DTYPES[layout.bitpix]), bscale=layout.bscale, bzero=layout.bzero)
+        flat[...] = scaled_to_float32(buf.view(fitsio.BITPIX_DTYPES[layout.bitpix]), bscale=layout.bscale,
+                                      bzero=layout.bzero)
 
 
 def read_rows(path: str | os.PathLike[str], row0: int, row1: int, *, layout: RowLayout | None = None,
@@ -210,8 +209,3 @@ def read_band(layouts: Sequence[RowLayout], row0: int, row1: int, *,
     for i, lay in enumerate(layouts):
         read_rows(lay.path, row0, row1, layout=lay, out=band[i])
     return band
-
-
-def band_bytes(layouts: Sequence[RowLayout]) -> int:
-    """Bytes one full-height band of all frames would take as float32 (what a combination must cap)."""
-    return sum(math.prod(lay.shape) * 4 for lay in layouts)

@@ -36,7 +36,7 @@ from astrod.io.atomic import atomic_write
 
 FITS_EXTENSIONS = frozenset({".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fz"})
 _BLOCK = 2880
-_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+BITPIX_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 # Raw bytes each reader thread reads and decodes per step (rounded down to whole pixels): small enough to
 # stay in a core's cache between the copy and the decode, large enough that per-chunk costs vanish.
 # Reading holds at most _MAX_READERS chunks beside the output.
@@ -86,7 +86,7 @@ def _data_bytes(header: fits.Header) -> int:
 
 def _checked(path: Path, loc: _ImageLocation, size: int) -> _ImageLocation:
     """A frame whose pixels do not all fit in the file is truncated: say so before anyone reads it."""
-    if loc.bitpix not in _DTYPES:
+    if loc.bitpix not in BITPIX_DTYPES:
         raise FrameReadError(f"{path}: unsupported BITPIX {loc.bitpix}")
     nbytes = math.prod(loc.shape) * abs(loc.bitpix) // 8
     available = size - loc.data_offset
@@ -199,7 +199,7 @@ def read_fits(path: str | os.PathLike[str], *, out: npt.NDArray[np.float32] | No
 
 def _read_located(path: Path, loc: _ImageLocation, out: npt.NDArray[np.float32] | None,
                   ) -> npt.NDArray[np.float32]:
-    if loc.bitpix not in _DTYPES:
+    if loc.bitpix not in BITPIX_DTYPES:
         raise FrameReadError(f"{path}: unsupported BITPIX {loc.bitpix}")
     count = math.prod(loc.shape)
     itemsize = abs(loc.bitpix) // 8
@@ -268,7 +268,7 @@ class _ChunkReader:
             if self.loc.bitpix == 16:
                 int16be_to_float32(raw, bscale=bscale, bzero=bzero, out=dest, parallel=False)
             else:
-                scaled_to_float32(raw.view(_DTYPES[self.loc.bitpix]), bscale=bscale, bzero=bzero, out=dest)
+                scaled_to_float32(raw.view(BITPIX_DTYPES[self.loc.bitpix]), bscale=bscale, bzero=bzero, out=dest)
 
     def _fill(self, buf: npt.NDArray[np.uint8], offset: int) -> int:
         """Read ``buf.size`` bytes at ``offset``; the number read (fewer only at the end of the file)."""

@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import numpy.typing as npt
 
+from astrod.core.bayer import is_cfa_cell
 from astrod.errors import FrameReadError
 from astrod.model import FrameKind, FrameMeta
 
@@ -38,7 +39,6 @@ RAW_EXTENSIONS: frozenset[str] = frozenset({
 _CANON_UUID = bytes.fromhex("85c0b687820f11e08111f4ce462b6a48")
 _CR3_TIFF_BOXES = {b"CMT1": "ifd0", b"CMT2": "exif", b"CMT3": "makernote", b"CMT4": "gps"}
 _IFD_GROUP = re.compile(r"^(Image|Thumbnail|IFD \d+|EXIF SubIFD\d+|EXIF|MakerNote|Interoperability|GPS) ")
-_LIBRAW_BAYER_LETTERS = frozenset("RGB")
 
 _Tags = dict[tuple[str, int], Any]  # (group, tag id) -> exifread IfdTag
 
@@ -396,7 +396,7 @@ def _visible_pattern(pattern: npt.NDArray[np.uint8] | None, color_desc: bytes, *
     desc = color_desc.decode("ascii", "replace")
     rolled = np.roll(pattern, shift=(-(top % n), -(left % n)), axis=(0, 1))
     letters = "".join(desc[int(i)] if int(i) < len(desc) else "?" for i in rolled.ravel())
-    bayer = letters if n == 2 and set(letters) <= _LIBRAW_BAYER_LETTERS and letters.count("G") == 2 else None
+    bayer = letters if n == 2 and is_cfa_cell(letters) else None
     return bayer, letters
 
 

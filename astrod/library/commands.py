@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from astrod.config import EX_CONFIG, Config, load_config
-from astrod.errors import AstrodError, ConfigError, LibraryError
+from astrod.config import Config, load_config_or_exit
+from astrod.errors import AstrodError, LibraryError
 from astrod.io.frames import expand_frame_paths, read_meta
 from astrod.io.headers import describe, rules_from_config
 from astrod.library.build import BuildOptions, build_library, describe_outcome
@@ -87,19 +87,15 @@ def _positive_int(text: str) -> int:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    try:
-        return load_config(args.config)
-    except ConfigError as err:
-        for problem in err.problems:
-            print(f"config error: {problem}", file=sys.stderr)
-        raise SystemExit(EX_CONFIG) from err
+    return load_config_or_exit(args.config)
 
 
 def _library_dir(args: argparse.Namespace, config: Config) -> Path:
     return Path(args.library) if args.library else config.library_dir()
 
 
-def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+def table_lines(rows: Sequence[Sequence[str]]) -> list[str]:
+    """``rows`` as left-aligned columns two spaces apart, trailing blanks stripped."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
 
@@ -138,19 +134,22 @@ def cmd_library_build(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------------------------------- list
 
 
-def _fmt(value: Any, suffix: str = "") -> str:
+def format_cell(value: Any, suffix: str = "") -> str:
+    """A table cell: "-" for None, floats in %g, lists joined with "x" (binning), then ``suffix``."""
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:g}{suffix}"
+    if isinstance(value, list):
+        return "x".join(str(v) for v in value) + suffix
     return f"{value}{suffix}"
 
 
 def _list_row(r: MasterRecord) -> tuple[str, ...]:
     k = r.key
     flags = "LOW_N" if r.low_n else ""
-    return (k.kind.value, k.camera or "-", _fmt(k.gain), _fmt(k.offset), f"{k.binning[0]}x{k.binning[1]}",
-            f"{k.width}x{k.height}", _fmt(k.temperature, " °C"), _fmt(k.exposure, " s"), k.filter or "-",
+    return (k.kind.value, k.camera or "-", format_cell(k.gain), format_cell(k.offset), f"{k.binning[0]}x{k.binning[1]}",
+            f"{k.width}x{k.height}", format_cell(k.temperature, " °C"), format_cell(k.exposure, " s"), k.filter or "-",
             "-" if k.night is None else k.night.isoformat(), str(r.n_frames), flags, r.path.name)
 
 
@@ -171,7 +170,7 @@ def cmd_library_list(args: argparse.Namespace) -> int:
         print(f"library {library}: no masters")
         return 0
     head = ("kind", "camera", "gain", "offset", "bin", "size", "temp", "exp", "filter", "night", "n", "flags", "file")
-    for line in _table([head, *(_list_row(r) for r in records)]):
+    for line in table_lines([head, *(_list_row(r) for r in records)]):
         print(line)
     return 0
 

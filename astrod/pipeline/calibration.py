@@ -7,6 +7,8 @@ used (by file name) and what was missing, for the stack's provenance header.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from astrod.errors import FrameRejected
 from astrod.io.frames import is_scratch
 from astrod.library.calibration import calibrate_frame, used_masters
@@ -40,5 +42,25 @@ def library_calibrator(library: MasterLibrary, *, require_complete: bool = False
         notes = tuple(f"missing master: {m}" for m in match.missing)
         return Calibrated(frame=Frame(meta=result.meta, data=result.data, path=frame.path), masters=masters,
                           notes=notes)
+
+    return calibrate
+
+
+def following_calibrator(open_library: Callable[[], MasterLibrary | None], *, in_place: bool = False) -> Calibrator:
+    """A calibrator that follows the library as masters arrive: ``open_library()`` gives the library now (None
+    before there is one: the frame is stacked uncalibrated, and the stack's history says so)."""
+    cache: dict[int, Calibrator] = {}
+
+    def calibrator_for(library: MasterLibrary) -> Calibrator:
+        if id(library) not in cache:
+            cache.clear()
+            cache[id(library)] = library_calibrator(library, in_place=in_place)
+        return cache[id(library)]
+
+    def calibrate(frame: Frame) -> Frame | Calibrated:
+        library = open_library()
+        if library is None:
+            return Calibrated(frame=frame, notes=("no master library yet",))
+        return calibrator_for(library)(frame)
 
     return calibrate

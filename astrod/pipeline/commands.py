@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from astrod.config import EX_CONFIG, Config, load_config
+from astrod.config import Config, load_config, report_config_error
 from astrod.errors import AstrodError, ConfigError
 from astrod.io.frames import expand_frame_paths
 from astrod.io.headers import rules_from_config
@@ -80,9 +80,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as err:
-        for problem in err.problems:
-            print(f"config error: {problem}", file=sys.stderr)
-        return EX_CONFIG
+        return report_config_error(err)
     settings = settings_for(config, method=args.method, kappa=args.kappa)
     output = Path(args.output)
     reference = Path(args.reference) if args.reference else None

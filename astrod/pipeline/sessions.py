@@ -8,9 +8,10 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from astrod.library.keys import night_of
 from astrod.model import FrameMeta
@@ -52,6 +53,19 @@ class SessionKey:
         return {"night": self.night.isoformat(), "target": self.target, "filter": self.filter,
                 "camera": self.camera, "gain": self.gain, "offset": self.offset, "binning": list(self.binning),
                 "bayer": self.bayer}
+
+    def record(self, meta: FrameMeta | None) -> dict[str, Any]:
+        """The key as the journal stores it, with the pointing of the session's first light (``ra``/``dec``)."""
+        out: dict[str, Any] = dict(self.as_dict())
+        out["ra"] = meta.ra if meta is not None else None
+        out["dec"] = meta.dec if meta is not None else None
+        return out
+
+    @classmethod
+    def from_record(cls, data: Mapping[str, Any]) -> SessionKey:
+        return cls(night=date.fromisoformat(data["night"]), target=data["target"], filter=data["filter"],
+                   camera=data["camera"], gain=data["gain"], offset=data["offset"],
+                   binning=(int(data["binning"][0]), int(data["binning"][1])), bayer=data["bayer"])
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import structlog
 
 from astrod.config import CaptureConfig, CaptureStepConfig, Config
-from astrod.errors import AstrodError, ConfigError
+from astrod.errors import ConfigError
 from astrod.io.atomic import atomic_write_bytes
 from astrod.io.journal import TERMINAL, Journal
 from astrod.io.plan_journal import PlanJournal, PlanRun
@@ -43,10 +43,6 @@ log = structlog.get_logger()
 
 CALIBRATION_FOLDERS = {"dark": "Dark", "flat": "Flat", "bias": "Bias", "darkflat": "DarkFlat"}
 EventSink = Callable[[str, Mapping[str, Any]], None]
-
-
-class CaptureError(AstrodError):
-    """A capture plan cannot run as written."""
 
 
 @dataclass(frozen=True, slots=True)

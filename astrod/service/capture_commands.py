@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from astrod.config import EX_CONFIG
+from astrod.config import EX_CONFIG, report_config_error
 from astrod.errors import ConfigError
 
 CONNECT_ATTEMPTS = 3  # failed connections in a row before the command gives up
@@ -42,9 +42,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         plan = load_plan(Path(args.plan)) if args.plan else config.capture
     except ConfigError as err:
-        for problem in err.problems:
-            print(f"config error: {problem}", file=sys.stderr)
-        return EX_CONFIG
+        return report_config_error(err)
     if not plan.steps:
         print("no capture plan: give --plan F or [[capture.steps]] in the config", file=sys.stderr)
         return EX_CONFIG

@@ -1,4 +1,6 @@
-"""The daemon: watcher -> router -> library (calibration frames) or session workers (lights).
+"""The daemon: a frame's way is watcher -> ingest (what the file is: `astrod.pipeline.ingest`) -> router (which
+session: `astrod.pipeline.router`) -> the library (calibration frames) or a session worker (lights:
+`astrod.service.sessions`). The daemon owns the threads, and records each decision in the journal once.
 
 Threads: the watchdog observer and its settle thread, the router (one), and one worker per open session. The
 main thread runs :meth:`Daemon.run`: it handles signals, control requests (``astrod session close``), the idle
@@ -7,23 +9,19 @@ notify/watchdog.
 
 The daemon never stops on its own state: one daemon per state folder (a lock); a damaged journal is moved aside
 and rebuilt (`astrod.service.recovery`), at start or, found while running, by starting again in the same
-process; a full or failing state disk is waited out with the problem in the status; a file whose routing
-fails on the state disk is routed again later.
+process; a full state disk is waited out (the problem in the status), and files routed again later.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import queue
 import signal
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,75 +30,69 @@ import structlog
 from astrod import __version__
 from astrod.config import Config, load_config
 from astrod.errors import AstrodError, ConfigError, LibraryError
-from astrod.io.control import ControlInbox, write_request
-from astrod.io.frames import read_meta
+from astrod.io.control import ControlInbox
+from astrod.io.files import ensure_folder
 from astrod.io.headers import rules_from_config
 from astrod.io.journal import FileRecord, Journal, Seen, quick_hash
 from astrod.io.sqlite import StateCorrupt, is_corrupt, is_disk_problem
-from astrod.io.state_lock import StateLock, StateLocked
-from astrod.io.status_file import read_status_file, write_status
+from astrod.io.state_lock import StateLock
 from astrod.library.build import BuildOptions, build_library
 from astrod.library.masters import MasterLibrary
-from astrod.model import Frame, FrameKind, FrameMeta
-from astrod.pipeline.calibration import library_calibrator
-from astrod.pipeline.live import Calibrated, Calibrator, PipelineSettings
+from astrod.model import FrameMeta
+from astrod.pipeline.calibration import following_calibrator
+from astrod.pipeline.ingest import Calibration, Ignored, Light, ReadOptions, Rejected, ingest
+from astrod.pipeline.live import Calibrator, PipelineSettings
 from astrod.pipeline.night import next_dawn
-from astrod.pipeline.sessions import Pointing, SessionKey, plausible_date, session_key, slug, target_of
+from astrod.pipeline.router import route
+from astrod.pipeline.sessions import Pointing, SessionKey, slug
 from astrod.service.capture import CaptureRunner
 from astrod.service.closing import CloseClock
 from astrod.service.notify import Notifier
+from astrod.service.paths import daemon_paths as daemon_paths  # (the CLI's too)
+from astrod.service.paths import read_status as read_status  # (the CLI's)
+from astrod.service.paths import request_close as request_close  # (the CLI's)
 from astrod.service.problems import Problems
+from astrod.service.queue_thread import QueueThread
 from astrod.service.recovery import open_journal
 from astrod.service.reload import compare
 from astrod.service.sessions import QueuedFrame, SessionPaths, SessionWorker
+from astrod.service.status import (
+    StatusProgress,
+    closed_sessions,
+    file_counts,
+    library_summary,
+    problem_entries,
+    recent_rejections,
+    session_entry,
+    short_status,
+    write_status_quietly,
+)
 from astrod.service.watcher import FolderWatcher, WatchSettings, scan_folders
 from astrod.service.web import WebServer, journal_frames
 
 log = structlog.get_logger()
 
-STATUS_FILE = "status.json"
-CONTROL_DIR = "control"
 RESTART = 75  # run()'s exit status when the daemon must start again (a damaged journal found while running)
 STATE_RETRY_S = 5.0
-_FLUSH = object()
-_STOP = object()
 
 
-@dataclass(frozen=True, slots=True)
-class DaemonPaths:
-    state: Path
-    library: Path
-    output: Path
-
-    @property
-    def journal(self) -> Path:
-        return self.state / "journal.sqlite"
-
-    @property
-    def status(self) -> Path:
-        return self.state / STATUS_FILE
-
-    @property
-    def control(self) -> Path:
-        return self.state / CONTROL_DIR
-
-    @property
-    def sessions(self) -> Path:
-        return self.state / "sessions"
-
-    def session_state(self, session_id: str) -> Path:
-        return self.sessions / session_id
+class FlushCalibration:
+    """The router's cue to build the masters of the calibration frames seen so far."""
 
 
-def daemon_paths(config: Config) -> DaemonPaths:
-    return DaemonPaths(state=config.state_dir(), library=config.library_dir(), output=config.paths.output)
+_FLUSH = FlushCalibration()
 
 
-def request_close(config: Config, session: str | None) -> Path:
-    """Ask the running daemon to close one session (or all, with None); returns the request file (its name
-    appears in the status's ``control_handled`` once the daemon acted on it). Raises OSError when the control
-    folder cannot be written."""
-    return write_request(daemon_paths(config).control, {"action": "close", "session": session})
+class _Router(QueueThread["Path | FlushCalibration"]):
+    """The router thread: one file (or calibration flush) at a time, in arrival order."""
+
+    def __init__(self, route: Callable[[Path | FlushCalibration], None]) -> None:
+        super().__init__(name="astrod-router")
+        self._route = route
+
+    def handle(self, item: Path | FlushCalibration) -> bool:
+        self._route(item)
+        return False
 
 
 class StoppedBeforeStart(AstrodError):
@@ -127,7 +119,6 @@ class Daemon:
         self._lock_file.acquire()  # StateLocked: another daemon runs on this state folder
         self._ensure_output()
         self.journal = self._open_state(rebuild=rebuild_journal)
-        self._ready: queue.Queue[object] = queue.Queue()
         self._deferred: list[tuple[float, Path]] = []  # routing failed on the state disk: (retry at, path)
         self._reload = threading.Event()
         self._restart_reason: str | None = None
@@ -144,7 +135,7 @@ class Daemon:
                               "cannot be removed (they are not acted on again)")
         self._closes = CloseClock(idle_s=config.session.idle_minutes * 60.0, wall=clock, monotonic=monotonic,
                                   dawn_after=self._dawn_after(config))
-        self._router = threading.Thread(target=self._route_loop, name="astrod-router", daemon=True)
+        self._router = _Router(self._route_item)
         self._watcher = FolderWatcher(self._watch_settings(), self._on_ready)
         self.web: WebServer | None = None
         # INDI capture plan: the runner's frames arrive through the watcher like any other frame
@@ -157,7 +148,7 @@ class Daemon:
     # ----------------------------------------------------------------------------------- set-up
     def _ensure_output(self) -> None:
         try:
-            self.paths.output.mkdir(parents=True, exist_ok=True)
+            ensure_folder(self.paths.output)
         except OSError as err:  # sessions retry their writes; the status says why they fail
             self.problems.set("output", f"output folder {self.paths.output}: {err.strerror or err}")
         else:
@@ -195,8 +186,8 @@ class Daemon:
                              poll_interval=c.watch.poll_interval, ignore=c.watch.ignore,
                              exclude=(self.paths.output, self.paths.state, self.paths.library))
 
-    def _read_options(self) -> dict[str, Any]:
-        return {"rename": dict(self.config.headers.rename), "rules": rules_from_config(self.config.headers)}
+    def _read_options(self) -> ReadOptions:
+        return ReadOptions.of(self.config.headers.rename, rules_from_config(self.config.headers))
 
     def _pipeline_settings(self) -> PipelineSettings:
         return PipelineSettings.from_config(self.config)
@@ -221,23 +212,9 @@ class Daemon:
             return self._library
 
     def _calibrator(self) -> Calibrator:
-        """A calibrator for one session worker: it calibrates each frame in place (the worker reads every
-        frame into a scratch array of its own), and follows the library as masters arrive."""
-        cache: dict[int, Calibrator] = {}
-
-        def calibrator_for(library: MasterLibrary) -> Calibrator:
-            if id(library) not in cache:
-                cache.clear()
-                cache[id(library)] = library_calibrator(library, in_place=True)
-            return cache[id(library)]
-
-        def calibrate(frame: Frame) -> Frame | Calibrated:
-            library = self._open_library()
-            if library is None:  # no masters yet: stack uncalibrated, the stack's history says so
-                return Calibrated(frame=frame, notes=("no master library yet",))
-            return calibrator_for(library)(frame)
-
-        return calibrate
+        """A calibrator for one session worker (in place: the worker reads every frame into its own scratch
+        array), following the library as masters arrive."""
+        return following_calibrator(self._open_library, in_place=True)
 
     # ----------------------------------------------------------------------------------- running
     def start(self) -> None:
@@ -246,13 +223,13 @@ class Daemon:
             self._restore_session(record.id, record.key, record.info, close_reason=record.close_reason)
         for f in self.journal.files(status=["queued"]):
             if f.session is None or f.session not in self.workers:  # never routed, or its session has closed
-                self._ready.put(Path(f.path))
+                self._router.put(Path(f.path))
         self._router.start()
         if self.capture is not None:
             self.capture.start()
         self._watcher.start()
         for path in scan_folders(self._watch_settings()):
-            self._ready.put(path)
+            self._router.put(path)
         self._start_web()
         self.notifier.ready(self.status_line())
         log.info("daemon_started", version=__version__, state=str(self.paths.state), library=str(self.paths.library),
@@ -261,7 +238,7 @@ class Daemon:
     def _restore_session(self, sid: str, key_data: dict[str, Any], info: dict[str, Any], *,
                          close_reason: str | None = None) -> SessionWorker:
         """A worker for a session the journal has open, with the frames queued for it."""
-        key = _key_from_dict(key_data)
+        key = SessionKey.from_record(key_data)
         worker = self._make_worker(sid, key, info.get("label", sid), Path(info.get("output", self.paths.output / sid)))
         self._keys[key] = sid
         for f in self.journal.files(session=sid, status=["queued"]):
@@ -309,7 +286,7 @@ class Daemon:
                     self._periodic()
                     last_check = now
                 if self._pending_calibration and now - self._last_calibration > 5.0:
-                    self._ready.put(_FLUSH)
+                    self._router.put(_FLUSH)
                     self._last_calibration = now
                 if now - last_status >= 2.0 or self._status_dirty:
                     self.write_status()
@@ -332,7 +309,7 @@ class Daemon:
         if due:
             self._deferred = [(t, p) for t, p in self._deferred if t > now]
             for path in due:
-                self._ready.put(path)
+                self._router.put(path)
         with self._lock:
             dead = [w for w in self.workers.values() if not w.alive and not w.closed]
         for worker in dead:  # cannot happen by design (the worker catches everything); if it does, start it again
@@ -358,7 +335,7 @@ class Daemon:
         if self.web is not None:
             self.web.stop()
         self._watcher.stop()
-        self._ready.put(_STOP)
+        self._router.stop()
         self._router.join(timeout=30)
         with self._lock:
             workers = list(self.workers.values())
@@ -397,7 +374,7 @@ class Daemon:
             self._watcher = FolderWatcher(self._watch_settings(), self._on_ready)
             self._watcher.start()
             for path in scan_folders(self._watch_settings()):
-                self._ready.put(path)
+                self._router.put(path)
         if {"session", "site"} & set(change.applied):
             self._closes.reconfigure(idle_s=config.session.idle_minutes * 60.0, dawn_after=self._dawn_after(config))
         if "log" in change.applied:
@@ -417,24 +394,17 @@ class Daemon:
 
     # ----------------------------------------------------------------------------------- routing
     def _on_ready(self, path: Path) -> None:
-        self._ready.put(path)
+        self._router.put(path)
 
-    def _route_loop(self) -> None:
-        while True:
-            item = self._ready.get()
-            if item is _STOP:
-                self._ready.task_done()
-                return
-            try:
-                if item is _FLUSH:
-                    self._flush_calibration()
-                else:
-                    assert isinstance(item, Path)
-                    self._route(item)
-            except Exception as err:  # one bad file must not stop the router
-                self._route_failed(item, err)
-            finally:
-                self._ready.task_done()  # busy() waits for this: a file being routed is not yet in a session
+    def _route_item(self, item: Path | FlushCalibration) -> None:
+        try:
+            if isinstance(item, FlushCalibration):
+                self._flush_calibration()
+            else:
+                self._route(item)
+        except Exception as err:  # one bad file must not stop the router
+            self._route_failed(item, err)
+        finally:
             self._status_dirty = True
 
     def _route_failed(self, item: object, err: Exception) -> None:
@@ -493,25 +463,18 @@ class Daemon:
             # queued but never routed (astrod stopped in between), or left behind by a session that closed
         if sighting.seen is Seen.CHANGED and sighting.previous is not None:
             self._forget_old_version(path, sighting.previous)
-        try:
-            meta = read_meta(path, **self._read_options())
-        except AstrodError as err:
-            self._reject(path, str(err))
-            return
-        if meta.kind is FrameKind.UNKNOWN:
-            self._reject(path, f"{path}: unknown frame type: {meta.kind_reason}", kind="unknown")
-            return
-        if meta.stack_count > 1 or meta.planes > 1:
-            self.journal.set_file(path, status="ignored", kind=meta.kind.value,
-                                  reason=f"{path}: already a stack of {meta.stack_count} frames")
-            return
-        if meta.kind.is_calibration:
-            self.journal.set_file(path, status="calibration", kind=meta.kind.value)
+        ingested = ingest(path, mtime=st.st_mtime, now=self._clock(), options=self._read_options())
+        if isinstance(ingested, Rejected):
+            self._reject(path, ingested.reason, kind=ingested.kind)
+        elif isinstance(ingested, Ignored):
+            self.journal.set_file(path, status="ignored", kind=ingested.kind, reason=ingested.reason)
+        elif isinstance(ingested, Calibration):
+            self.journal.set_file(path, status="calibration", kind=ingested.meta.kind.value)
             self._pending_calibration.append(path)
             self._last_calibration = time.monotonic()
-            log.info("calibration_frame_seen", frame=str(path), kind=meta.kind.value)
-            return
-        self._route_light(path, meta, st.st_mtime, sighting.arrival)
+            log.info("calibration_frame_seen", frame=str(path), kind=ingested.meta.kind.value)
+        else:
+            self._route_light(path, ingested, sighting.arrival)
 
     def _routed_to_open_session(self, record: FileRecord) -> bool:
         with self._lock:
@@ -544,35 +507,21 @@ class Daemon:
         self.journal.set_file(path, status="rejected", reason=reason, kind=kind)
         log.warning("frame_rejected", frame=str(path), reason=reason)
 
-    def _route_light(self, path: Path, meta: FrameMeta, mtime: float, arrival: int) -> None:
-        if meta.exposure is None:
-            self._reject(path, f"{path}: no exposure time (EXPTIME/EXPOSURE) in the header", kind="light")
-            return
+    def _route_light(self, path: Path, light: Light, arrival: int) -> None:
         if self._pending_calibration:
             self._flush_calibration()  # masters from the calibration frames that came first serve this light
-        file_time = datetime.fromtimestamp(mtime, tz=UTC)
-        if meta.date_obs is None:
-            meta = replace(meta, date_obs=file_time)
-        elif not plausible_date(meta.date_obs, self._clock()):
-            log.warning("frame_date_implausible", frame=str(path), date_obs=str(meta.date_obs),
-                        using=file_time.isoformat())
-            self.problems.error(str(path), f"{path}: DATE-OBS {meta.date_obs.isoformat()} cannot be right; "
-                                f"the file's time {file_time.isoformat(timespec='seconds')} names its night")
-            meta = replace(meta, date_obs=file_time)
+        if light.date_note is not None:
+            log.warning("frame_date_implausible", frame=str(path), date_obs=str(light.meta.date_obs))
+            self.problems.error(str(path), light.date_note)
         with self._lock:
             pointings = [Pointing(w.key["target"], w.key["ra"], w.key["dec"]) for w in self.workers.values()
                          if w.key.get("ra") is not None and not w.closing]
-        target = target_of(meta, pointings=pointings, radius_arcmin=self.config.session.pointing_radius_arcmin)
-        if target is None:
-            self._reject(path, f"{path}: no OBJECT and no RA/DEC: cannot tell which target it belongs to",
-                         kind="light")
+        decision = route(path, light.meta, pointings=pointings,
+                         radius_arcmin=self.config.session.pointing_radius_arcmin, longitude=self.config.site.longitude)
+        if isinstance(decision, Rejected):
+            self._reject(path, decision.reason, kind=decision.kind)
             return
-        try:
-            key = session_key(meta, target=target, longitude=self.config.site.longitude)
-        except (ValueError, OverflowError) as err:
-            self._reject(path, f"{path}: cannot tell the night of DATE-OBS {meta.date_obs}: {err}", kind="light")
-            return
-        worker = self._session_for(key, meta)
+        worker = self._session_for(decision.key, light.meta)
         self.journal.set_file(path, status="queued", kind="light", session=worker.id)
         worker.enqueue(path, arrival)
         self._closes.touch(worker.id)
@@ -593,7 +542,7 @@ class Daemon:
                 out = out.with_name(f"{out.name}_{n}")
             label = f"{key.target}/{key.filter or 'no filter'}"
             info = {"label": label, "output": str(out)}
-            self.journal.open_session(sid, _key_dict(key, meta), info)
+            self.journal.open_session(sid, key.record(meta), info)
             worker = self._make_worker(sid, key, label, out, meta=meta)
             self._keys[key] = sid
             log.info("session_opened", session=sid, target=key.target, filter=key.filter, output=str(out))
@@ -602,7 +551,7 @@ class Daemon:
     def _make_worker(self, sid: str, key: SessionKey, label: str, output: Path,
                      meta: FrameMeta | None = None) -> SessionWorker:
         record = self.journal.session(sid)
-        stored = record.key if record is not None else _key_dict(key, meta)
+        stored = record.key if record is not None else key.record(meta)
         worker = SessionWorker(
             session_id=sid, label=label, key=stored,
             paths=SessionPaths(output=output, state=self.paths.session_state(sid)), journal=self.journal,
@@ -628,7 +577,8 @@ class Daemon:
         self._pending_calibration = []
         options = BuildOptions.from_config(self.config, refresh=True)
         try:
-            report = build_library(self.paths.library, sources, options=options, progress=_StatusProgress(self))
+            progress = StatusProgress(lambda: self.progress, self._set_progress)
+            report = build_library(self.paths.library, sources, options=options, progress=progress)
         except AstrodError as err:
             self.problems.set("library", str(err))
             log.error("library_update_failed", reason=str(err))
@@ -670,7 +620,7 @@ class Daemon:
             self._keys = {k: v for k, v in self._keys.items() if v != sid}
         self._closes.forget(sid)
         for item in leftovers:  # routed to the session as it closed: they go to the next one
-            self._ready.put(item.path)
+            self._router.put(item.path)
         self._status_dirty = True
 
     def _handle_control(self) -> None:
@@ -693,7 +643,7 @@ class Daemon:
     # ----------------------------------------------------------------------------------- status
     def busy(self) -> bool:
         """Whether any frame is still waiting somewhere (router queue, calibration batch, session queues)."""
-        if self._ready.unfinished_tasks or self._pending_calibration or self._deferred:
+        if self._router.unfinished or self._pending_calibration or self._deferred:
             return True
         # (journal rows stay "queued" until their frames' checkpoint: stacked frames waiting for one are done)
         with self._lock:
@@ -713,40 +663,18 @@ class Daemon:
         return {} if worker is None else worker.uncheckpointed()
 
     def status(self, *, running: bool = True) -> dict[str, Any]:
-        files = self.journal.counts()
         with self._lock:
-            # frames through their session since its last checkpoint are counted as what they became
-            for worker in self.workers.values():
-                for outcome, _, _ in worker.uncheckpointed().values():
-                    files["queued"] = files.get("queued", 0) - 1
-                    files[outcome] = files.get(outcome, 0) + 1
-            if files.get("queued", 0) <= 0:
-                files.pop("queued", None)
-            sessions = [{"id": w.id, "label": w.label, "target": w.key.get("target"), "filter": w.key.get("filter"),
-                         "night": w.key.get("night"), "stacked": w.stats.stacked, "rejected": w.stats.rejected,
-                         "total_exposure_s": w.stats.exposure, "queue": w.queue_length,
-                         "last_frame": w.stats.last_metrics, "rejections": w.stats.rejections,
-                         "output": str(w.paths.output), "closing": w.closing, "problems": w.problems}
-                        for w in self.workers.values()]
-        library = self._open_library()
-        lib_summary: dict[str, Any] = {"path": str(self.paths.library)}
-        if library is not None:
-            counts: dict[str, int] = {}
-            for record in library.records():
-                counts[record.kind.value] = counts.get(record.kind.value, 0) + 1
-            lib_summary["masters"] = counts
-        progress = dict(self.progress) if self.progress else None
-        rejected = [{"path": r.path, "status": r.status, "reason": r.reason}
-                    for r in self.journal.recent(status=["rejected", "duplicate"], limit=20)]
-        return {"running": running, "pid": os.getpid(), "version": __version__, "progress": progress,
+            workers = list(self.workers.values())
+            files = file_counts(self.journal.counts(), workers)
+            sessions = [session_entry(w) for w in workers]
+        return {"running": running, "pid": os.getpid(), "version": __version__,
+                "progress": dict(self.progress) if self.progress else None,
                 "started_at": self.started_at.isoformat(), "updated_at": self._clock().isoformat(),
-                "queue": self._ready.qsize(), "files": files, "sessions": sessions,
-                "closed_sessions": [{"id": s.id, "label": s.info.get("label"), "output": s.info.get("output"),
-                                     "closed_at": s.closed_at, **s.info.get("stats", {})}
-                                    for s in self.journal.sessions(status="closed")][-50:],
-                "library": lib_summary, "errors": self.problems.history(),
-                "problems": [{"where": p.key, "problem": p.text, "since": p.since} for p in self.problems.current()],
-                "recent_rejections": rejected, "control_handled": self._inbox.handled,
+                "queue": self._router.backlog, "files": files, "sessions": sessions,
+                "closed_sessions": closed_sessions(self.journal),
+                "library": library_summary(self.paths.library, self._open_library()),
+                "errors": self.problems.history(), "problems": problem_entries(self.problems),
+                "recent_rejections": recent_rejections(self.journal), "control_handled": self._inbox.handled,
                 "status_line": self.status_line(),
                 "capture": self.capture.status() if self.capture is not None else None}
 
@@ -763,94 +691,10 @@ class Daemon:
 
     def _write_status_quietly(self, *, running: bool = True, starting: bool = False) -> None:
         """A short status that needs nothing but the problems (the journal may be what fails)."""
-        status = {"running": running, "pid": os.getpid(), "version": __version__,
-                  "started_at": self.started_at.isoformat(), "updated_at": self._clock().isoformat(),
-                  "starting": starting, "sessions": [], "files": {},
-                  "problems": [{"where": p.key, "problem": p.text, "since": p.since} for p in self.problems.current()],
-                  "errors": self.problems.history(), "status_line": self.status_line() if not starting else
-                  "; ".join(p.text for p in self.problems.current())}
-        self._write_status_file(status)
+        line = "; ".join(p.text for p in self.problems.current()) if starting else self.status_line()
+        self._write_status_file(short_status(self.problems, running=running, starting=starting, line=line,
+                                             started_at=self.started_at, now=self._clock()))
 
     def _write_status_file(self, status: dict[str, Any]) -> None:
-        try:
-            write_status(self.paths.status, status)
-        except OSError as err:
-            log.error("status_write_failed", path=str(self.paths.status), reason=str(err))
+        write_status_quietly(self.paths.status, status)
         self.notifier.status(str(status.get("status_line", "")))
-
-
-class _StatusProgress:
-    """Library-build progress as the status file shows it (the dashboard renders it)."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self._daemon = daemon
-
-    def start(self, stage: str, total: int) -> None:
-        self._daemon._set_progress({"what": f"library {stage}", "done": 0, "total": total})
-
-    def advance(self, item: str = "", n: int = 1) -> None:
-        p = self._daemon.progress
-        if p:
-            self._daemon._set_progress({**p, "done": p["done"] + n, "item": item})
-
-    def finish(self) -> None:
-        self._daemon._set_progress(None)
-
-
-def _key_dict(key: SessionKey, meta: FrameMeta | None) -> dict[str, Any]:
-    out = key.as_dict()
-    out["ra"] = meta.ra if meta is not None else None
-    out["dec"] = meta.dec if meta is not None else None
-    return out
-
-
-def _key_from_dict(data: dict[str, Any]) -> SessionKey:
-    return SessionKey(night=date.fromisoformat(data["night"]), target=data["target"], filter=data["filter"],
-                      camera=data["camera"], gain=data["gain"], offset=data["offset"],
-                      binning=(int(data["binning"][0]), int(data["binning"][1])), bayer=data["bayer"])
-
-
-def read_status(config: Config) -> dict[str, Any] | None:
-    """The status the daemon last wrote, with ``running`` corrected when its process is gone."""
-    status = read_status_file(daemon_paths(config).status)
-    if status is None:
-        return None
-    pid = int(status.get("pid", 0))
-    alive = False
-    if pid > 0:
-        try:
-            os.kill(pid, 0)
-            alive = True
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:
-            alive = True
-    status["running"] = bool(status.get("running")) and alive
-    return status
-
-
-def run_daemon(config: Config, *, config_path: Path | None = None) -> int:
-    """``astrod run``: the daemon until SIGTERM; started again in this process when it found its journal
-    damaged (the new start rebuilds it). Another daemon on the same state folder: one line and exit 1."""
-    rebuild = False
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    while True:
-        try:
-            daemon = Daemon(config, config_path=config_path, rebuild_journal=rebuild, stop=stop)
-        except StateLocked as err:
-            log.error("state_locked", reason=str(err))
-            print(f"astrod: {err}", file=sys.stderr)
-            return 1
-        except StoppedBeforeStart:
-            log.info("daemon_stopped", before="start")
-            return 0
-        status = daemon.run()
-        if status != RESTART:
-            return status
-        log.warning("daemon_restarting", reason="journal damaged while running")
-        rebuild = True
-        if config_path is not None:
-            with contextlib.suppress(ConfigError):  # a broken file: the config the daemon ran with
-                config = load_config(config_path)

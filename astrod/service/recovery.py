@@ -9,7 +9,6 @@ rebuilt journal: the scan finds them as new and they are stacked then — once, 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import structlog
 
 from astrod.io.checkpoint import load_checkpoint
+from astrod.io.files import files_matching, read_json, subfolders
 from astrod.io.journal import Journal, quick_hash
 from astrod.io.previews import read_frames_table
 from astrod.io.sqlite import StateCorrupt, move_aside
@@ -48,10 +48,10 @@ def open_journal(path: Path, *, sessions_dir: Path, output: Path, force_rebuild:
     moved = move_aside(path)
     journal = Journal(path)
     counts = [0, 0, 0]
-    for folder in sorted(sessions_dir.glob("*")) if sessions_dir.is_dir() else []:
+    for folder in subfolders(sessions_dir):
         counts[2] += _restore_open(journal, folder)
         counts[0] += journal.session(folder.name) is not None
-    for summary in sorted(output.rglob(SESSION)) if output.is_dir() else []:
+    for summary in files_matching(output, SESSION, recursive=True):
         n = _restore_closed(journal, summary)
         if n is not None:
             counts[1] += 1
@@ -64,7 +64,7 @@ def open_journal(path: Path, *, sessions_dir: Path, output: Path, force_rebuild:
 
 def _restore_open(journal: Journal, folder: Path) -> int:
     """The session of a state folder from its newest readable checkpoint; the number of files recorded."""
-    for checkpoint in sorted(folder.glob("checkpoint-*.npz"), reverse=True):
+    for checkpoint in reversed(files_matching(folder, "checkpoint-*.npz")):
         try:
             _, meta = load_checkpoint(checkpoint)
             session = meta["extra"]["session"]
@@ -81,7 +81,7 @@ def _restore_open(journal: Journal, folder: Path) -> int:
 
 def _restore_closed(journal: Journal, summary_path: Path) -> int | None:
     try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        summary = read_json(summary_path)
         sid = str(summary["session"])
         rows: list[dict[str, Any]] = list(read_frames_table(summary_path.with_name(FRAMES)))
     except (OSError, ValueError, KeyError, TypeError) as err:

@@ -13,8 +13,6 @@ its source files (the journal knows them).
 from __future__ import annotations
 
 import json
-import queue
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -29,18 +27,20 @@ import structlog
 
 from astrod.errors import AstrodError
 from astrod.io.atomic import atomic_write_text
+from astrod.io.files import ensure_folder, remove_file, remove_folder
 from astrod.io.frames import is_scratch, read_frame
 from astrod.io.journal import Journal
 from astrod.io.previews import write_frames_table
 from astrod.model import Frame
+from astrod.pipeline.ingest import ReadOptions
 from astrod.pipeline.live import TABLE_COLUMNS, Calibrator, LiveStack, PipelineSettings
 from astrod.pipeline.outputs import FRAMES, SESSION, write_preview, write_session_outputs
 from astrod.pipeline.sessions import plausible_date
+from astrod.service.queue_thread import QueueThread
 
 log = structlog.get_logger()
 
 _CLOSE = "close"
-_STOP = "stop"
 _RESTACK = "restack"
 FIRST_RETRY_S = 2.0
 MAX_RETRY_S = 300.0
@@ -114,14 +114,15 @@ def _reason_class(reason: str | None, path: Path) -> str:
     return text if len(text) <= 40 else text[:40]
 
 
-class SessionWorker:
-    """Owns one session's LiveStack and thread. All methods but the thread body are called from other threads."""
+class SessionWorker(QueueThread["QueuedFrame | _Control"]):
+    """Owns one session's LiveStack and thread. All methods but the thread's hooks (`handle`, `idle`,
+    `stopping`) are called from other threads; what they share is behind ``_state_lock``."""
 
     def __init__(self, *, session_id: str, label: str, key: dict[str, Any], paths: SessionPaths, journal: Journal,
                  settings: PipelineSettings, calibrator: Calibrator | None,
                  checkpoint_every: int, preview_every_frames: int, preview_every_seconds: float,
                  checkpoint_seconds: float = 600.0,
-                 read_options: dict[str, Any], on_closed: Callable[[str, list[QueuedFrame]], None],
+                 read_options: ReadOptions, on_closed: Callable[[str, list[QueuedFrame]], None],
                  on_progress: Callable[[dict[str, Any] | None], None] = lambda _: None,
                  on_problem: ProblemSink = lambda _key, _text: None,
                  on_state_error: Callable[[BaseException], bool] = lambda _err: False,
@@ -147,7 +148,8 @@ class SessionWorker:
         self._on_problem = on_problem
         self._on_state_error = on_state_error  # the daemon's judgement of journal errors (damaged: restart)
         self._clock = clock
-        self._queue: queue.Queue[QueuedFrame | _Control] = queue.Queue()
+        super().__init__(name=f"astrod-session-{session_id}")
+        self._state_lock = threading.Lock()  # _pending and closing: the status thread reads them
         self._pending: list[tuple[Path, str, str | None, dict[str, Any]]] = []
         self._done: set[tuple[str, int]] = set()  # frames in the current stack (a re-stack starts a new set)
         self._count_lock = threading.Lock()
@@ -165,12 +167,11 @@ class SessionWorker:
         self.closed = False
         self._log = log.bind(session=session_id)
         self._live = self._restore()
-        self._thread = threading.Thread(target=self._run, name=f"astrod-session-{session_id}", daemon=True)
 
     # ------------------------------------------------------------------------------------ life cycle
     def _restore(self) -> LiveStack:
         record = self._journal.session(self.id)
-        self.paths.state.mkdir(parents=True, exist_ok=True)
+        ensure_folder(self.paths.state)
         problem: str | None = None
         if record is not None and record.checkpoint:
             try:
@@ -192,44 +193,32 @@ class SessionWorker:
         if problem is not None and record is not None:
             self._seq = record.checkpoint_seq  # new checkpoints never take the name of one that may be there
             n = self._journal.requeue_session(self.id)
-            shutil.rmtree(self.paths.cache, ignore_errors=True)
+            remove_folder(self.paths.cache)
             self._log.error("session_restacking", reason=problem, frames=n)
             self._on_problem(f"{self.id}:restack",
                              f"{self.label}: checkpoint unusable ({problem}); stacking its {n} frames again "
                              "from their files")
         return LiveStack(self._settings, calibrator=self._calibrator, cache_dir=self.paths.cache)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
     def enqueue(self, path: Path, arrival: int) -> None:
         with self._count_lock:
             self._enqueued += 1
-        self._queue.put(QueuedFrame(path, arrival))
+        self.put(QueuedFrame(path, arrival))
 
     def request_close(self, why: str) -> None:
-        if not self.closing:
+        with self._state_lock:
+            if self.closing:
+                return
             self.closing = True
-            self._queue.put(_Control(_CLOSE, why))
+        self.put(_Control(_CLOSE, why))
 
     def restack(self, why: str) -> None:
         """Stack the session again from its source files (a stacked frame's file was overwritten)."""
-        self._queue.put(_Control(_RESTACK, why))
-
-    def stop(self) -> None:
-        """Finish the current frame, checkpoint, and end the thread (the session stays open)."""
-        self._queue.put(_Control(_STOP))
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+        self.put(_Control(_RESTACK, why))
 
     @property
     def queue_length(self) -> int:
-        return self._queue.qsize()
+        return self.backlog
 
     @property
     def problems(self) -> list[str]:
@@ -239,7 +228,9 @@ class SessionWorker:
     def uncheckpointed(self) -> dict[str, tuple[str, str | None, dict[str, Any]]]:
         """By path, the outcome (status, reason, metrics) of the frames processed since the last checkpoint:
         the journal still has them queued until the next one records them."""
-        return {str(path): (status, reason, metrics) for path, status, reason, metrics in list(self._pending)}
+        with self._state_lock:
+            pending = list(self._pending)
+        return {str(path): (status, reason, metrics) for path, status, reason, metrics in pending}
 
     @property
     def in_flight(self) -> int:
@@ -248,22 +239,9 @@ class SessionWorker:
         with self._count_lock:
             return self._enqueued - self._finished
 
-    def _run(self) -> None:
-        while True:
-            try:
-                if self._step():
-                    return
-            except Exception as err:  # a bug here must not end the session silently: report, wait, go on
-                self._log.exception("session_worker_error")
-                self._on_problem(f"{self.id}:worker", f"{self.label}: internal error: {err}")
-                time.sleep(1.0)
-
-    def _step(self) -> bool:
-        """One item of the queue, or the retries that are due; True when the thread is to end."""
-        try:
-            item = self._queue.get(timeout=self._due_in())
-        except queue.Empty:
-            return self._due_work()
+    # ------------------------------------------------------------------------------------ the thread's hooks
+    def handle(self, item: QueuedFrame | _Control) -> bool:
+        """One frame, or a close or re-stack request; True when the session closed (the thread ends)."""
         if isinstance(item, QueuedFrame):
             try:
                 self._frame(item)
@@ -271,14 +249,25 @@ class SessionWorker:
                 with self._count_lock:
                     self._finished += 1
             return self._due_work()
-        if item.action == _STOP:
-            self._attempt("checkpoint", self._checkpoint)
-            return True
         if item.action == _RESTACK:
             self._restack(item.reason)
             return False
         self._close_why = item.reason
         return self._try_close()
+
+    def wait_s(self) -> float | None:
+        return self._due_in()
+
+    def idle(self) -> bool:
+        return self._due_work()
+
+    def stopping(self) -> None:
+        """astrod stops: the frames stacked so far get their checkpoint (the session stays open)."""
+        self._attempt("checkpoint", self._checkpoint)
+
+    def failed(self, err: Exception) -> None:  # a bug here must not end the session silently
+        self._log.error("session_worker_error", error=str(err), exc_info=err)
+        self._on_problem(f"{self.id}:worker", f"{self.label}: internal error: {err}")
 
     # ------------------------------------------------------------------------------------ scheduled work
     def _due_in(self) -> float | None:
@@ -358,7 +347,8 @@ class SessionWorker:
         started = time.perf_counter()
         source = self._readable(path)
         try:
-            frame = read_frame(source, **self._read_options, out=self._scratch)
+            frame = read_frame(source, rename=self._read_options.rename, rules=self._read_options.rules,
+                               out=self._scratch)
         except AstrodError as err:
             return "rejected", str(err), {}, False
         if is_scratch(frame.data):
@@ -414,10 +404,11 @@ class SessionWorker:
             cls = _reason_class(reason, path)
             self.stats.rejections[cls] = self.stats.rejections.get(cls, 0) + 1
             if not seen_by_pipeline:  # unreadable or mismatched: still a row of the frames table
-                self._live.note_rejected(path, reason or "rejected")
+                self._live.reject(path, reason or "rejected")
         self.stats.last_frame = str(path)
         self.stats.last_metrics = {"path": str(path), "status": status, "reason": reason, **metrics}
-        self._pending.append((path, status, reason, metrics))
+        with self._state_lock:
+            self._pending.append((path, status, reason, metrics))
 
     def _stats_info(self) -> dict[str, Any]:
         s = self.stats
@@ -436,10 +427,11 @@ class SessionWorker:
         self._journal.commit_checkpoint(self.id, checkpoint=target, seq=seq, frames=self._pending, info=info)
         old = self.paths.checkpoint(self._seq)
         self._seq = seq
-        self._pending = []
+        with self._state_lock:
+            self._pending = []
         self._last_checkpoint = time.monotonic()
         if old != target:
-            old.unlink(missing_ok=True)
+            remove_file(old)
 
     def _preview_due(self) -> bool:
         return (not self._previewed or self._since_preview >= self._preview_frames
@@ -462,27 +454,23 @@ class SessionWorker:
         """Start the stack again and queue every frame of the session from its file, in arrival order."""
         n = self._journal.requeue_session(self.id)
         self._log.warning("session_restacking", reason=why, frames=n)
-        held = []
-        while True:  # what is queued now goes behind the session's frames (frames among it are in the journal)
-            try:
-                held.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
+        held = self._take_all()  # what is queued now goes behind the session's frames
         with self._count_lock:
             self._finished += sum(isinstance(h, QueuedFrame) for h in held)
         self._live = LiveStack(self._settings, calibrator=self._calibrator, cache_dir=self.paths.cache)
-        shutil.rmtree(self.paths.cache, ignore_errors=True)
+        remove_folder(self.paths.cache)
         self.stats = SessionStats()
-        self._pending = []
+        with self._state_lock:
+            self._pending = []
         self._done = set()
         self._previewed = False
         for record in self._journal.files(session=self.id, status=["queued"]):
             self.enqueue(Path(record.path), record.arrival)
-        for h in held:
+        for h in held:  # stale or repeated frames among them are skipped when their turn comes
             if isinstance(h, QueuedFrame):
-                self.enqueue(h.path, h.arrival)  # stale or repeated entries are skipped when their turn comes
+                self.enqueue(h.path, h.arrival)
             else:
-                self._queue.put(h)
+                self._put_back([h])
 
     # ------------------------------------------------------------------------------------ closing
     def _try_close(self) -> bool:
@@ -490,16 +478,10 @@ class SessionWorker:
         why = self._close_why or "closed"
         if not self._attempt("close", lambda: self._close(why)):
             return False
-        leftovers = []
-        while True:  # frames routed here while the close ran belong to the next session of this key
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, QueuedFrame):
-                leftovers.append(item)
-                with self._count_lock:
-                    self._finished += 1
+        # frames routed here while the close ran belong to the next session of this key
+        leftovers = [item for item in self._take_all() if isinstance(item, QueuedFrame)]
+        with self._count_lock:
+            self._finished += len(leftovers)
         self._on_closed(self.id, leftovers)
         return True
 
@@ -536,7 +518,7 @@ class SessionWorker:
         atomic_write_text(self.paths.output / SESSION, json.dumps(summary, indent=2, default=str) + "\n")
         self._journal.update_session(self.id, status="closed", info=self._stats_info())
         self.closed = True
-        shutil.rmtree(self.paths.state, ignore_errors=True)  # checkpoints and the registered-frame cache
+        remove_folder(self.paths.state)  # checkpoints and the registered-frame cache
         for what in self._retries:
             self._on_problem(f"{self.id}:{what}", None)
         self._on_problem(f"{self.id}:restack", None)

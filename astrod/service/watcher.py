@@ -9,8 +9,6 @@ astrod's own outputs and non-frame files are ignored.
 from __future__ import annotations
 
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from astrod.io.frames import is_frame_name
+from astrod.service.queue_thread import QueueThread
 
 log = structlog.get_logger()
 
@@ -89,8 +88,8 @@ class _Pending:
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, events: queue.SimpleQueue[tuple[str, Path]]) -> None:
-        self._events = events
+    def __init__(self, events: QueueThread[tuple[str, Path]]) -> None:
+        self._events = events  # the settle thread
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory:
@@ -106,6 +105,26 @@ class _Handler(FileSystemEventHandler):
             self._events.put(("deleted", Path(os.fsdecode(event.src_path))))
 
 
+class _Settle(QueueThread[tuple[str, Path]]):
+    """The settle thread: notes each event, and when none came for a moment, reports the files that settled."""
+
+    def __init__(self, note: Callable[[str, Path], None], emit: Callable[[], None]) -> None:
+        super().__init__(name="astrod-watch-settle")
+        self._note = note
+        self._emit = emit
+
+    def handle(self, item: tuple[str, Path]) -> bool:
+        self._note(*item)
+        return False  # drain a burst first, then look at what settled
+
+    def wait_s(self) -> float | None:
+        return 0.1
+
+    def idle(self) -> bool:
+        self._emit()
+        return False
+
+
 class FolderWatcher:
     """Watches folders recursively and calls ``on_ready(path)`` once per finished file version.
 
@@ -117,33 +136,32 @@ class FolderWatcher:
         self._settings = settings
         self._on_ready = on_ready
         self._clock = clock
-        self._events: queue.SimpleQueue[tuple[str, Path]] = queue.SimpleQueue()
-        self._pending: dict[Path, _Pending] = {}
-        self._stop = threading.Event()
+        self._pending: dict[Path, _Pending] = {}  # the settle thread's own
+        self._settle = _Settle(self._note, self._emit_settled)
         self._observer: BaseObserver | None = None
-        self._thread: threading.Thread | None = None
+        self._started = False
 
     def start(self) -> None:
         observer: BaseObserver = (PollingObserver(timeout=self._settings.poll_interval) if self._settings.polling
                                   else Observer())
-        handler = _Handler(self._events)
+        handler = _Handler(self._settle)
         for folder in self._settings.folders:
             folder.mkdir(parents=True, exist_ok=True)
             observer.schedule(handler, str(folder), recursive=True)
         observer.daemon = True
         observer.start()
         self._observer = observer
-        self._thread = threading.Thread(target=self._run, name="astrod-watch-settle", daemon=True)
-        self._thread.start()
+        self._settle.start()
+        self._started = True
         log.info("watch_started", folders=[str(f) for f in self._settings.folders], polling=self._settings.polling)
 
     def stop(self) -> None:
-        self._stop.set()
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=10)
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._started:
+            self._settle.stop()
+            self._settle.join(timeout=10)
 
     def __enter__(self) -> FolderWatcher:
         self.start()
@@ -151,17 +169,6 @@ class FolderWatcher:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                kind, path = self._events.get(timeout=0.1)
-            except queue.Empty:
-                pass
-            else:
-                self._note(kind, path)
-                continue  # drain the burst first, then look at what settled
-            self._emit_settled()
 
     def _note(self, kind: str, path: Path) -> None:
         if kind == "deleted":
