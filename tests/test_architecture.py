@@ -85,3 +85,54 @@ def test_checker_catches_an_upward_import(tmp_path: Path) -> None:
     good = tmp_path / "good.py"
     good.write_text("import numpy\nfrom astrod.model import Transform\n", encoding="utf-8")
     assert layer_problems(good, "core") == []
+
+
+# Files are read and written only in io/: these layers may not touch the file system themselves. (The service
+# layer still has its own file work — the watcher's scan, the dashboard's file serving, INDI's fake catalogue —
+# that is the next step; `astropy.io.fits` Header objects, which are data, are allowed.)
+FILE_FREE_LAYERS = ("core", "library", "pipeline")
+# (Path.replace is left out: str.replace and dataclasses' replace share its name)
+FILE_METHODS = frozenset({"mkdir", "unlink", "rmdir", "rglob", "glob", "iterdir", "read_text", "write_text",
+                          "read_bytes", "write_bytes", "rename", "touch", "symlink_to"})
+FILE_FUNCTIONS = frozenset({"os.walk", "os.replace", "os.remove", "os.rename", "os.makedirs", "os.listdir",
+                            "os.scandir", "np.save", "np.savez", "np.load", "np.fromfile", "shutil.rmtree",
+                            "shutil.copyfile", "shutil.copy", "shutil.copy2", "shutil.move", "fits.open",
+                            "fits.getdata", "fits.getheader", "fits.writeto"})
+
+
+def file_access(path: Path) -> list[str]:
+    """Every place in ``path`` that reads or writes files itself (calls `open`, a Path method such as `mkdir`
+    or `read_text`, or a function such as `os.walk` or `shutil.rmtree`)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Name) and func.id == "open":
+            found.append(f"line {node.lineno}: open()")
+        elif isinstance(func, ast.Attribute):
+            dotted = f"{func.value.id}.{func.attr}" if isinstance(func.value, ast.Name) else None
+            if dotted in FILE_FUNCTIONS:
+                found.append(f"line {node.lineno}: {dotted}()")
+            elif func.attr in FILE_METHODS:
+                found.append(f"line {node.lineno}: .{func.attr}()")
+    return found
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES if _layer(p) in FILE_FREE_LAYERS],
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_only_io_touches_files(path: Path) -> None:
+    """core, library and pipeline read and write files only through astrod.io."""
+    found = file_access(path)
+    assert not found, f"{path.relative_to(PACKAGE)} touches files itself: " + "; ".join(found)
+
+
+def test_file_checker_catches_file_access(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("import os, shutil\nfrom pathlib import Path\nopen('x')\nos.walk('.')\nshutil.rmtree('d')\n"
+                   "Path('a').mkdir()\nPath('b').read_text()\n", encoding="utf-8")
+    assert len(file_access(bad)) == 5
+    good = tmp_path / "good.py"
+    good.write_text("name = 'a-b'.replace('-', '_')\nfrom dataclasses import replace\n", encoding="utf-8")
+    assert file_access(good) == []

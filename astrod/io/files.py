@@ -5,7 +5,9 @@ source frame."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +41,18 @@ def files_matching(folder: Path, pattern: str, *, recursive: bool = False) -> li
 def read_json(path: Path) -> Any:
     """The JSON document in ``path``; OSError or ValueError when it cannot be read."""
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def walk_files(folder: Path, *, keep: Callable[[Path], bool], exclude: Path | None = None) -> list[Path]:
+    """Every file below ``folder`` that ``keep`` accepts, sorted; hidden files and folders (a leading dot) and
+    the folder ``exclude`` (with what is below it) are left out, and symlinked folders are not followed."""
+    excluded = exclude.resolve() if exclude is not None else None
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        here = Path(root).resolve()
+        if excluded is not None and (here == excluded or excluded in here.parents):
+            dirs[:] = []
+            continue
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() != excluded)
+        found.extend(here / name for name in files if not name.startswith(".") and keep(here / name))
+    return sorted(found)

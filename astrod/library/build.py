@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +36,7 @@ from astrod.core.calibrate import BadPixels, find_bad_pixels
 from astrod.core.combine import CenFunc, CombineResult, Method, StdFunc, combine, combine_flats, frame_medians
 from astrod.errors import AstrodError, FrameReadError, LibraryError
 from astrod.io.bands import RowLayout, open_rows, read_band
+from astrod.io.files import files_matching, remove_folder, walk_files
 from astrod.io.fits import is_fits_name, read_fits, read_fits_extension, read_fits_header, write_fits
 from astrod.io.frames import is_frame_name, is_raw_name, read_meta
 from astrod.io.headers import PathRule, normalise, rules_from_config
@@ -188,23 +188,13 @@ class SourceFrame:
 
 def _list_files(sources: Sequence[Path], *, exclude: Path) -> list[Path]:
     found: set[Path] = set()
-    excluded = exclude.resolve()
     for source in sources:
         if source.is_file():
             found.add(source.resolve())
             continue
         if not source.is_dir():
             raise LibraryError(f"{source}: source folder does not exist")
-        for root, dirs, files in os.walk(source):
-            here = Path(root).resolve()
-            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() != excluded)
-            if here == excluded or excluded in here.parents:
-                dirs[:] = []
-                continue
-            for name in files:
-                p = here / name
-                if not name.startswith(".") and is_frame_name(p):
-                    found.add(p)
+        found.update(walk_files(source, keep=is_frame_name, exclude=exclude))
     return sorted(found)
 
 
@@ -876,7 +866,7 @@ def build_library(library: str | os.PathLike[str], sources: Sequence[str | os.Pa
     with library_lock(root):
         for stale in remove_stale_temporaries(root):
             structlog.get_logger().info("temporary_removed", path=str(stale))
-        shutil.rmtree(root / SPOOL_NAME, ignore_errors=True)
+        remove_folder(root / SPOOL_NAME)
         frames, skipped, lights = scan_sources(source_paths, library=root, options=opts, progress=sink)
         groups = group_frames(frames, temperature_bucket=opts.temperature_bucket, longitude=opts.rules.longitude)
         lost = not (root / INDEX_NAME).exists()
@@ -901,7 +891,7 @@ def build_library(library: str | os.PathLike[str], sources: Sequence[str | os.Pa
                     sink.advance(bkey.describe())
                 sink.finish()
             finally:
-                shutil.rmtree(root / SPOOL_NAME, ignore_errors=True)
+                remove_folder(root / SPOOL_NAME)
         report = BuildReport(masters=tuple(done), skipped=tuple(builder.skipped), scanned=len(frames) + len(skipped)
                              + lights, lights_ignored=lights)
     kept = report.count("exists") + report.count("up to date")
@@ -922,9 +912,7 @@ def _reindex(root: Path, index: MasterIndex) -> int:
     count = 0
     log = structlog.get_logger()
     for folder in (root / "masters", root / "badpixels"):
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.rglob("*.fits")):
+        for path in files_matching(folder, "*.fits", recursive=True):
             try:
                 header = read_fits_header(path)
                 key = CalibrationKey.from_dict(json.loads(str(header["ASTRDKJS"])))

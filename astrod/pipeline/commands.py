@@ -15,6 +15,7 @@ from pathlib import Path
 
 from astrod.config import Config, load_config, report_config_error
 from astrod.errors import AstrodError, ConfigError
+from astrod.io.files import ensure_folder
 from astrod.io.frames import expand_frame_paths
 from astrod.io.headers import rules_from_config
 from astrod.library.masters import MasterLibrary
@@ -102,7 +103,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
         calibrator = library_calibrator(library, in_place=True)
     cache_root = Path(args.cache_dir) if args.cache_dir else output.parent
     try:
-        cache_root.mkdir(parents=True, exist_ok=True)
+        ensure_folder(cache_root)
         with tempfile.TemporaryDirectory(prefix=".astrod-stack-", dir=cache_root) as cache:
             product = stack_files(paths, settings, calibrator=calibrator, reference=reference, cache_dir=Path(cache),
                                   rename=config.headers.rename, rules=rules_from_config(config.headers),

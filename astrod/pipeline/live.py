@@ -64,6 +64,7 @@ from astrod.core.stars import StarList, detect_stars, estimate_background
 from astrod.core.stretch import auto_stretch, downsample
 from astrod.core.warp import warp_bands
 from astrod.errors import AstrodError, RegistrationError
+from astrod.io.files import ensure_folder
 from astrod.io.frame_cache import CachedFrameWriter, read_cached_rows, remove_cached_frames
 from astrod.model import Frame, FrameMeta, Transform
 from astrod.pipeline.outputs import StackProduct, product_header, stack_cards, write_outputs
@@ -417,7 +418,7 @@ class LiveStack:
                                 weighting=self.settings.weighting)
         if self._caching:
             assert self._cache_dir is not None
-            self._cache_dir.mkdir(parents=True, exist_ok=True)
+            ensure_folder(self._cache_dir)
 
     def _consider_repick(self, prepared: Prepared, reg: Registration, weight: float, metrics: dict[str, Metric],
                          timings: dict[str, float]) -> None:
