@@ -41,10 +41,10 @@ from astrod.io.fits import is_fits_name, read_fits, read_fits_extension, read_fi
 from astrod.io.frames import is_frame_name, is_raw_name, read_meta
 from astrod.io.headers import PathRule, normalise, rules_from_config
 from astrod.io.index import INDEX_NAME, MasterIndex, file_digest, file_stamp, library_lock, remove_stale_temporaries
+from astrod.io.provenance import ParamValue, Provenance, put_card, write_provenance
 from astrod.library.keys import (
     CalibrationKey,
     MasterKind,
-    ascii_text,
     badpixel_key,
     key_of,
     safe_name,
@@ -302,13 +302,7 @@ def _build_hash(key: CalibrationKey, src_hash: str, options: BuildOptions, extra
 
 
 def _put(header: fits.Header, key: str, value: Any, comment: str = "") -> None:
-    if value is None:
-        return
-    if isinstance(value, str):
-        value = ascii_text(value)
-        if 10 + len(value) + 5 + len(comment) > 80:  # a long value leaves no room for its comment
-            comment = ""
-    header[key] = (value, ascii_text(comment))
+    put_card(header, key, value, comment)
 
 
 def _master_header(key: CalibrationKey, frames: Sequence[SourceFrame], *, n: int, low_n: bool,
@@ -322,21 +316,20 @@ def _master_header(key: CalibrationKey, frames: Sequence[SourceFrame], *, n: int
     _put(h, "IMAGETYP", key.kind.title, "astrod master")
     _put(h, "ASTRDKEY", key.key_id, "astrod master key id")
     _put(h, "ASTRDKJS", json.dumps(key.as_dict(), sort_keys=True), "grouping key (JSON)")
-    _put(h, "NCOMBINE", n, "frames combined")
-    _put(h, "LOW_N", low_n, f"fewer than {options.min_frames} frames")
-    _put(h, "MINFRAME", options.min_frames, "frames a master should have")
     c = options.combine
-    _put(h, "COMBMETH", c.method, "combination method")
+    params: dict[str, tuple[ParamValue, str]] = {
+        "LOW_N": (low_n, f"fewer than {options.min_frames} frames"),
+        "MINFRAME": (options.min_frames, "frames a master should have")}
     if c.method == "sigma_clip":
-        _put(h, "COMBKAPP", c.kappa, "sigma-clip threshold (low and high)")
-        _put(h, "COMBITER", -1 if c.maxiters is None else c.maxiters, "sigma-clip iterations (-1: to convergence)")
-        _put(h, "COMBCEN", c.cenfunc, "sigma-clip centre")
-        _put(h, "COMBDEV", c.stdfunc, "sigma-clip deviation")
+        params["COMBKAPP"] = (c.kappa, "sigma-clip threshold (low and high)")
+        params["COMBITER"] = (-1 if c.maxiters is None else c.maxiters, "sigma-clip iterations (-1: to convergence)")
+        params["COMBCEN"] = (c.cenfunc, "sigma-clip centre")
+        params["COMBDEV"] = (c.stdfunc, "sigma-clip deviation")
     if c.method == "minmax":
-        _put(h, "COMBNLOW", c.nlow, "lowest values dropped")
-        _put(h, "COMBNHI", c.nhigh, "highest values dropped")
-    _put(h, "COMBDESC", description, "how the frames were combined")
-    _put(h, "REJFRAC", round(rejected, 6), "fraction of samples rejected")
+        params["COMBNLOW"] = (c.nlow, "lowest values dropped")
+        params["COMBNHI"] = (c.nhigh, "highest values dropped")
+    params["COMBDESC"] = (description, "how the frames were combined")
+    params["REJFRAC"] = (round(rejected, 6), "fraction of samples rejected")
     _put(h, "INSTRUME", key.camera, "camera")
     _put(h, "CAMSERNO", key.serial, "camera serial number")
     _put(h, "GAIN", key.gain, "sensor gain")
@@ -368,14 +361,14 @@ def _master_header(key: CalibrationKey, frames: Sequence[SourceFrame], *, n: int
         _put(h, "XBAYROFF", first.bayer_offset[0], "CFA x offset")
         _put(h, "YBAYROFF", first.bayer_offset[1], "CFA y offset")
     for name, (value, comment) in extra.items():
-        _put(h, name, value, comment)
-    _put(h, "SRCHASH", src_hash)  # SHA-256 of the source list; no room left for a comment
-    _put(h, "BLDHASH", build_hash)  # SHA-256 of the sources and the recipe
-    _put(h, "ASTRODV", __version__, "astrod version")
-    _put(h, "SWCREATE", f"astrod {__version__}", "software")
-    for f in frames:
-        h.add_history(ascii_text(f"source {f.path.name}"))
-    return h
+        params[name] = (value, comment)
+    params["SRCHASH"] = (src_hash, "")  # SHA-256 of the source list; no room left for a comment
+    params["BLDHASH"] = (build_hash, "")  # SHA-256 of the sources and the recipe
+    # HISTORY 'source <name>' per frame: _reindex reads them back
+    return write_provenance(h, Provenance(
+        kind=f"master {key.kind.value}", inputs=tuple(f.path.name for f in frames), method=c.method,
+        method_card="COMBMETH", method_comment="combination method", ncombine=n, parameters=params,
+        software_cards=("SWCREATE",)))
 
 
 # ------------------------------------------------------------------------------------------------- builder
@@ -727,20 +720,24 @@ class _Builder:
         _put(h, "XBINNING", bkey.binning[0], "binning in x")
         _put(h, "YBINNING", bkey.binning[1], "binning in y")
         _put(h, "NBADPIX", n_bad, "bad pixels")
-        _put(h, "NCOMBINE", len(plan), "masters the map comes from")
+        params: dict[str, tuple[ParamValue, str]] = {}
         for role, card in (("dark", "BPMDARK"), ("bias", "BPMBIAS"), ("flat", "BPMFLAT")):
             if role in plan:
-                _put(h, card, plan[role].name, f"master {role} the map comes from")
+                params[card] = (plan[role].name, f"master {role} the map comes from")
         for card, value, comment in _badpixel_cards(found):
-            _put(h, card, value, comment)
+            params[card] = (value, comment)
         if found.rule == "master-only":
             h.add_comment("The dark has no noise map: master-only rule (conservative, every")
             h.add_comment("pixel that stands out of the master dark is flagged, steady or not).")
             if plan["dark"].n_frames > 1:
                 h.add_comment("'astrod library build --refresh' rebuilds the dark with a noise map.")
-        _put(h, "SRCHASH", _sha(used))  # SHA-256 of the masters used
-        _put(h, "BLDHASH", build_hash)  # SHA-256 of the masters used and the recipe
-        _put(h, "ASTRODV", __version__, "astrod version")
+        params["SRCHASH"] = (_sha(used), "")  # SHA-256 of the masters used
+        params["BLDHASH"] = (build_hash, "")  # SHA-256 of the masters used and the recipe
+        rule, rule_comment = params.pop("BPMRULE")
+        write_provenance(h, Provenance(
+            kind="bad-pixel map", inputs=tuple(r.name for _, r in sorted(plan.items())), method=str(rule),
+            method_card="BPMRULE", method_comment=rule_comment, ncombine=len(plan),
+            ncombine_comment="masters the map comes from", parameters=params))
         path = master_path(self.library, bkey)
         write_fits(path, mask.astype(np.uint8), h)
         info = {"from": {role: str(r.path) for role, r in plan.items()}, "bad_pixels": n_bad,

@@ -19,13 +19,12 @@ import numpy.typing as npt
 import structlog
 from astropy.io import fits
 
-from astrod import __version__
 from astrod.core.calibrate import apply
 from astrod.errors import AstrodError, FrameRejected
 from astrod.io.fits import is_fits_name, read_fits_header, write_fits
 from astrod.io.frames import read_frame
 from astrod.io.headers import PathRule
-from astrod.library.keys import ascii_text
+from astrod.io.provenance import ParamValue, Provenance, provenance_cards, write_cards
 from astrod.library.masters import MasterLibrary
 from astrod.library.match import MasterChoice, MatchResult
 from astrod.model import Frame, FrameMeta
@@ -74,23 +73,23 @@ def calibrate_frame(library: MasterLibrary, frame: Frame, *, match: MatchResult 
                      out=out if out is not None and out.shape == frame.data.shape else None)
     except ValueError as err:
         raise FrameRejected(f"{frame.path or 'frame'}: cannot be calibrated: {err}") from err
-    cards: list[tuple[str, Any, str]] = []
     used = used_masters(result, bad_pixels=bad_pixels)
     card_of = {"bias": "CALBIAS", "dark": "CALDARK", "flat": "CALFLAT", "badpixels": "CALBPM"}
-    for choice in used:
-        cards.append((card_of[choice.role], choice.record.name, ""))  # long names leave no room for a comment
+    # long master names leave no room for a comment
+    params: dict[str, tuple[ParamValue, str]] = {card_of[c.role]: (c.record.name, "") for c in used}
     if result.dark is not None:
-        cards.append(("DARKMODE", result.dark_mode or "exact", "exact, scaled (exposure) or optimised"))
-        cards.append(("DARKSCAL", round(float(done.dark_scale), 6), "factor applied to the dark current"))
+        params["DARKMODE"] = (result.dark_mode or "exact", "exact, scaled (exposure) or optimised")
+        params["DARKSCAL"] = (round(float(done.dark_scale), 6), "factor applied to the dark current")
     if result.missing:
-        cards.append(("CALMISS", "; ".join(result.missing)[:68], "required masters that were missing"))
+        params["CALMISS"] = ("; ".join(result.missing)[:68], "required masters that were missing")
     if gain is not None:
-        cards.append(("BUNIT", "electron", "pixel unit"))
-    cards.append(("CALSOFT", f"astrod {__version__}", "calibrated by"))
-    for step in done.steps:
-        cards.append(("HISTORY", f"astrod: {step}", ""))
-    for choice in used:
-        cards.append(("HISTORY", f"astrod: {choice.role}: {choice.reason}", ""))
+        params["BUNIT"] = ("electron", "pixel unit")
+    built = provenance_cards(Provenance(
+        kind="calibrated frame", inputs=tuple(c.record.name for c in used), input_label="master:",
+        parameters=params, software_cards=("CALSOFT",),
+        notes=done.steps + tuple(f"{c.role}: {c.reason}" for c in used)))
+    cards = [(key, value, comment) for key, (value, comment) in built.cards.items()]
+    cards += [("HISTORY", line, "") for line in built.history]
     return CalibratedFrame(data=done.data, meta=meta, match=result, steps=done.steps, dark_scale=done.dark_scale,
                            cards=tuple(cards))
 
@@ -156,12 +155,8 @@ def _output_header(path: Path, frame: Frame, calibrated: CalibratedFrame) -> fit
     for key in ("BZERO", "BSCALE", "BLANK", "DATAMIN", "DATAMAX", "CHECKSUM", "DATASUM"):
         header.remove(key, ignore_missing=True, remove_all=True)
     header["CALFROM"] = (path.name[:68], "calibrated from this file")
-    for key, value, comment in calibrated.cards:
-        if key == "HISTORY":
-            header.add_history(ascii_text(str(value)))
-        else:
-            header[key] = (ascii_text(value) if isinstance(value, str) else value, ascii_text(comment))
-    return header
+    return write_cards(header, {key: (value, comment) for key, value, comment in calibrated.cards if key != "HISTORY"},
+                       [str(value) for key, value, _ in calibrated.cards if key == "HISTORY"])
 
 
 def calibrate_files(paths: Sequence[Path], output_dir: str | os.PathLike[str], library: MasterLibrary, *,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from astrod.io.provenance import ascii_text as ascii_text  # re-exported: moved to io, where headers are written
 from astrod.model import FrameKind, FrameMeta
 
 
@@ -148,16 +149,6 @@ class CalibrationKey:
             parts.append(self.night.isoformat())
         parts.append(self.key_id[:8])
         return safe_name("_".join(parts))
-
-
-_ASCII = {"°C": "degC", "°": "deg", "→": "->", "×": "x", "±": "+/-", "−": "-"}
-
-
-def ascii_text(text: str) -> str:
-    """``text`` for a FITS header: the symbols reasons use spelled in ASCII, anything else non-ASCII as '?'."""
-    for symbol, spelled in _ASCII.items():
-        text = text.replace(symbol, spelled)
-    return text.encode("ascii", "replace").decode("ascii")
 
 
 def sort_key(key: CalibrationKey) -> tuple[Any, ...]:

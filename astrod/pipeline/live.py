@@ -535,16 +535,12 @@ class LiveStack:
                 result = self._reintegrate()
                 method = self.settings.final_rejection
             else:
-                history.append(f"astrod: {self.settings.final_rejection} re-integration impossible (registered "
+                history.append(f"{self.settings.final_rejection} re-integration impossible (registered "
                                "frames not cached): the live online-sigma stack is given")
         if result is None:
             result = self._stacker.finalize(copy_maps=False)
-        header = stack_cards(s, self.settings, reference=self._ref, method=method)
-        for name in s.masters:
-            history.append(f"master: {name}")  # short: a HISTORY card holds 72 characters
-        for note in s.notes:
-            history.append(f"astrod: {note}")
-        return StackProduct(image=result.image, header=header, rows=self.rows, history=tuple(history),
+        built = stack_cards(s, self.settings, reference=self._ref, method=method, notes=tuple(history))
+        return StackProduct(image=result.image, header=built.cards, rows=self.rows, history=built.history,
                             count=result.count, masters=tuple(s.masters))
 
     def _cache_complete(self) -> bool:

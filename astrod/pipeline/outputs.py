@@ -1,6 +1,6 @@
-"""A session's products: the stack with its provenance (`StackProduct`, its header cards from `stack_cards`)
-and the files under ``<output>/<night>/<target>/<filter>/`` (the rolling preview and the final products),
-written through `astrod.io`."""
+"""A session's products: the stack with its provenance (`StackProduct`, its header cards and HISTORY lines from
+`stack_cards`, built by `astrod.io.provenance`) and the files under ``<output>/<night>/<target>/<filter>/``
+(the rolling preview and the final products), written through `astrod.io`."""
 
 from __future__ import annotations
 
@@ -8,18 +8,16 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from astropy.io import fits
 
-from astrod import __version__
 from astrod.core.stretch import auto_stretch
 from astrod.io.fits import write_fits
 from astrod.io.previews import write_frames_table
 from astrod.io.previews import write_preview as write_image
-from astrod.library.keys import ascii_text
+from astrod.io.provenance import Card, ParamValue, Provenance, ProvenanceCards, provenance_cards, write_cards
 from astrod.pipeline.settings import PipelineSettings
 from astrod.pipeline.state import TABLE_COLUMNS, Reference, Session
 
@@ -39,24 +37,21 @@ class StackProduct:
     file names of the calibration masters used."""
 
     image: FloatArray
-    header: dict[str, tuple[Any, str]]
+    header: dict[str, Card]
     rows: list[dict[str, object]]
     history: tuple[str, ...] = ()
     count: npt.NDArray[np.uint16] | None = None
     masters: tuple[str, ...] = ()
 
 
-def stack_cards(session: Session, settings: PipelineSettings, *, reference: Reference,
-                method: str) -> dict[str, tuple[Any, str]]:
-    """The provenance cards of a session's stack (key -> (value, comment)): what was combined, how, and from
-    which frames; ``method`` is the combination (mean, online-sigma or the final rejection)."""
+def stack_provenance(session: Session, settings: PipelineSettings, *, reference: Reference, method: str,
+                     notes: tuple[str, ...] = ()) -> Provenance:
+    """The provenance of a session's stack: the frames combined, ``method`` (mean, online-sigma or the final
+    rejection), the settings that shaped it, the calibration masters as inputs (HISTORY ``master: <name>``)
+    and ``notes`` then the session's notes (HISTORY ``astrod: <note>``)."""
     s, st = session, settings
     kappa = st.kappa if math.isfinite(st.kappa) else 0.0
-    cards: dict[str, tuple[Any, str]] = {
-        "NCOMBINE": (s.n_stacked, "frames combined"),
-        "EXPTIME": (round(s.total_exposure, 3), "total exposure of the combined frames, s"),
-        "EXPTOTAL": (round(s.total_exposure, 3), "total exposure of the combined frames, s"),
-        "STACKMTH": (method, "combination: mean, online-sigma or final rejection"),
+    params: dict[str, tuple[ParamValue, str]] = {
         "KAPPA": (kappa, "rejection threshold, sigma (0: none)"),
         "NREJECT": (s.n_rejected, "frames rejected (see the frames table)"),
         "NFRAMES": (s.n_stacked + s.n_rejected, "frames offered to the stack"),
@@ -67,9 +62,23 @@ def stack_cards(session: Session, settings: PipelineSettings, *, reference: Refe
         "FLUXCONS": (True, "warped frames scaled by 1/area ratio: flux conserved"),
         "REFFRAME": (Path(reference.path).name[:68], "registration reference"),
         "NMASTERS": (len(s.masters), "calibration masters used"),
-        "CREATOR": (f"astrod {__version__}", "software that made this stack"),
-        "DATE": (datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"), "file written, UTC"),
     }
+    return Provenance(kind="stack", inputs=tuple(s.masters), input_label="master:", method=method,
+                      method_card="STACKMTH", method_comment="combination: mean, online-sigma or final rejection",
+                      ncombine=s.n_stacked, parameters=params, notes=notes + tuple(s.notes))
+
+
+def stack_cards(session: Session, settings: PipelineSettings, *, reference: Reference, method: str,
+                notes: tuple[str, ...] = ()) -> ProvenanceCards:
+    """The header cards of a session's stack (key -> (value, comment)) and its HISTORY lines: its provenance
+    (`stack_provenance`, through `astrod.io.provenance`), then what the stack is (exposure, date, target,
+    camera, planes)."""
+    s = session
+    built = provenance_cards(stack_provenance(session, settings, reference=reference, method=method, notes=notes))
+    cards = built.cards
+    cards["EXPTIME"] = (round(s.total_exposure, 3), "total exposure of the combined frames, s")
+    cards["EXPTOTAL"] = (round(s.total_exposure, 3), "total exposure of the combined frames, s")
+    cards["DATE"] = (datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"), "file written, UTC")
     if len(reference.stack_shape) == 3 and reference.stack_shape[0] == 3:
         cards["PLANES"] = ("R,G,B", "colour planes, in order")
     meta = s.first_meta
@@ -83,17 +92,12 @@ def stack_cards(session: Session, settings: PipelineSettings, *, reference: Refe
     if s.date_first is not None:
         cards["DATE-OBS"] = (s.date_first, "start of the first frame, UTC")
         cards["DATE-END"] = (s.date_last, "start of the last frame, UTC")
-    return cards
+    return built
 
 
 def product_header(product: StackProduct) -> fits.Header:
-    """The FITS header of a stack: its cards, then its HISTORY lines."""
-    header = fits.Header()
-    for key, (value, comment) in product.header.items():
-        header[key] = (ascii_text(value) if isinstance(value, str) else value, ascii_text(comment))
-    for line in product.history:
-        header.add_history(ascii_text(line))
-    return header
+    """The FITS header of a stack: its cards, then its HISTORY lines (cut at 72 characters)."""
+    return write_cards(fits.Header(), product.header, product.history)
 
 
 def write_outputs(product: StackProduct, *, stack_path: Path, preview_path: Path | None = None,
