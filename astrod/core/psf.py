@@ -396,19 +396,10 @@ FIT_OK, FIT_EDGE, FIT_FAINT, FIT_DIVERGED, FIT_OUTLIERS, FIT_MOVED = 0, 1, 2, 3,
 
 
 @njit(cache=True, nogil=True)
-def _fit_one(image: FloatArray, x0: float, y0: float, f_guess: float, channel: IntArray, nch: int,
-             out: F64) -> int:  # pragma: no cover - numba
-    """Fit one star; ``out`` receives (x, y, fwhm, fwhm_err, e1, e2, e1_err, e2_err, beta). Returns a
-    FIT_* status."""
-    h, w = image.shape
-    # A generous stamp first (1.6 × the detection's FWHM, which may be too large for an undersampled or
-    # Bayer star): its border gives the sky of each colour, its core a first size.
-    big = min(max(math.ceil(1.6 * f_guess) + 1, 5), 16)
-    xc, yc = math.floor(x0 + 0.5), math.floor(y0 + 0.5)
-    if xc - big < 0 or yc - big < 0 or xc + big >= w or yc + big >= h:
-        return FIT_EDGE
-    sky = np.zeros(nch)
-    # A border two pixels wide holds every colour of a Bayer mosaic.
+def _stamp_sky(image: FloatArray, xc: int, yc: int, big: int, channel: IntArray, nch: int,
+               sky: F64) -> bool:  # pragma: no cover - numba
+    """The sky of each colour into ``sky``: the median of the stamp's border, two pixels wide (it holds
+    every colour of a Bayer mosaic). False when a colour has no border pixel."""
     ring = np.empty(16 * big + 16)
     for q in range(nch):
         nb = 0
@@ -418,10 +409,17 @@ def _fit_one(image: FloatArray, x0: float, y0: float, f_guess: float, channel: I
                     ring[nb] = image[y, x]
                     nb += 1
         if nb == 0:
-            return FIT_EDGE
+            return False
         sky[q] = np.median(ring[:nb])
-    # The brightest pixel near the centre, and how many pixels of its colour lie above half of it: the
-    # half-maximum area, a size that does not depend on the detection's estimate.
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _first_size(image: FloatArray, xc: int, yc: int, big: int, channel: IntArray,
+                sky: F64) -> tuple[float, float]:  # pragma: no cover - numba
+    """(peak above sky, first FWHM): the brightest pixel near the centre, and how many pixels of its
+    colour lie above half of it: the half-maximum area, a size that does not depend on the detection's
+    estimate. The FWHM is NaN when the peak is not above the sky."""
     top = 0.0
     tq = 0
     for y in range(yc - 1, yc + 2):
@@ -431,7 +429,7 @@ def _fit_one(image: FloatArray, x0: float, y0: float, f_guess: float, channel: I
             if v > top:
                 top, tq = v, q
     if top <= 0.0:
-        return FIT_FAINT
+        return top, math.nan
     n_half = 0
     n_colour = 0
     for y in range(yc - big + 1, yc + big):
@@ -441,10 +439,14 @@ def _fit_one(image: FloatArray, x0: float, y0: float, f_guess: float, channel: I
                 if image[y, x] - sky[tq] >= 0.5 * top:
                     n_half += 1
     density = n_colour / ((2.0 * big - 1.0) ** 2)
-    f0 = max(1.0, 2.0 * math.sqrt(n_half / density / math.pi))
-    # The stamp fitted: 1.2 FWHM around the centre, the core and the start of the wings (at least 4 px:
-    # the wings of an undersampled star are what tells its β).
-    r = min(max(math.ceil(1.2 * f0) + 1, 4), big, 12)
+    return top, max(1.0, 2.0 * math.sqrt(n_half / density / math.pi))
+
+
+@njit(cache=True, nogil=True)
+def _stamp(image: FloatArray, xc: int, yc: int, r: int, channel: IntArray, nch: int,
+           sky: F64) -> tuple[F64, F64, IntArray, F64, F64]:  # pragma: no cover - numba
+    """The (2r + 1)² stamp around (xc, yc): pixel x, y, colour, value above its colour's sky, and each
+    colour's brightest value within one pixel of the centre."""
     side = 2 * r + 1
     npx = side * side
     sx = np.empty(npx)
@@ -461,16 +463,15 @@ def _fit_one(image: FloatArray, x0: float, y0: float, f_guess: float, channel: I
             if abs(x - xc) <= 1 and abs(y - yc) <= 1:
                 amp[q] = max(amp[q], vals[k])
             k += 1
-    gamma0 = 1.0 / 3.5
-    p = np.empty(6 + nch)
-    p[0], p[1] = x0, y0
-    p[2] = 4.0 * _half_level(gamma0) / (f0 * f0)
-    p[3] = 0.0
-    p[4] = p[2]
-    p[5] = gamma0
-    for q in range(nch):
-        p[6 + q] = max(amp[q], 1e-3 * top)
-    ns = _samples(f0)
+    return sx, sy, ch, vals, amp
+
+
+@njit(cache=True, nogil=True)
+def _fit_stamp(sx: F64, sy: F64, ch: IntArray, vals: F64, p: F64, nch: int, ns: int,
+               top: float) -> tuple[int, F64, int]:  # pragma: no cover - numba
+    """Fit ``p`` to the stamp, finer sampled when the star turns out small, then again without the pixels
+    the fit cannot explain. Returns (FIT_* status, covariance of p, sub-samples per pixel)."""
+    npx = vals.size
     # A hot pixel or a cosmic-ray hit beside the star, brighter than the star itself, would pull the fit
     # onto it: pixels that exceed the first guess by more than half the star's peak start left out.
     weight = np.ones(npx)
@@ -482,13 +483,13 @@ def _fit_one(image: FloatArray, x0: float, y0: float, f_guess: float, channel: I
             weight[i] = 0.0
     ok, cov, var = _lm(sx, sy, ch, vals, weight, p, nch, _offsets(ns))
     if not ok:
-        return FIT_DIVERGED
+        return FIT_DIVERGED, cov, ns
     fine = _samples(_moffat_fwhm(p))
     if fine > ns:
         ns = fine
         ok, cov, var = _lm(sx, sy, ch, vals, weight, p, nch, _offsets(ns))
         if not ok:
-            return FIT_DIVERGED
+            return FIT_DIVERGED, cov, ns
     # Again without the pixels the fit cannot explain (a hot pixel, a cosmic-ray hit), and with those left
     # out at first that it can.
     _model(sx, sy, ch, p, nch, _offsets(ns), False, jac, model)
@@ -503,12 +504,17 @@ def _fit_one(image: FloatArray, x0: float, y0: float, f_guess: float, channel: I
         n_out += 0 if keep else 1
     if changed:
         if n_out > npx // 10:
-            return FIT_OUTLIERS
+            return FIT_OUTLIERS, cov, ns
         ok, cov, var = _lm(sx, sy, ch, vals, weight, p, nch, _offsets(ns))
         if not ok:
-            return FIT_DIVERGED
-    if abs(p[0] - x0) > 2.0 or abs(p[1] - y0) > 2.0:
-        return FIT_MOVED
+            return FIT_DIVERGED, cov, ns
+    return FIT_OK, cov, ns
+
+
+@njit(cache=True, nogil=True)
+def _shape_from_fit(p: F64, cov: F64, ns: int, out: F64) -> int:  # pragma: no cover - numba
+    """The fitted profile's (x, y, fwhm, fwhm_err, e1, e2, e1_err, e2_err, beta) into ``out``; returns a
+    FIT_* status."""
     a, b, c, gamma = p[2], p[3], p[4], p[5]
     # n sub-samples stand for the pixel's box with a variance short of it by 1/(12 n²) px², which the fit
     # gave to the star: remove it from the core (whose Gaussian covariance is (2·[[a, b], [b, c]])⁻¹).
@@ -546,6 +552,45 @@ def _fit_one(image: FloatArray, x0: float, y0: float, f_guess: float, channel: I
     out[6], out[7] = math.sqrt(v1), math.sqrt(v2)
     out[8] = 1.0 / gamma if gamma > 0.0 else np.inf
     return FIT_OK
+
+
+@njit(cache=True, nogil=True)
+def _fit_one(image: FloatArray, x0: float, y0: float, f_guess: float, channel: IntArray, nch: int,
+             out: F64) -> int:  # pragma: no cover - numba
+    """Fit one star; ``out`` receives (x, y, fwhm, fwhm_err, e1, e2, e1_err, e2_err, beta). Returns a
+    FIT_* status."""
+    h, w = image.shape
+    # A generous stamp first (1.6 × the detection's FWHM, which may be too large for an undersampled or
+    # Bayer star): its border gives the sky of each colour, its core a first size.
+    big = min(max(math.ceil(1.6 * f_guess) + 1, 5), 16)
+    xc, yc = math.floor(x0 + 0.5), math.floor(y0 + 0.5)
+    if xc - big < 0 or yc - big < 0 or xc + big >= w or yc + big >= h:
+        return FIT_EDGE
+    sky = np.zeros(nch)
+    if not _stamp_sky(image, xc, yc, big, channel, nch, sky):
+        return FIT_EDGE
+    top, f0 = _first_size(image, xc, yc, big, channel, sky)
+    if top <= 0.0:
+        return FIT_FAINT
+    # The stamp fitted: 1.2 FWHM around the centre, the core and the start of the wings (at least 4 px:
+    # the wings of an undersampled star are what tells its β).
+    r = min(max(math.ceil(1.2 * f0) + 1, 4), big, 12)
+    sx, sy, ch, vals, amp = _stamp(image, xc, yc, r, channel, nch, sky)
+    gamma0 = 1.0 / 3.5
+    p = np.empty(6 + nch)
+    p[0], p[1] = x0, y0
+    p[2] = 4.0 * _half_level(gamma0) / (f0 * f0)
+    p[3] = 0.0
+    p[4] = p[2]
+    p[5] = gamma0
+    for q in range(nch):
+        p[6 + q] = max(amp[q], 1e-3 * top)
+    status, cov, ns = _fit_stamp(sx, sy, ch, vals, p, nch, _samples(f0), top)
+    if status != FIT_OK:
+        return status
+    if abs(p[0] - x0) > 2.0 or abs(p[1] - y0) > 2.0:
+        return FIT_MOVED
+    return _shape_from_fit(p, cov, ns, out)
 
 
 @njit(cache=True, nogil=True, parallel=True)
