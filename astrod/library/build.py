@@ -12,18 +12,14 @@ to tell the pixels the dark cannot correct (unstable ones) from steady warm pixe
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import math
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -31,344 +27,46 @@ import structlog
 from astropy.io import fits
 
 from astrod import __version__
-from astrod.config import Config
-from astrod.core.calibrate import BadPixels, find_bad_pixels
-from astrod.core.combine import CenFunc, CombineResult, Method, StdFunc, combine, combine_flats, frame_medians
+from astrod.core.badpixels import BadPixels, find_bad_pixels
+from astrod.core.combine import CombineResult, Method, combine, combine_flats, frame_medians
 from astrod.errors import AstrodError, FrameReadError, LibraryError
 from astrod.io.bands import RowLayout, open_rows, read_band
-from astrod.io.files import files_matching, remove_folder, walk_files
-from astrod.io.fits import is_fits_name, read_fits, read_fits_extension, read_fits_header, write_fits
-from astrod.io.frames import is_frame_name, is_raw_name, read_meta
-from astrod.io.headers import PathRule, normalise, rules_from_config
+from astrod.io.files import files_matching, remove_folder
+from astrod.io.fits import read_fits, read_fits_extension, read_fits_header, write_fits
 from astrod.io.index import INDEX_NAME, MasterIndex, file_digest, file_stamp, library_lock, remove_stale_temporaries
-from astrod.io.provenance import ParamValue, Provenance, put_card, write_provenance
-from astrod.library.keys import (
-    CalibrationKey,
-    MasterKind,
-    badpixel_key,
-    key_of,
-    safe_name,
-    sort_key,
-)
-from astrod.library.match import MatchRules, choose_bias, choose_dark
+from astrod.io.provenance import ParamValue, Provenance, write_provenance
+from astrod.library.keys import CalibrationKey, MasterKind, badpixel_key, safe_name, sort_key
+from astrod.library.master_headers import NOISE_EXTNAME as NOISE_EXTNAME
+from astrod.library.master_headers import _badpixel_cards, _dark_cards, _master_header, _noise_header, _number, _put
+from astrod.library.match import choose_bias, choose_dark
+from astrod.library.options import BadPixelParams as BadPixelParams
+from astrod.library.options import BuildOptions as BuildOptions
+from astrod.library.options import BuildReport as BuildReport
+from astrod.library.options import BuiltMaster as BuiltMaster
+from astrod.library.options import CombineParams as CombineParams
+from astrod.library.options import Skipped as Skipped
+from astrod.library.options import Status as Status
 from astrod.library.progress import NoProgress, Progress
 from astrod.library.records import MasterRecord
-from astrod.model import FrameKind, FrameMeta
+from astrod.library.sources import SourceFrame as SourceFrame
+from astrod.library.sources import _sha
+from astrod.library.sources import group_frames as group_frames
+from astrod.library.sources import scan_sources as scan_sources
+from astrod.library.sources import source_hash as source_hash
+from astrod.model import FrameMeta
 
 FloatArray = npt.NDArray[np.float32]
-Status = Literal["new", "rebuilt", "exists", "up to date", "failed"]
 SPOOL_NAME = ".spool"
-NOISE_EXTNAME = "NOISE"  # the image extension of a master dark holding its per-pixel temporal noise
 NOISE_RECIPE = 1  # in a dark's build hash: darks made before they kept a noise map are rebuilt by --refresh
 RUNTIME_RESERVE = 320 * 1024 * 1024  # interpreter, numpy, numba, astropy: what a build process holds anyway
-
-
-# ------------------------------------------------------------------------------------------------ options
-
-
-@dataclass(frozen=True, slots=True)
-class CombineParams:
-    """How the frames of a master are combined (see :func:`astrod.core.combine.combine`)."""
-
-    method: Method = "sigma_clip"
-    kappa: float = 3.0
-    maxiters: int | None = 5
-    cenfunc: CenFunc = "median"
-    stdfunc: StdFunc = "std"
-    nlow: int = 1
-    nhigh: int = 1
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "kappa": self.kappa, "maxiters": self.maxiters, "cenfunc": self.cenfunc,
-                "stdfunc": self.stdfunc, "nlow": self.nlow, "nhigh": self.nhigh}
-
-
-@dataclass(frozen=True, slots=True)
-class BadPixelParams:
-    """How bad pixels are told from good ones (see :func:`astrod.core.calibrate.find_bad_pixels`); part of a
-    bad-pixel map's build hash, so a map made under other numbers is rebuilt."""
-
-    unstable_factor: float = 3.0
-    hot_noise_factor: float = 5.0
-    saturation_fraction: float = 0.8
-    stuck_factor: float = 4.0
-    hot_sigma: float = 5.0
-    cold_fraction: float = 0.5
-    column_fraction: float = 0.5
-    column_sigma: float = 5.0
-    recipe: int = 2  # 1: hot pixels from the master dark alone; 2: from its temporal noise map
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def kwargs(self) -> dict[str, float]:
-        return {k: v for k, v in self.as_dict().items() if k != "recipe"}
-
-
-@dataclass(frozen=True, slots=True)
-class BuildOptions:
-    """Everything a build needs besides its sources and library folder."""
-
-    refresh: bool = False
-    jobs: int = 1
-    min_frames: int = 5
-    memory_cap_bytes: int = 2048 * 1024 * 1024
-    temperature_bucket: float = 1.0
-    combine: CombineParams = field(default_factory=CombineParams)
-    rules: MatchRules = field(default_factory=MatchRules)
-    rename: Mapping[str, str] = field(default_factory=dict)
-    path_rules: tuple[PathRule, ...] = ()
-    badpixels: BadPixelParams = field(default_factory=BadPixelParams)
-
-    @classmethod
-    def from_config(cls, config: Config, *, refresh: bool = False, jobs: int = 1,
-                    min_frames: int | None = None) -> BuildOptions:
-        lib = config.library
-        method: Method = lib.combine  # type: ignore[assignment]  # validated by the config's choices
-        return cls(refresh=refresh, jobs=max(1, jobs), min_frames=lib.min_frames if min_frames is None else min_frames,
-                   memory_cap_bytes=lib.memory_cap_mb * 1024 * 1024, temperature_bucket=lib.temperature_bucket,
-                   combine=CombineParams(method=method, kappa=lib.kappa), rules=MatchRules.from_config(config),
-                   rename=dict(config.headers.rename), path_rules=rules_from_config(config.headers))
-
-
-# ------------------------------------------------------------------------------------------------ results
-
-
-@dataclass(frozen=True, slots=True)
-class Skipped:
-    """A file the build did not use, and why (one line)."""
-
-    path: Path
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class BuiltMaster:
-    """What the build did for one master key."""
-
-    key: CalibrationKey
-    status: Status
-    path: Path | None
-    n_frames: int
-    low_n: bool = False
-    note: str = ""
-    warnings: tuple[str, ...] = ()
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "kind": self.key.kind.value, "key": self.key.describe(),
-                "key_id": self.key.key_id, "path": None if self.path is None else str(self.path),
-                "n_frames": self.n_frames, "low_n": self.low_n, "note": self.note, "warnings": list(self.warnings)}
-
-
-@dataclass(frozen=True, slots=True)
-class BuildReport:
-    """The outcome of a build: one entry per master key seen, the files skipped, and counts."""
-
-    masters: tuple[BuiltMaster, ...]
-    skipped: tuple[Skipped, ...]
-    scanned: int
-    lights_ignored: int
-
-    def count(self, status: Status) -> int:
-        return sum(1 for m in self.masters if m.status == status)
-
-
-@dataclass(frozen=True, slots=True)
-class SourceFrame:
-    """A calibration frame found by the scan, with the stamp (size, mtime) its source hash is made of."""
-
-    path: Path
-    meta: FrameMeta
-    size: int
-    mtime_ns: int
-
-
-# ------------------------------------------------------------------------------------------------- scan
-
-
-def _list_files(sources: Sequence[Path], *, exclude: Path) -> list[Path]:
-    found: set[Path] = set()
-    for source in sources:
-        if source.is_file():
-            found.add(source.resolve())
-            continue
-        if not source.is_dir():
-            raise LibraryError(f"{source}: source folder does not exist")
-        found.update(walk_files(source, keep=is_frame_name, exclude=exclude))
-    return sorted(found)
-
-
-def _is_master_header(header: Mapping[str, Any]) -> str | None:
-    if "ASTRDKEY" in header:
-        return "an astrod master, not a source frame"
-    for key in ("IMAGETYP", "FRAME", "FRAMETYP"):
-        value = str(header.get(key, "") or "")
-        if "master" in value.lower():
-            return f"{key}={value.strip()!r}: a master, not a source frame"
-    return None
-
-
-def _read_source(path: Path, *, rename: Mapping[str, str], rules: tuple[PathRule, ...]) -> SourceFrame | Skipped:
-    try:
-        size, mtime_ns = file_stamp(path)
-        if is_fits_name(path) and not is_raw_name(path):
-            header = read_fits_header(path)
-            why = _is_master_header(header)
-            if why is not None:
-                return Skipped(path, why)
-            meta = normalise(header, path, rename=rename, rules=rules)
-        else:
-            meta = read_meta(path, rename=rename, rules=rules)
-    except (AstrodError, OSError) as err:
-        return Skipped(path, str(err).removeprefix(f"{path}: "))
-    if meta.kind is FrameKind.UNKNOWN:
-        return Skipped(path, f"kind unknown: {meta.kind_reason}")
-    if meta.kind is FrameKind.LIGHT:
-        return SourceFrame(path, meta, size, mtime_ns)  # counted, then ignored
-    if meta.stack_count > 1:
-        return Skipped(path, f"already combined from {meta.stack_count} frames (NCOMBINE/STACKCNT)")
-    if meta.planes != 1:
-        return Skipped(path, f"{meta.planes}-plane image: masters need single-plane sensor data")
-    if meta.width <= 0 or meta.height <= 0:
-        return Skipped(path, "no image size in the header")
-    if meta.kind in (FrameKind.DARK, FrameKind.DARKFLAT) and not (meta.exposure is not None and meta.exposure >= 0):
-        return Skipped(path, f"{meta.kind.value} without an exposure time")
-    return SourceFrame(path, meta, size, mtime_ns)
-
-
-def scan_sources(sources: Sequence[Path], *, library: Path, options: BuildOptions,
-                 progress: Progress) -> tuple[list[SourceFrame], list[Skipped], int]:
-    """Every calibration frame under ``sources`` (recursively; the library folder itself excluded), the files
-    skipped with their reasons, and the number of lights ignored. Headers are read by ``options.jobs``
-    threads at most (a bounded pool that ends with the scan)."""
-    paths = _list_files(sources, exclude=library)
-    progress.start("scan", len(paths))
-    frames: list[SourceFrame] = []
-    skipped: list[Skipped] = []
-    lights = 0
-
-    def read(p: Path) -> SourceFrame | Skipped:
-        return _read_source(p, rename=options.rename, rules=options.path_rules)
-
-    results: Iterable[SourceFrame | Skipped]
-    with contextlib.ExitStack() as stack:
-        if options.jobs > 1 and len(paths) > 1:
-            pool = stack.enter_context(ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="astrod-scan"))
-            results = pool.map(read, paths)
-        else:
-            results = map(read, paths)
-        for result in results:
-            progress.advance(result.path.name)
-            if isinstance(result, Skipped):
-                skipped.append(result)
-            elif result.meta.kind is FrameKind.LIGHT:
-                lights += 1
-            else:
-                frames.append(result)
-    progress.finish()
-    return frames, skipped, lights
-
-
-def group_frames(frames: Iterable[SourceFrame], *, temperature_bucket: float,
-                 longitude: float | None) -> dict[CalibrationKey, list[SourceFrame]]:
-    """Frames grouped by the key of the master they go into, each group sorted by path."""
-    groups: dict[CalibrationKey, list[SourceFrame]] = defaultdict(list)
-    for frame in frames:
-        kind = MasterKind.of_frame(frame.meta.kind)
-        if kind is None:
-            continue
-        groups[key_of(frame.meta, kind, temperature_bucket=temperature_bucket, longitude=longitude)].append(frame)
-    return {k: sorted(v, key=lambda f: str(f.path)) for k, v in groups.items()}
 
 
 # ------------------------------------------------------------------------------------------------ hashes
 
 
-def _sha(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
-
-
-def source_hash(frames: Sequence[SourceFrame]) -> str:
-    """A hash of the source list: every path with its size and modification time."""
-    return _sha(sorted([str(f.path), f.size, f.mtime_ns] for f in frames))
-
-
 def _build_hash(key: CalibrationKey, src_hash: str, options: BuildOptions, extra: Mapping[str, Any]) -> str:
     return _sha({"key": key.key_id, "sources": src_hash, "combine": options.combine.as_dict(),
                  "min_frames": options.min_frames, "version": __version__, **extra})
-
-
-# ------------------------------------------------------------------------------------------------ headers
-
-
-def _put(header: fits.Header, key: str, value: Any, comment: str = "") -> None:
-    put_card(header, key, value, comment)
-
-
-def _master_header(key: CalibrationKey, frames: Sequence[SourceFrame], *, n: int, low_n: bool,
-                   options: BuildOptions, description: str, rejected: float, src_hash: str, build_hash: str,
-                   extra: Mapping[str, tuple[Any, str]]) -> fits.Header:
-    metas = [f.meta for f in frames]
-    temps = [m.temperature for m in metas if m.temperature is not None]
-    dates = sorted(m.date_obs for m in metas if m.date_obs is not None)
-    first = metas[0]
-    h = fits.Header()
-    _put(h, "IMAGETYP", key.kind.title, "astrod master")
-    _put(h, "ASTRDKEY", key.key_id, "astrod master key id")
-    _put(h, "ASTRDKJS", json.dumps(key.as_dict(), sort_keys=True), "grouping key (JSON)")
-    c = options.combine
-    params: dict[str, tuple[ParamValue, str]] = {
-        "LOW_N": (low_n, f"fewer than {options.min_frames} frames"),
-        "MINFRAME": (options.min_frames, "frames a master should have")}
-    if c.method == "sigma_clip":
-        params["COMBKAPP"] = (c.kappa, "sigma-clip threshold (low and high)")
-        params["COMBITER"] = (-1 if c.maxiters is None else c.maxiters, "sigma-clip iterations (-1: to convergence)")
-        params["COMBCEN"] = (c.cenfunc, "sigma-clip centre")
-        params["COMBDEV"] = (c.stdfunc, "sigma-clip deviation")
-    if c.method == "minmax":
-        params["COMBNLOW"] = (c.nlow, "lowest values dropped")
-        params["COMBNHI"] = (c.nhigh, "highest values dropped")
-    params["COMBDESC"] = (description, "how the frames were combined")
-    params["REJFRAC"] = (round(rejected, 6), "fraction of samples rejected")
-    _put(h, "INSTRUME", key.camera, "camera")
-    _put(h, "CAMSERNO", key.serial, "camera serial number")
-    _put(h, "GAIN", key.gain, "sensor gain")
-    _put(h, "OFFSET", key.offset, "sensor offset")
-    _put(h, "XBINNING", key.binning[0], "binning in x")
-    _put(h, "YBINNING", key.binning[1], "binning in y")
-    if key.roi_x or key.roi_y:
-        _put(h, "XORGSUBF", key.roi_x, "ROI origin x")
-        _put(h, "YORGSUBF", key.roi_y, "ROI origin y")
-    _put(h, "READOUTM", key.readout_mode, "readout mode")
-    _put(h, "SET-TEMP", key.temperature, "[degC] set temperature (bucket)")
-    if temps:
-        _put(h, "CCD-TEMP", round(float(np.mean(temps)), 3), "[degC] mean sensor temperature of the sources")
-    if key.kind is MasterKind.BIAS:
-        _put(h, "EXPTIME", 0.0, "[s] exposure")
-    elif key.exposure is not None:
-        _put(h, "EXPTIME", key.exposure, "[s] exposure")
-    elif key.kind is MasterKind.FLAT:
-        exposures = [m.exposure for m in metas if m.exposure is not None]
-        if exposures:
-            _put(h, "EXPTIME", round(float(np.median(exposures)), 6), "[s] median exposure of the flats")
-    _put(h, "FILTER", key.filter, "filter")
-    _put(h, "NIGHT", None if key.night is None else key.night.isoformat(), "night (local noon to noon)")
-    if dates:
-        _put(h, "DATE-OBS", dates[0].strftime("%Y-%m-%dT%H:%M:%S.%f"), "first source frame (UTC)")
-        _put(h, "DATE-END", dates[-1].strftime("%Y-%m-%dT%H:%M:%S.%f"), "last source frame (UTC)")
-    if first.bayer:
-        _put(h, "BAYERPAT", first.bayer, "CFA pattern")
-        _put(h, "XBAYROFF", first.bayer_offset[0], "CFA x offset")
-        _put(h, "YBAYROFF", first.bayer_offset[1], "CFA y offset")
-    for name, (value, comment) in extra.items():
-        params[name] = (value, comment)
-    params["SRCHASH"] = (src_hash, "")  # SHA-256 of the source list; no room left for a comment
-    params["BLDHASH"] = (build_hash, "")  # SHA-256 of the sources and the recipe
-    # HISTORY 'source <name>' per frame: _reindex reads them back
-    return write_provenance(h, Provenance(
-        kind=f"master {key.kind.value}", inputs=tuple(f.path.name for f in frames), method=c.method,
-        method_card="COMBMETH", method_comment="combination method", ncombine=n, parameters=params,
-        software_cards=("SWCREATE",)))
 
 
 # ------------------------------------------------------------------------------------------------- builder
@@ -760,95 +458,6 @@ class _Builder:
         return BuiltMaster(bkey, status, record.path, len(plan), note=note, warnings=tuple(warnings))
 
 
-def _number(value: Any) -> float | None:
-    """A header value as a finite float, or None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if np.isfinite(value) else None
-
-
-def _adc_ceiling(frames: Sequence[SourceFrame], layouts: Sequence[RowLayout]) -> float | None:
-    """The highest value the source frames can hold: the camera's white level where the reader knows it
-    (camera raw), else the top of the FITS integer type (``BZERO + BSCALE * its maximum``); None for float
-    data, whose ceiling is unknown."""
-    whites = [f.meta.white_level for f in frames if f.meta.white_level]
-    if whites:
-        return float(max(whites))
-    tops: list[float] = []
-    for lay in layouts:
-        if lay.bitpix not in (8, 16, 32) or lay.bscale <= 0:
-            return None
-        top = 255 if lay.bitpix == 8 else 2 ** (lay.bitpix - 1) - 1
-        tops.append(lay.bzero + lay.bscale * top)
-    return max(tops) if tops else None
-
-
-def _dark_cards(frames: Sequence[SourceFrame], layouts: Sequence[RowLayout],
-                result: CombineResult) -> dict[str, tuple[Any, str]]:
-    """Header cards a master dark carries for its bad-pixel map: the sources' ceiling, gain and noise map."""
-    cards: dict[str, tuple[Any, str]] = {}
-    ceiling = _adc_ceiling(frames, layouts)
-    if ceiling is not None:
-        cards["SATURATE"] = (ceiling, "[ADU] ceiling of the source frames' data")
-    gains = {f.meta.egain for f in frames}
-    if len(gains) == 1 and (gain := gains.pop()) is not None and gain > 0:
-        cards["EGAIN"] = (gain, "[e-/ADU] gain of the source frames")
-    if result.noise is not None:
-        cards["NOISEMAP"] = (True, f"temporal noise per pixel in extension {NOISE_EXTNAME}")
-    return cards
-
-
-def _noise_header(n: int) -> fits.Header:
-    h = fits.Header()
-    _put(h, "BUNIT", "adu", "temporal standard deviation per pixel")
-    _put(h, "NCOMBINE", n, "frames it is measured over")
-    for line in ("Per pixel: standard deviation (ddof=1) over the frames of the samples",
-                 "the master averaged (after rejection); NaN where fewer than two were",
-                 "kept. The bad-pixel map reads it to find the pixels whose dark changes",
-                 "between frames, which subtracting the master cannot correct."):
-        h.add_comment(line)
-    return h
-
-
-def _badpixel_cards(found: BadPixels) -> list[tuple[str, Any, str]]:
-    """How many pixels each reason flagged and the numbers it used, for the bad-pixel map's header."""
-    c = found.counts
-    t = found.thresholds
-    rule_comment = {"temporal": "dark judged by its temporal noise map",
-                    "master-only": "no noise map: dark judged by the master alone",
-                    "flat-only": "from the flat alone"}[found.rule]
-    cards: list[tuple[str, Any, str]] = [
-        ("BPMRULE", found.rule, rule_comment),
-        ("NBADHOT", c["hot"], "hot: too hot to use" if found.rule == "temporal" else "hot in the master"),
-        ("NBADUNST", c["unstable"], "unstable: dark changes between frames"),
-        ("NBADSAT", c["saturated"], "saturated or near the ceiling in the dark"),
-        ("NBADSTCK", c["stuck"], "stuck low: no temporal noise, far below"),
-        ("NBADCOLD", c["cold"], "cold or dead in the flat"),
-        ("NBADCOL", c["column"], "pixels of bad columns"),
-        ("NCOLBAD", found.n_columns, "bad columns"),
-    ]
-    named = (("unstable_factor", "BPMUNSTF", "unstable: scatter over model sigma above"),
-             ("hot_noise_factor", "BPMHOTF", "hot: shot noise over typical noise above"),
-             ("hot_excess", "BPMHOTL", "[ADU] hot: dark above its median by more"),
-             ("saturated_level", "BPMSATL", "[ADU] saturated: dark at or above"),
-             ("stuck_factor", "BPMSTKF", "stuck: scatter under model sigma over"),
-             ("hot_sigma", "BPMHOTS", "[sigma] hot (master) / stuck (below) threshold"),
-             ("cold_fraction", "BPMCOLDF", "cold: flat under this of its local level"),
-             ("column_fraction", "BPMCOLF", "column bad when this fraction is flagged"),
-             ("column_sigma", "BPMCOLS", "column deviation threshold, robust sigmas"))
-    for name, card, comment in named:
-        if name in t:
-            value = t[name]
-            cards.append((card, round(value, 3) if np.isfinite(value) else "inf", comment))
-    if found.model is not None:
-        m = found.model
-        cards += [("BPMNFLR", round(math.sqrt(m.floor), 4), "[ADU] typical temporal sigma of a dark pixel"),
-                  ("BPMNSLP", round(m.slope, 5), "noise model: variance per ADU of dark excess"),
-                  ("BPMNSRC", m.slope_from, "slope from warm pixels, gain, or assumed 1"),
-                  ("BPMNWARM", m.n_warm, "warm pixels the slope was fitted on")]
-    return cards
-
-
 def build_library(library: str | os.PathLike[str], sources: Sequence[str | os.PathLike[str]], *,
                   options: BuildOptions | None = None, progress: Progress | None = None) -> BuildReport:
     """Build (or complete) the master library in ``library`` from the frames under ``sources``.
@@ -943,4 +552,3 @@ def describe_outcome(master: BuiltMaster) -> str:
     flag = " LOW_N" if master.low_n else ""
     extra = f"  ({master.note})" if master.note else ""
     return f"{master.status:<10} {master.key.describe()}  n={master.n_frames}{flag}{extra}"
-

@@ -171,6 +171,62 @@ def _state_name(state: int) -> str:
             PyIndi.IPS_ALERT: "alert"}.get(state, "unknown")
 
 
+def _guard(what: str, fn: Callable[[], None]) -> None:
+    """Run one callback's work; an exception is logged, never raised (it would kill PyIndi's listener thread)."""
+    try:
+        fn()
+    except Exception as err:  # an exception escaping a callback kills pyindi's listener thread
+        with contextlib.suppress(Exception):  # not even a failing logger may escape
+            log.warning("indi_callback_failed", callback=what, reason=repr(err))
+
+
+def _copy_property(prop: Any) -> tuple[tuple[str, str], str, dict[str, Any], list[_Blob]]:
+    """The key, type name, values and BLOBs of a property, copied out of PyIndi's objects. Called inside the
+    callback, on PyIndi's listener thread: a BLOB's buffer belongs to the listener and is reused after it."""
+    import PyIndi
+
+    kind = prop.getType()
+    key = (prop.getDeviceName(), prop.getName())
+    values: dict[str, Any] = {}
+    blobs: list[_Blob] = []
+    if kind == PyIndi.INDI_NUMBER:
+        values = {w.getName(): float(w.getValue()) for w in PyIndi.PropertyNumber(prop)}
+        name = "number"
+    elif kind == PyIndi.INDI_TEXT:
+        values = {w.getName(): str(w.getText()) for w in PyIndi.PropertyText(prop)}
+        name = "text"
+    elif kind == PyIndi.INDI_SWITCH:
+        values = {w.getName(): w.getState() == PyIndi.ISS_ON for w in PyIndi.PropertySwitch(prop)}
+        name = "switch"
+    elif kind == PyIndi.INDI_BLOB:
+        name = "blob"
+        for w in PyIndi.PropertyBlob(prop):
+            if w.getBlobLen() > 0:  # copy now: the buffer belongs to the listener and is reused
+                blobs.append(_Blob(key[0], key[1], str(w.getFormat()), bytes(w.getblobdata())))
+    else:
+        name = "light"
+    return key, name, values, blobs
+
+
+def _record(snapshot: _Snapshot, prop: Any) -> None:
+    """Copy a new or updated property (and its BLOBs) into ``snapshot`` and wake the waiters."""
+    key, name, values, blobs = _copy_property(prop)
+    state = _state_name(prop.getState())
+    with snapshot.cond:
+        snapshot.gen += 1
+        snapshot.props[key] = _Prop(name, state, values, snapshot.gen)
+        snapshot.blobs.extend(blobs)
+        snapshot.cond.notify_all()
+
+
+def _set_connected(snapshot: _Snapshot, up: bool) -> None:
+    """Record that the server connection came up (``up``) or was lost, and wake the waiters."""
+    with snapshot.cond:
+        snapshot.up = up
+        snapshot.lost = not up
+        snapshot.cond.notify_all()
+
+
 def _make_listener(snapshot: _Snapshot) -> Any:
     """A PyIndi.BaseClient whose callbacks copy into ``snapshot`` (PyIndi imported here, lazily)."""
     import PyIndi
@@ -180,91 +236,45 @@ def _make_listener(snapshot: _Snapshot) -> Any:
             super().__init__()
             self.snapshot = snapshot
 
-        def _guard(self, what: str, fn: Callable[[], None]) -> None:
-            try:
-                fn()
-            except Exception as err:  # an exception escaping a callback kills pyindi's listener thread
-                with contextlib.suppress(Exception):  # not even a failing logger may escape
-                    log.warning("indi_callback_failed", callback=what, reason=repr(err))
-
-        def _record(self, prop: Any) -> None:
-            kind = prop.getType()
-            key = (prop.getDeviceName(), prop.getName())
-            values: dict[str, Any] = {}
-            blobs: list[_Blob] = []
-            if kind == PyIndi.INDI_NUMBER:
-                values = {w.getName(): float(w.getValue()) for w in PyIndi.PropertyNumber(prop)}
-                name = "number"
-            elif kind == PyIndi.INDI_TEXT:
-                values = {w.getName(): str(w.getText()) for w in PyIndi.PropertyText(prop)}
-                name = "text"
-            elif kind == PyIndi.INDI_SWITCH:
-                values = {w.getName(): w.getState() == PyIndi.ISS_ON for w in PyIndi.PropertySwitch(prop)}
-                name = "switch"
-            elif kind == PyIndi.INDI_BLOB:
-                name = "blob"
-                for w in PyIndi.PropertyBlob(prop):
-                    if w.getBlobLen() > 0:  # copy now: the buffer belongs to the listener and is reused
-                        blobs.append(_Blob(key[0], key[1], str(w.getFormat()), bytes(w.getblobdata())))
-            else:
-                name = "light"
-            state = _state_name(prop.getState())
-            with self.snapshot.cond:
-                self.snapshot.gen += 1
-                self.snapshot.props[key] = _Prop(name, state, values, self.snapshot.gen)
-                self.snapshot.blobs.extend(blobs)
-                self.snapshot.cond.notify_all()
-
         def newDevice(self, device: Any) -> None:  # noqa: N802
             def run() -> None:
                 with self.snapshot.cond:
                     self.snapshot.devices.add(device.getDeviceName())
                     self.snapshot.cond.notify_all()
-            self._guard("newDevice", run)
+            _guard("newDevice", run)
 
         def removeDevice(self, device: Any) -> None:  # noqa: N802
             def run() -> None:
                 with self.snapshot.cond:
                     self.snapshot.devices.discard(device.getDeviceName())
                     self.snapshot.cond.notify_all()
-            self._guard("removeDevice", run)
+            _guard("removeDevice", run)
 
         def newProperty(self, prop: Any) -> None:  # noqa: N802
-            self._guard("newProperty", lambda: self._record(prop))
+            _guard("newProperty", lambda: _record(self.snapshot, prop))
 
         def updateProperty(self, prop: Any) -> None:  # noqa: N802
-            self._guard("updateProperty", lambda: self._record(prop))
+            _guard("updateProperty", lambda: _record(self.snapshot, prop))
 
         def removeProperty(self, prop: Any) -> None:  # noqa: N802
             def run() -> None:
                 with self.snapshot.cond:
                     self.snapshot.props.pop((prop.getDeviceName(), prop.getName()), None)
                     self.snapshot.cond.notify_all()
-            self._guard("removeProperty", run)
+            _guard("removeProperty", run)
 
         def newMessage(self, device: Any, message_id: int) -> None:  # noqa: N802
             def run() -> None:
                 text = f"{device.getDeviceName()}: {device.messageQueue(message_id)}".strip()
                 with self.snapshot.cond:
                     self.snapshot.messages.append(text)
-            self._guard("newMessage", run)
+            _guard("newMessage", run)
 
         def serverConnected(self) -> None:  # noqa: N802
-            def run() -> None:
-                with self.snapshot.cond:
-                    self.snapshot.up = True
-                    self.snapshot.lost = False
-                    self.snapshot.cond.notify_all()
-            self._guard("serverConnected", run)
+            _guard("serverConnected", lambda: _set_connected(self.snapshot, True))
 
         def serverDisconnected(self, code: int) -> None:  # noqa: N802
-            def run() -> None:
-                with self.snapshot.cond:
-                    self.snapshot.up = False
-                    self.snapshot.lost = True
-                    self.snapshot.cond.notify_all()
-            self._guard("serverDisconnected", run)
-
+            _guard("serverDisconnected", lambda: _set_connected(self.snapshot, False))
     return _Listener()
 
 
