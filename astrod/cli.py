@@ -125,7 +125,7 @@ def _age(iso: str | None) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from astrod.service.daemon import read_status
+    from astrod.service.paths import read_status
 
     config = load_config_or_exit(args.config, check_disk=False)
     status = read_status(config)
@@ -186,7 +186,7 @@ def _session_line(s: dict[str, Any]) -> str:
 def cmd_session_list(args: argparse.Namespace) -> int:
     """The open sessions, one per line. When the daemon is down, the ones its status file last showed: they are
     still open in its journal and resume when it starts again."""
-    from astrod.service.daemon import read_status
+    from astrod.service.paths import read_status
 
     config = load_config_or_exit(args.config, check_disk=False)
     status = read_status(config)
@@ -235,7 +235,7 @@ def _resolve_session(sessions: list[dict[str, Any]], name: str) -> str | None:
 
 
 def cmd_session_close(args: argparse.Namespace) -> int:
-    from astrod.service.daemon import daemon_paths, read_status, request_close
+    from astrod.service.paths import daemon_paths, read_status, request_close
 
     config = load_config_or_exit(args.config, check_disk=False)
     status = read_status(config)

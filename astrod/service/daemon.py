@@ -48,9 +48,7 @@ from astrod.pipeline.sessions import Pointing, SessionKey, slug
 from astrod.service.capture import CaptureRunner
 from astrod.service.closing import CloseClock
 from astrod.service.notify import Notifier
-from astrod.service.paths import daemon_paths as daemon_paths  # (the CLI's too)
-from astrod.service.paths import read_status as read_status  # (the CLI's)
-from astrod.service.paths import request_close as request_close  # (the CLI's)
+from astrod.service.paths import daemon_paths
 from astrod.service.problems import Problems
 from astrod.service.queue_thread import QueueThread
 from astrod.service.recovery import open_journal

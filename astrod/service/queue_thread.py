@@ -73,10 +73,6 @@ class QueueThread(Generic[T]):
         for item in items:
             self._queue.put(item)
 
-    @staticmethod
-    def _is_stop(item: object) -> bool:
-        return item is _STOP
-
     # ------------------------------------------------------------------------------------ the thread
     def handle(self, item: T) -> bool:
         """Handle one item; True ends the thread."""
