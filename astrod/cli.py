@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from astrod import __version__
-from astrod.config import Config, load_config, load_config_or_exit, report_config_error
+from astrod.config import Config, report_config_error
 from astrod.errors import AstrodError, ConfigError
+from astrod.io.config_file import load_config, load_config_or_exit
 from astrod.library.commands import format_cell, table_lines
 from astrod.library.commands import register as register_library
 from astrod.pipeline.commands import register as register_stack

@@ -357,13 +357,13 @@ def parse_config(text: str, *, base: Path, source: str = "<config>", check_disk:
         raise ConfigError([f"{source}: not valid TOML: {err}"]) from err
     builder = _Builder(base, check_disk=check_disk)
     config: Config = builder.build(Config, data, "")
-    config = _check_cross_fields(_with_base(config, base), builder)
+    config = _check_cross_fields(with_base(config, base), builder)
     if builder.problems:
         raise ConfigError(builder.problems)
     return config
 
 
-def _with_base(config: Config, base: Path) -> Config:
+def with_base(config: Config, base: Path) -> Config:
     """Default folders left out of the file resolve against ``base`` like written ones (the builder already made
     written paths absolute, so only defaults are still relative)."""
     paths = config.paths
@@ -388,22 +388,6 @@ def _check_cross_fields(config: Config, builder: _Builder) -> Config:
     return config
 
 
-def load_config(path: str | os.PathLike[str] | None = None, *, check_disk: bool = True) -> Config:
-    """The config from ``path``: relative folders, written or default, resolve against the file's folder.
-    With no file (None) everything is default and the watch and output folders resolve against the working
-    folder."""
-    if path is None:
-        return _with_base(Config(), Path.cwd())
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError([f"{p}: cannot read: {err.strerror or err}"]) from err
-    except UnicodeDecodeError as err:
-        raise ConfigError([f"{p}: not UTF-8 text: {err}"]) from err
-    return parse_config(text, base=p.resolve().parent, source=str(p), check_disk=check_disk)
-
-
 def report_config_error(err: ConfigError, *, prefix: str = "config error: ", stream: TextIO | None = None) -> int:
     """Print every problem of ``err``, one line each (to stderr unless ``stream`` is given), and return
     EX_CONFIG, the exit status of a command that met a bad config file. The one way commands report it."""
@@ -411,14 +395,6 @@ def report_config_error(err: ConfigError, *, prefix: str = "config error: ", str
     for problem in err.problems:
         print(f"{prefix}{problem}", file=out)
     return EX_CONFIG
-
-
-def load_config_or_exit(path: str | os.PathLike[str] | None, *, check_disk: bool = True) -> Config:
-    """:func:`load_config`, or report the problems and exit with EX_CONFIG (``SystemExit``)."""
-    try:
-        return load_config(path, check_disk=check_disk)
-    except ConfigError as err:
-        raise SystemExit(report_config_error(err)) from err
 
 
 def iter_options(cls: type[Any] = Config, prefix: str = "") -> list[tuple[str, dataclasses.Field[Any]]]:

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import tomli
 
-from astrod.config import EX_CONFIG, Config, iter_options, load_config, parse_config
+from astrod.config import EX_CONFIG, Config, iter_options, parse_config
 from astrod.errors import ConfigError
+from astrod.io.config_file import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "config" / "astrod.example.toml"

@@ -99,6 +99,37 @@ def _px(image: FloatArray, y: int, x: int, b: float, spy: IntArray, spx: IntArra
     return float(image[y, x] - b)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _gauss_moments(image: FloatArray, b: float, cx: float, cy: float, r: int, inv: float, second: bool,
+                   spy: IntArray, spx: IntArray, spv: F64,
+                   nsp: int) -> tuple[float, float, float, float, float, float]:  # pragma: no cover - numba
+    """Sums over the pixels within ``r`` of (cx, cy) weighted by a circular Gaussian (``inv`` = 1/σ², cut at
+    4σ): (weight, first moments x and y, and with ``second`` the second moments xx, xy, yy instead)."""
+    xc, yc = math.floor(cx + 0.5), math.floor(cy + 0.5)
+    s0 = 0.0
+    s1x = 0.0
+    s1y = 0.0
+    mxx = 0.0
+    mxy = 0.0
+    myy = 0.0
+    for y in range(yc - r, yc + r + 1):
+        dy = y - cy
+        for x in range(xc - r, xc + r + 1):
+            dx = x - cx
+            q = (dx * dx + dy * dy) * inv
+            if q < 16.0:
+                wv = math.exp(-0.5 * q) * _px(image, y, x, b, spy, spx, spv, nsp)
+                s0 += wv
+                if second:
+                    mxx += wv * dx * dx
+                    mxy += wv * dx * dy
+                    myy += wv * dy * dy
+                else:
+                    s1x += wv * dx
+                    s1y += wv * dy
+    return s0, s1x, s1y, mxx, mxy, myy
+
+
 @njit(cache=True, nogil=True)
 def _windowed(image: FloatArray, b: float, x0: float, y0: float, sw: float, rmax: int, spy: IntArray,
               spx: IntArray, spv: F64, nsp: int) -> tuple[bool, float, float]:  # pragma: no cover - numba
@@ -112,19 +143,7 @@ def _windowed(image: FloatArray, b: float, x0: float, y0: float, sw: float, rmax
         xc, yc = math.floor(cx + 0.5), math.floor(cy + 0.5)
         if xc - r < 0 or yc - r < 0 or xc + r >= w or yc + r >= h:
             return False, cx, cy
-        s0 = 0.0
-        s1x = 0.0
-        s1y = 0.0
-        for y in range(yc - r, yc + r + 1):
-            dy = y - cy
-            for x in range(xc - r, xc + r + 1):
-                dx = x - cx
-                q = (dx * dx + dy * dy) * inv
-                if q < 16.0:
-                    wv = math.exp(-0.5 * q) * _px(image, y, x, b, spy, spx, spv, nsp)
-                    s0 += wv
-                    s1x += wv * dx
-                    s1y += wv * dy
+        s0, s1x, s1y, _, _, _ = _gauss_moments(image, b, cx, cy, r, inv, False, spy, spx, spv, nsp)
         if s0 <= 0.0:
             return False, cx, cy
         # The weighted mean of a Gaussian star under a matching weight lies halfway to its centre.
@@ -393,24 +412,9 @@ def _moment_shape(image: FloatArray, b: float, cx: float, cy: float, sw: float, 
     """(measured, FWHM, eccentricity) from the second moments under the circular weight of σ ``sw``; the
     FWHM is that given unless it is NaN (then the moments' Gaussian-equivalent size)."""
     # Second moments under the same circular weight, deconvolved from it (exact for a Gaussian).
-    xc, yc = math.floor(cx + 0.5), math.floor(cy + 0.5)
     r = min(rmax, math.ceil(4.0 * sw) + 1)
     inv = 1.0 / (sw * sw)
-    s0 = 0.0
-    mxx = 0.0
-    mxy = 0.0
-    myy = 0.0
-    for y in range(yc - r, yc + r + 1):
-        dy = y - cy
-        for x in range(xc - r, xc + r + 1):
-            dx = x - cx
-            q = (dx * dx + dy * dy) * inv
-            if q < 16.0:
-                wv = math.exp(-0.5 * q) * _px(image, y, x, b, spy, spx, spv, nsp)
-                s0 += wv
-                mxx += wv * dx * dx
-                mxy += wv * dx * dy
-                myy += wv * dy * dy
+    s0, _, _, mxx, mxy, myy = _gauss_moments(image, b, cx, cy, r, inv, True, spy, spx, spv, nsp)
     if s0 <= 0.0:
         return False, fwhm, 0.0
     mxx, mxy, myy = mxx / s0, mxy / s0, myy / s0

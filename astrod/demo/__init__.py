@@ -6,19 +6,23 @@ shows what the tests check.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from astrod.config import Config, PathsConfig, SessionConfig, StackConfig, WatchConfig
+from astrod.io.atomic import atomic_write_bytes
+from astrod.io.files import ensure_folder, files_matching, new_folder, read_bytes, remove_folder
 from astrod.model import Transform
 from astrod.service.feeder import FeedStep
+
+if TYPE_CHECKING:  # imported where used: `astrod demo --help` need not load the daemon
+    from astrod.service.daemon import Daemon
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +82,8 @@ def write_demo_night(root: Path, *, seed: int = 2026, size: tuple[int, int] = (3
                                                date_obs=start + timedelta(hours=1, minutes=len(lights)),
                                                **common))
     bad = root / "capture" / "Lights" / "M 31" / "L" / "M31_L_truncated.fits"
-    blob = lights[0].read_bytes()
-    bad.write_bytes(blob[: len(blob) // 3])
+    blob = read_bytes(lights[0])
+    atomic_write_bytes(bad, blob[: len(blob) // 3])
     return DemoNight(root=root, calibration=tuple(calibration), lights=tuple(lights), bad=bad)
 
 
@@ -111,8 +115,7 @@ def run_demo(*, workdir: Path | None = None, clean: bool = False, interval: floa
     from astrod.service.feeder import Feeder
     from astrod.service.logging import configure_logging
 
-    root = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix="astrod-demo-"))
-    root.mkdir(parents=True, exist_ok=True)
+    root = ensure_folder(workdir) if workdir is not None else new_folder("astrod-demo-")
     configure_logging(level="warning")
     print(f"astrod demo: a synthetic night in {root}")
     night = write_demo_night(root / ".night")
@@ -140,20 +143,27 @@ def run_demo(*, workdir: Path | None = None, clean: bool = False, interval: floa
         return not daemon.workers
 
     feeder.start()
+    return _run_to_the_end(daemon, root, finished, stop=feeder.stop, clean=clean, sessions=4, broken_frame=True)
+
+
+def _run_to_the_end(daemon: Daemon, root: Path, finished: Callable[[], bool], *, stop: Callable[[], None],
+                    clean: bool, sessions: int, broken_frame: bool) -> int:
+    """Run the daemon until ``finished``, then stop the frame source, print the summary, and exit 0 when the
+    night gave ``sessions`` sessions (and the broken frame was rejected, when there was one)."""
     try:
         status = daemon.run(install_signals=False, until=finished)
     finally:
-        feeder.stop()
-    counts = daemon_summary(root)
-    print(counts["text"])
-    ok = counts["sessions"] == 4 and counts["rejected_bad"] and status == 0
+        stop()
+    summary = daemon_summary(root)
+    print(summary["text"])
+    ok = status == 0 and summary["sessions"] == sessions and (summary["rejected_bad"] or not broken_frame)
     _finish(root, clean=clean)
     return 0 if ok else 1
 
 
 def _finish(root: Path, *, clean: bool) -> None:
     if clean:
-        shutil.rmtree(root)
+        remove_folder(root)
         print(f"(demo folder {root} removed)")
     else:
         print(f"the demo's files stay in {root} (remove them with: rm -rf '{root}')")
@@ -189,8 +199,7 @@ def run_indi_demo(*, workdir: Path | None = None, clean: bool = False) -> int:
     if reason is not None:
         print(f"astrod demo --indi: {reason} (install indi-bin, and pyindi-client with --no-deps)")
         return 1
-    root = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix="astrod-indi-demo-"))
-    root.mkdir(parents=True, exist_ok=True)
+    root = ensure_folder(workdir) if workdir is not None else new_folder("astrod-indi-demo-")
     configure_logging(level="warning")
     server = IndiServer(root / "indi").start()
     print(f"astrod demo --indi: indiserver with the CCD and telescope simulators on port {server.port}; "
@@ -229,15 +238,7 @@ name = "demo"
                   f"{daemon.status_line()}]", flush=True)
         return runner.finished and not daemon.workers and not daemon.busy()
 
-    try:
-        status = daemon.run(install_signals=False, until=finished)
-    finally:
-        server.stop()
-    summary = daemon_summary(root)
-    print(summary["text"])
-    ok = status == 0 and summary["sessions"] == 1
-    _finish(root, clean=clean)
-    return 0 if ok else 1
+    return _run_to_the_end(daemon, root, finished, stop=server.stop, clean=clean, sessions=1, broken_frame=False)
 
 
 def daemon_summary(root: Path) -> dict[str, Any]:
@@ -260,7 +261,7 @@ def daemon_summary(root: Path) -> dict[str, Any]:
         for r in rejected:
             lines.append(f"  rejected: {r.reason}")
         bad = any("truncated" in (r.reason or "") for r in rejected)
-        masters = sorted((root / "library").rglob("*.fits"))
+        masters = files_matching(root / "library", "*.fits", recursive=True)
         lines.append(f"  library: {len(masters)} masters in {root / 'library'}")
         return {"text": "\n".join(lines), "sessions": len(sessions), "rejected_bad": bad}
     finally:

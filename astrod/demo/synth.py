@@ -19,9 +19,11 @@ from typing import Any
 import cv2
 import numpy as np
 import numpy.typing as npt
-from astropy.io import fits  # type: ignore[import-untyped]
 
 from astrod.core.bayer import PATTERNS, check_pattern, colour_map
+from astrod.io.files import ensure_folder
+from astrod.io.fits import Header
+from astrod.io.fits import write_fits as write_fits_file
 from astrod.model import FrameKind, Transform
 
 F32 = npt.NDArray[np.float32]
@@ -1027,8 +1029,7 @@ def write_fits(
     date_loc = date_utc + timedelta(hours=utc_offset_hours)
     bayer_p = None if bayer is None else check_pattern(bayer)
 
-    hdu = fits.PrimaryHDU(pixels)  # astropy stores uint16 as int16 with BZERO 32768
-    h = hdu.header
+    h = Header()  # astropy stores uint16 pixels as int16 with BZERO 32768
     cards: list[tuple[str, Any, str]] = []
     if dialect == "nina":
         cam = camera or ("ZWO ASI2600MC Pro" if bayer_p else "ZWO ASI2600MM Pro")
@@ -1153,9 +1154,8 @@ def write_fits(
         else:
             h[key] = value
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    hdu.writeto(out, overwrite=True)
-    return out
+    ensure_folder(out.parent)
+    return write_fits_file(out, pixels, h)
 
 
 def write_calibration_set(

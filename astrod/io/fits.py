@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from astropy.io import fits
+from astropy.io.fits import Header as Header  # re-exported: other layers build headers; only io reads and writes them
 from astropy.io.fits.verify import VerifyWarning
 from astropy.utils.exceptions import AstropyWarning
 
@@ -369,3 +370,16 @@ def read_fits_extension(path: str | os.PathLike[str], name: str,
     except (OSError, ValueError, KeyError, EOFError, gzip.BadGzipFile, TypeError) as err:
         raise FrameReadError(f"{p}: corrupt FITS: {err}") from err
     return None
+
+
+def set_header_cards(data: bytes, updates: Mapping[str, str]) -> bytes:
+    """The FITS file with these header cards set (unchanged bytes when they already hold these values)."""
+    with fits.open(io.BytesIO(data), do_not_scale_image_data=True) as hdul:
+        header = hdul[0].header
+        if all(str(header.get(k, "")).strip() == v for k, v in updates.items()):
+            return data
+        for key, value in updates.items():
+            header[key] = value
+        out = io.BytesIO()
+        hdul.writeto(out, output_verify="silentfix")
+    return out.getvalue()

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import structlog
-from astropy.io import fits
 
 from astrod import __version__
 from astrod.core.badpixels import BadPixels, find_bad_pixels
@@ -32,7 +31,7 @@ from astrod.core.combine import CombineResult, Method, combine, combine_flats, f
 from astrod.errors import AstrodError, FrameReadError, LibraryError
 from astrod.io.bands import RowLayout, open_rows, read_band
 from astrod.io.files import files_matching, remove_folder
-from astrod.io.fits import read_fits, read_fits_extension, read_fits_header, write_fits
+from astrod.io.fits import Header, read_fits, read_fits_extension, read_fits_header, write_fits
 from astrod.io.index import INDEX_NAME, MasterIndex, file_digest, file_stamp, library_lock, remove_stale_temporaries
 from astrod.io.provenance import ParamValue, Provenance, write_provenance
 from astrod.library.keys import CalibrationKey, MasterKind, badpixel_key, safe_name, sort_key
@@ -267,7 +266,7 @@ class _Builder:
     def _load(self, record: MasterRecord) -> FloatArray:
         return self._load_with_header(record)[0]
 
-    def _load_with_header(self, record: MasterRecord) -> tuple[FloatArray, fits.Header]:
+    def _load_with_header(self, record: MasterRecord) -> tuple[FloatArray, Header]:
         try:
             return read_fits(record.path)
         except FrameReadError as err:
@@ -408,7 +407,7 @@ class _Builder:
             return BuiltMaster(bkey, "failed", None, 0, note=str(err))
         mask = found.mask
         n_bad = found.n_bad
-        h = fits.Header()
+        h = Header()
         _put(h, "IMAGETYP", MasterKind.BADPIXELS.title, "1 = bad pixel")
         _put(h, "ASTRDKEY", bkey.key_id, "astrod master key id")
         _put(h, "ASTRDKJS", json.dumps(bkey.as_dict(), sort_keys=True), "grouping key (JSON)")

@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import structlog
-from astropy.io import fits
 
 from astrod.core.calibrate import apply
 from astrod.errors import AstrodError, FrameRejected
-from astrod.io.fits import is_fits_name, read_fits_header, write_fits
+from astrod.io.fits import Header, is_fits_name, read_fits_header, write_fits
 from astrod.io.frames import read_frame
 from astrod.io.headers import PathRule
 from astrod.io.provenance import ParamValue, Provenance, provenance_cards, write_cards
@@ -136,13 +135,13 @@ def output_name(path: Path) -> str:
     return f"{stem}_cal.fits"
 
 
-def _output_header(path: Path, frame: Frame, calibrated: CalibratedFrame) -> fits.Header:
-    header = fits.Header()
+def _output_header(path: Path, frame: Frame, calibrated: CalibratedFrame) -> Header:
+    header = Header()
     if is_fits_name(path):
         try:
             header = read_fits_header(path).copy()
         except AstrodError:
-            header = fits.Header()
+            header = Header()
     else:
         meta = frame.meta
         for key, value in (("IMAGETYP", meta.kind.value.title()), ("EXPTIME", meta.exposure),

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from astrod.config import Config, load_config_or_exit
+from astrod.config import Config
 from astrod.errors import AstrodError, LibraryError
+from astrod.io.config_file import load_config_or_exit
 from astrod.io.frames import expand_frame_paths, read_meta
 from astrod.io.headers import describe, rules_from_config
 from astrod.library.build import BuildOptions, build_library, describe_outcome

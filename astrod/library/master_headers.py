@@ -12,11 +12,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from astropy.io import fits
 
 from astrod.core.badpixels import BadPixels
 from astrod.core.combine import CombineResult
 from astrod.io.bands import RowLayout
+from astrod.io.fits import Header
 from astrod.io.provenance import ParamValue, Provenance, put_card, write_provenance
 from astrod.library.keys import CalibrationKey, MasterKind
 from astrod.library.options import BuildOptions
@@ -28,18 +28,18 @@ NOISE_EXTNAME = "NOISE"  # the image extension of a master dark holding its per-
 # ------------------------------------------------------------------------------------------------ headers
 
 
-def _put(header: fits.Header, key: str, value: Any, comment: str = "") -> None:
+def _put(header: Header, key: str, value: Any, comment: str = "") -> None:
     put_card(header, key, value, comment)
 
 
 def _master_header(key: CalibrationKey, frames: Sequence[SourceFrame], *, n: int, low_n: bool,
                    options: BuildOptions, description: str, rejected: float, src_hash: str, build_hash: str,
-                   extra: Mapping[str, tuple[Any, str]]) -> fits.Header:
+                   extra: Mapping[str, tuple[Any, str]]) -> Header:
     metas = [f.meta for f in frames]
     temps = [m.temperature for m in metas if m.temperature is not None]
     dates = sorted(m.date_obs for m in metas if m.date_obs is not None)
     first = metas[0]
-    h = fits.Header()
+    h = Header()
     _put(h, "IMAGETYP", key.kind.title, "astrod master")
     _put(h, "ASTRDKEY", key.key_id, "astrod master key id")
     _put(h, "ASTRDKJS", json.dumps(key.as_dict(), sort_keys=True), "grouping key (JSON)")
@@ -136,8 +136,8 @@ def _dark_cards(frames: Sequence[SourceFrame], layouts: Sequence[RowLayout],
     return cards
 
 
-def _noise_header(n: int) -> fits.Header:
-    h = fits.Header()
+def _noise_header(n: int) -> Header:
+    h = Header()
     _put(h, "BUNIT", "adu", "temporal standard deviation per pixel")
     _put(h, "NCOMBINE", n, "frames it is measured over")
     for line in ("Per pixel: standard deviation (ddof=1) over the frames of the samples",

@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from astrod.config import Config, load_config, report_config_error
+from astrod.config import Config, report_config_error
 from astrod.errors import AstrodError, ConfigError
-from astrod.io.files import ensure_folder
+from astrod.io.config_file import load_config
+from astrod.io.files import ensure_folder, scratch_folder
 from astrod.io.frames import expand_frame_paths
 from astrod.io.headers import rules_from_config
 from astrod.library.masters import MasterLibrary
@@ -104,8 +104,8 @@ def cmd_stack(args: argparse.Namespace) -> int:
     cache_root = Path(args.cache_dir) if args.cache_dir else output.parent
     try:
         ensure_folder(cache_root)
-        with tempfile.TemporaryDirectory(prefix=".astrod-stack-", dir=cache_root) as cache:
-            product = stack_files(paths, settings, calibrator=calibrator, reference=reference, cache_dir=Path(cache),
+        with scratch_folder(".astrod-stack-", parent=cache_root) as cache:
+            product = stack_files(paths, settings, calibrator=calibrator, reference=reference, cache_dir=cache,
                                   rename=config.headers.rename, rules=rules_from_config(config.headers),
                                   progress=progress_for())
     except AstrodError as err:

@@ -1,21 +1,24 @@
 """The per-frame pipeline of a session: calibrate, measure, gate, register, warp, accumulate; checkpoint; finalize.
 
-One `LiveStack` per session. A frame goes through two public stages so the service layer can overlap them
-(read and prepare frame N+1 while frame N is being accumulated); each stage is single-threaded code over the
-multi-threaded kernels of `astrod.core`:
+One `LiveStack` per session; `LiveStack.process` takes a frame through named steps, each single-threaded code
+over the multi-threaded kernels of `astrod.core`:
 
-``prepare(frame)``
+measure (`LiveStack._measure`)
     calibrate (the injected calibrator), detect stars, measure quality (FWHM, eccentricity, star count,
-    background, noise), apply the gates against the session's figures as they are, register onto the
-    reference's stars. It only *reads* the session state, so it may run while ``accumulate`` runs.
-``accumulate(prepared)``
-    decides: the gates are evaluated again against the session's figures at this moment (they only depend on
-    frames accumulated before, so a pipelined run gives what a serial one gives), the first frame with enough
-    stars becomes the reference, a frame prepared before the reference existed is registered now; then
+    background, noise).
+decide (`LiveStack._decide`)
+    against the session as it is: the first frame with enough stars becomes the reference; the others are
+    gated against the session's figures, registered onto the reference's stars, and gated again on their
+    transparency.
+stack
     demosaic (colour), warp onto the reference grid, and add to the `Stacker` with its normalisation offset
-    and weight.
+    and weight, band by band.
 
-``process(frame) = accumulate(prepare(frame))``. A bad frame never raises: it comes back ``rejected`` with a
+(An earlier split into a ``prepare`` stage that could run while the previous frame was being accumulated was
+removed: nothing overlapped them, and on two cores the kernels of both stages already use both. Frames come
+one exposure apart, so the overlap could only help a burst of frames that arrive together.)
+
+A bad frame never raises: it comes back ``rejected`` with a
 one-line reason. Memory stays flat with the number of frames: the stacker state, one small band buffer
 (frames are warped and accumulated 128 rows at a time, never as a whole warped frame), and a list of small
 per-frame rows; registered frames for the final full-rejection pass go to ``cache_dir`` on disk, band by
@@ -81,17 +84,16 @@ from astrod.pipeline.state import (
     save_state,
 )
 
-__all__ = ["TABLE_COLUMNS", "Calibrated", "Calibrator", "FrameResult", "LiveStack", "Metric", "Model",
-           "PipelineSettings", "Prepared", "StackProduct", "product_header", "write_outputs"]
+__all__ = ["TABLE_COLUMNS", "Calibrated", "Calibrator", "FrameResult", "LiveStack", "Measured", "Metric",
+           "Model", "PipelineSettings", "StackProduct", "product_header", "write_outputs"]
 
 FloatArray = npt.NDArray[np.float32]
 _PHASE_MAX_PIXELS = 4_000_000  # the most pixels the image kept for phase correlation has (16 MB)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class Prepared:
-    """A frame after `LiveStack.prepare`: calibrated pixels, stars, quality, and its registration (or why it
-    failed) against the reference of the time (``reference_id``; 0: none yet). ``reason`` set: rejected for
+class Measured:
+    """A frame after `LiveStack._measure`: calibrated pixels, stars and quality. ``reason`` set: rejected for
     good, whatever the session."""
 
     path: Path | None
@@ -99,30 +101,25 @@ class Prepared:
     data: FloatArray | None
     stars: StarList | None
     quality: FrameQuality | None
-    registration: Registration | None
-    registration_error: str | None
-    reference_id: int
     reason: str | None
     masters: tuple[str, ...]
     notes: tuple[str, ...]
     pattern: str | None
     small: FloatArray | None
-    timings: Mapping[str, float]
-
+    timings: dict[str, float]
 
 
 class LiveStack:
     """The live stack of one session; see the module docstring for the stages.
 
     ``calibrator`` turns a raw frame into a calibrated one (or a `Calibrated`); it may raise `AstrodError`
-    for a frame it cannot calibrate. It may calibrate into the frame's own array, or reuse one output buffer,
-    only when ``prepare`` and ``accumulate`` are not overlapped (the prepared frame holds the calibrated pixels
-    until it is accumulated).
+    for a frame it cannot calibrate. It may calibrate into the frame's own array, or reuse one output buffer
+    (the calibrated pixels are done with when `process` returns).
     ``cache_dir`` receives the registered frames when ``settings.final_rejection`` is not ``"none"`` (one
     float32 ``.npy`` per stacked frame).
 
-    Concurrency: ``prepare`` may run in one thread while ``accumulate`` runs in another; ``accumulate``,
-    ``reject``, ``save``, ``preview`` and ``finalize`` must not run at the same time as each other.
+    Concurrency: one thread at a time (`process`, `reject`, `save`, `preview` and `finalize` change or read
+    the session state).
     """
 
     def __init__(self, settings: PipelineSettings, *, calibrator: Calibrator | None = None,
@@ -179,24 +176,43 @@ class LiveStack:
     # ------------------------------------------------------------------------------------------- stages
 
     def process(self, frame: Frame) -> FrameResult:
-        """``accumulate(prepare(frame))``."""
-        return self.accumulate(self.prepare(frame))
+        """Measure the frame, decide on it against the session, and stack it (or record why not)."""
+        measured = self._measure(frame)
+        timings = measured.timings
+        metrics: dict[str, Metric] = {name: None for name in TABLE_COLUMNS[3:]}
+        q = measured.quality
+        if q is not None:
+            metrics.update(stars=q.star_count, fwhm=_num(q.fwhm), fwhm_err=_num(q.fwhm_err),
+                           eccentricity=_num(q.eccentricity), eccentricity_err=_num(q.eccentricity_err),
+                           shape_stars=q.shape_stars, background=_num(q.background), noise=_num(q.noise))
+        reg, reason, transparency = self._decide(measured, timings)
+        metrics["transparency"] = _num(transparency)
+        if reg is not None:
+            t = reg.transform
+            metrics.update(dx=t.dx, dy=t.dy, rotation_deg=t.rotation_deg, scale=t.scale,
+                           residual_px=_num(reg.residual_px))
+        if reason is not None or measured.data is None or reg is None:
+            return self._record(measured, "rejected", reason or "not registered", metrics, timings)
+        assert q is not None
+        weight = self._weight(q, transparency)
+        reason = self._stack(measured, reg, weight, metrics, timings)
+        if reason is not None:
+            return self._record(measured, "rejected", reason, metrics, timings)
+        self._session.accepted.append(FrameFigures(q, transparency))
+        self._consider_repick(measured, reg, weight, metrics, timings)
+        return self._record(measured, "stacked", None, metrics, timings)
 
-    def prepare(self, frame: Frame) -> Prepared:
-        """Calibrate, detect, measure, gate and register one frame; reads the session state, never changes it."""
+    def _measure(self, frame: Frame) -> Measured:
+        """Calibrate the frame, detect its stars and measure its quality; reads the session state only to
+        know whether the phase-correlation image is needed."""
         timings: dict[str, float] = {}
-        ref = self._ref
-        ref_id = 0 if ref is None else ref.id
         meta = frame.meta
         masters: tuple[str, ...] = ()
         notes: tuple[str, ...] = ()
 
-        def early(reason: str, **kw: Any) -> Prepared:
-            base: dict[str, Any] = {"data": None, "stars": None, "quality": None, "registration": None,
-                                    "registration_error": None, "pattern": None, "small": None}
-            base.update(kw)
-            return Prepared(path=frame.path, meta=meta, reference_id=ref_id, reason=reason, masters=masters,
-                            notes=notes, timings=timings, **base)
+        def early(reason: str) -> Measured:
+            return Measured(path=frame.path, meta=meta, data=None, stars=None, quality=None, reason=reason,
+                            masters=masters, notes=notes, pattern=None, small=None, timings=timings)
 
         t0 = time.perf_counter()
         if self._calibrator is not None:
@@ -233,60 +249,34 @@ class LiveStack:
         timings["detect"] = _ms(t0)
 
         small = None
-        if ref is None or star_poor(len(stars), min_matches=self.settings.min_matches):
+        if self._ref is None or star_poor(len(stars), min_matches=self.settings.min_matches):
             # the reference's copy for the phase-correlation fallback, or this star-poor frame's own
             small = _phase_image(data, cfa=pattern is not None)
-        registration = None
-        registration_error = None
         reason = "no stars detected" if quality.star_count == 0 or len(stars) == 0 else None
-        if reason is None and ref is not None and not self._gate_reasons(FrameFigures(quality)):
-            t0 = time.perf_counter()
-            try:
-                registration = self._register(stars, small, ref)
-            except RegistrationError as err:
-                registration_error = one_line(err)
-            timings["register"] = _ms(t0)
-        return Prepared(path=frame.path, meta=meta, data=data, stars=stars, quality=quality,
-                        registration=registration, registration_error=registration_error, reference_id=ref_id,
-                        reason=reason, masters=masters, notes=notes, pattern=pattern, small=small, timings=timings)
+        return Measured(path=frame.path, meta=meta, data=data, stars=stars, quality=quality, reason=reason,
+                        masters=masters, notes=notes, pattern=pattern, small=small, timings=timings)
 
-    def accumulate(self, prepared: Prepared) -> FrameResult:
-        """Decide on a prepared frame (gates, reference, registration) and add it to the stack."""
-        timings = dict(prepared.timings)
-        metrics: dict[str, Metric] = {name: None for name in TABLE_COLUMNS[3:]}
-        q = prepared.quality
-        if q is not None:
-            metrics.update(stars=q.star_count, fwhm=_num(q.fwhm), fwhm_err=_num(q.fwhm_err),
-                           eccentricity=_num(q.eccentricity), eccentricity_err=_num(q.eccentricity_err),
-                           shape_stars=q.shape_stars, background=_num(q.background), noise=_num(q.noise))
-        reg, reason, transparency = self._decide(prepared, timings)
-        metrics["transparency"] = _num(transparency)
-        if reg is not None:
-            t = reg.transform
-            metrics.update(dx=t.dx, dy=t.dy, rotation_deg=t.rotation_deg, scale=t.scale,
-                           residual_px=_num(reg.residual_px))
-        data = prepared.data
-        if reason is not None or data is None or reg is None:
-            return self._record(prepared, "rejected", reason or "not registered", metrics, timings)
-        assert self._ref is not None and self._stacker is not None and q is not None
-
+    def _stack(self, measured: Measured, reg: Registration, weight: float, metrics: dict[str, Metric],
+               timings: dict[str, float]) -> str | None:
+        """Warp the frame onto the reference grid and add it to the stack, band by band; the reason it could
+        not be (None: stacked)."""
+        assert self._ref is not None and self._stacker is not None and measured.data is not None
+        assert measured.quality is not None
         t0 = time.perf_counter()
-        pixels = debayer(data, pattern=prepared.pattern) if prepared.pattern is not None else data
+        data = measured.data
+        pixels = debayer(data, pattern=measured.pattern) if measured.pattern is not None else data
         try:
             bands = warp_bands(pixels, reg.transform, shape=self._ref.frame_shape,
                                interpolation=self.settings.interpolation, band_rows=BAND_ROWS,
                                buffer=self._band_buffer())
         except ValueError as err:  # a degenerate fitted transform (a wild homography)
-            return self._record(prepared, "rejected", f"cannot warp: {one_line(err)}", metrics, timings)
+            return f"cannot warp: {one_line(err)}"
         debayer_ms = _ms(t0)
 
-        weight = self._weight(q, transparency)
-        if self._stacker.weighting == "none":
-            weight = 1.0
         # Flux is conserved: a frame whose pixels cover less sky (scale > 1) spreads each star over more
         # reference pixels than it had, and resampling alone would multiply its flux by that area ratio.
         scale = 1.0 / area_ratio(reg.transform, self._ref.frame_shape)
-        offset = self._ref.background - q.background * scale
+        offset = self._ref.background - measured.quality.background * scale
         # Warp and accumulate band by band (each band still in the CPU cache when it is added): the time
         # spent producing the bands is the warp's, writing them the cache's, the rest the accumulation's.
         spent = {"warp": 0.0, "cache": 0.0}
@@ -305,56 +295,47 @@ class LiveStack:
         timings["accumulate"] = total - spent["warp"] - spent["cache"]
         if cache_name is not None:
             timings["cache"] = spent["cache"]
-        metrics["weight"] = weight
-        if cache_name is not None:
             self._session.cached.append({"file": cache_name, "offset": offset, "scale": scale, "weight": weight})
-        self._session.accepted.append(FrameFigures(q, transparency))
-        self._consider_repick(prepared, reg, weight, metrics, timings)
-        return self._record(prepared, "stacked", None, metrics, timings)
+        metrics["weight"] = weight
+        return None
 
-    def _decide(self, prepared: Prepared,
+    def _decide(self, measured: Measured,
                 timings: dict[str, float]) -> tuple[Registration | None, str | None, float]:
-        """The frame's registration, the reason it is rejected (None: stacked) and its transparency, against
-        the session as it is now: the first frame with enough stars becomes the reference, the gates are
-        evaluated again, and a frame prepared before the reference existed (or changed) is registered now."""
-        reason = prepared.reason
-        reg: Registration | None = None
-        q, stars, data, ref = prepared.quality, prepared.stars, prepared.data, self._ref
-        transparency = math.nan
-        if reason is None:
-            assert q is not None and stars is not None and data is not None
-            if ref is None:
-                if len(stars) < self.settings.min_matches:
-                    reason = f"{len(stars)} stars measured, a reference frame needs {self.settings.min_matches}"
-                else:
-                    self._set_reference(prepared)
-                    reg = Registration(transform=Transform.identity(), matched=len(stars), residual_px=0.0,
-                                       method="stars")
-                    transparency = 1.0
-            elif _planes(prepared) != (ref.stack_shape[0] if len(ref.stack_shape) == 3 else 1):
-                reason = (f"{_planes(prepared)}-plane frame in a session of "
-                          f"{ref.stack_shape[0] if len(ref.stack_shape) == 3 else 1}-plane frames")
-            else:
-                gates = self._gate_reasons(FrameFigures(q))
-                if gates:
-                    reason = "; ".join(gates)
-                elif prepared.reference_id == ref.id:
-                    reg, reason = prepared.registration, prepared.registration_error
-                if reason is None and reg is None:
-                    t0 = time.perf_counter()
-                    try:
-                        reg = self._register(stars, prepared.small, ref)
-                    except RegistrationError as err:
-                        reason = one_line(err)
-                    timings["register"] = timings.get("register", 0.0) + _ms(t0)
-                if reason is None and reg is not None:
-                    # Transparency needs the frame's stars on the reference's: judged once registered.
-                    transparency = flux_ratio(stars.xy, stars.flux, reg.transform, ref.asterisms.xy, ref.flux,
-                                              radius=self.settings.match_radius_px)
-                    gates = self._gate_reasons(FrameFigures(q, transparency))
-                    if gates:
-                        reason = "; ".join(gates)
-        return reg, reason, transparency
+        """The frame's registration, the reason it is rejected (None: to be stacked) and its transparency,
+        against the session as it is now: the first frame with enough stars becomes the reference; any other
+        is gated, registered, and gated again on its transparency."""
+        reason = measured.reason
+        q, stars, ref = measured.quality, measured.stars, self._ref
+        if reason is not None:
+            return None, reason, math.nan
+        assert q is not None and stars is not None
+        if ref is None:
+            if len(stars) < self.settings.min_matches:
+                return None, f"{len(stars)} stars measured, a reference frame needs {self.settings.min_matches}", \
+                    math.nan
+            self._set_reference(measured)
+            return Registration(transform=Transform.identity(), matched=len(stars), residual_px=0.0,
+                                method="stars"), None, 1.0
+        planes, ref_planes = _planes(measured), (ref.stack_shape[0] if len(ref.stack_shape) == 3 else 1)
+        if planes != ref_planes:
+            return None, f"{planes}-plane frame in a session of {ref_planes}-plane frames", math.nan
+        gates = self._gate_reasons(FrameFigures(q))
+        if gates:
+            return None, "; ".join(gates), math.nan
+        t0 = time.perf_counter()
+        try:
+            reg = self._register(stars, measured.small, ref)
+        except RegistrationError as err:
+            return None, one_line(err), math.nan
+        finally:
+            timings["register"] = _ms(t0)
+        # Transparency needs the frame's stars on the reference's: judged once registered.
+        transparency = flux_ratio(stars.xy, stars.flux, reg.transform, ref.asterisms.xy, ref.flux,
+                                  radius=self.settings.match_radius_px)
+        gates = self._gate_reasons(FrameFigures(q, transparency))
+        if gates:
+            return reg, "; ".join(gates), transparency
+        return reg, None, transparency
 
     def reject(self, path: Path | None, reason: str) -> FrameResult:
         """Record a frame that never reached `prepare` (unreadable, not a light) in the frames table."""
@@ -398,19 +379,19 @@ class LiveStack:
         return replace(found, transform=Transform.from_array(full),
                        residual_px=found.residual_px * f if math.isfinite(found.residual_px) else math.nan)
 
-    def _set_reference(self, prepared: Prepared) -> None:
-        assert prepared.stars is not None and prepared.data is not None and prepared.quality is not None
-        data = prepared.data
+    def _set_reference(self, measured: Measured) -> None:
+        assert measured.stars is not None and measured.data is not None and measured.quality is not None
+        data = measured.data
         frame_shape = (int(data.shape[-2]), int(data.shape[-1]))
-        if prepared.pattern is not None:
+        if measured.pattern is not None:
             stack_shape: tuple[int, ...] = (3, *frame_shape)
         else:
             stack_shape = tuple(int(n) for n in data.shape)
-        asterisms = build_reference(prepared.stars, max_stars=self.settings.max_stars)
-        flux = np.array(prepared.stars.flux[: len(asterisms)], dtype=np.float64)
-        small = prepared.small if prepared.small is not None else _phase_image(data, cfa=prepared.pattern is not None)
-        q = prepared.quality
-        self._ref = Reference(id=1, path="" if prepared.path is None else str(prepared.path), asterisms=asterisms,
+        asterisms = build_reference(measured.stars, max_stars=self.settings.max_stars)
+        flux = np.array(measured.stars.flux[: len(asterisms)], dtype=np.float64)
+        small = measured.small if measured.small is not None else _phase_image(data, cfa=measured.pattern is not None)
+        q = measured.quality
+        self._ref = Reference(id=1, path="" if measured.path is None else str(measured.path), asterisms=asterisms,
                                flux=flux, small=small, frame_shape=frame_shape, stack_shape=stack_shape,
                                background=q.background, noise=q.noise, fwhm=q.fwhm)
         self._stacker = Stacker(stack_shape, kappa=self.settings.kappa,
@@ -420,7 +401,7 @@ class LiveStack:
             assert self._cache_dir is not None
             ensure_folder(self._cache_dir)
 
-    def _consider_repick(self, prepared: Prepared, reg: Registration, weight: float, metrics: dict[str, Metric],
+    def _consider_repick(self, measured: Measured, reg: Registration, weight: float, metrics: dict[str, Metric],
                          timings: dict[str, float]) -> None:
         """Keep a frame just stacked as a candidate reference; once ``reference_repick_after`` frames are
         stacked, re-pick the reference among them (`_repick`), once per session. The frame's row is not in the
@@ -431,11 +412,11 @@ class LiveStack:
         if after <= 1:  # disabled, or the reference would be picked among itself alone
             s.repicked, s.candidates = True, []
             return
-        assert prepared.stars is not None and prepared.quality is not None and prepared.data is not None
-        q, stars, data = prepared.quality, prepared.stars, prepared.data
+        assert measured.stars is not None and measured.quality is not None and measured.data is not None
+        q, stars, data = measured.quality, measured.stars, measured.data
         n = min(len(stars), self.settings.max_stars)
         s.candidates.append(Candidate(
-            path="" if prepared.path is None else str(prepared.path), row=len(s.rows), transform=reg.transform,
+            path="" if measured.path is None else str(measured.path), row=len(s.rows), transform=reg.transform,
             xy=np.array(stars.xy[:n], dtype=np.float64), flux=np.array(stars.flux[:n], dtype=np.float64),
             frame_shape=(int(data.shape[-2]), int(data.shape[-1])), weight=float(weight),
             figures=FrameFigures(q, _float_or_nan(metrics.get("transparency")))))
@@ -455,7 +436,9 @@ class LiveStack:
         """The frame's weight relative to the reference: SNR (``transparency``: its stars' flux ratio to the
         reference's, 1 when unmeasured) or FWHM."""
         ref = self._ref
-        assert ref is not None
+        assert ref is not None and self._stacker is not None
+        if self._stacker.weighting == "none":  # a checkpoint's stacker keeps the weighting it was made with
+            return 1.0
         try:
             if self.settings.weighting == "snr":
                 ratio = transparency if math.isfinite(transparency) else 1.0
@@ -477,21 +460,21 @@ class LiveStack:
             self._warp_buffer = np.empty(planes * BAND_ROWS * self._ref.frame_shape[1], dtype=np.float32)
         return self._warp_buffer
 
-    def _record(self, prepared: Prepared, status: Literal["stacked", "rejected"], reason: str | None,
+    def _record(self, measured: Measured, status: Literal["stacked", "rejected"], reason: str | None,
                 metrics: dict[str, Metric], timings: Mapping[str, float]) -> FrameResult:
         for stage, ms in timings.items():
             metrics[f"ms_{stage}"] = round(ms, 3)
-        result = FrameResult(path=prepared.path, status=status, reason=reason, metrics=metrics)
+        result = FrameResult(path=measured.path, status=status, reason=reason, metrics=metrics)
         s = self._session
         s.rows.append(result.row())
         if status == "stacked":
             s.n_stacked += 1
-            meta = prepared.meta
+            meta = measured.meta
             s.total_exposure += float(meta.exposure or 0.0)
-            for name in prepared.masters:
+            for name in measured.masters:
                 if name not in s.masters:
                     s.masters.append(name)
-            for note in prepared.notes:
+            for note in measured.notes:
                 if note not in s.notes:
                     s.notes.append(note)
             if not s.first_meta:
@@ -620,11 +603,11 @@ def _num(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _planes(prepared: Prepared) -> int:
+def _planes(measured: Measured) -> int:
     """Planes the frame will have on the reference grid: 3 for a CFA frame (demosaiced), else its own."""
-    if prepared.pattern is not None:
+    if measured.pattern is not None:
         return 3
-    return 1 if prepared.data is None or prepared.data.ndim == 2 else int(prepared.data.shape[0])
+    return 1 if measured.data is None or measured.data.ndim == 2 else int(measured.data.shape[0])
 
 
 

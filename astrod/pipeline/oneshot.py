@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -12,6 +11,7 @@ from pathlib import Path
 import structlog
 
 from astrod.errors import AstrodError
+from astrod.io.files import scratch_folder
 from astrod.io.frames import is_scratch, read_frame
 from astrod.io.headers import PathRule
 from astrod.library.progress import NoProgress, Progress
@@ -51,7 +51,7 @@ def stack_files(paths: Sequence[Path], settings: PipelineSettings, *, calibrator
     with contextlib.ExitStack() as cleanup:
         cache = cache_dir
         if cache is None and settings.final_rejection != "none":
-            cache = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="astrod-stack-")))
+            cache = cleanup.enter_context(scratch_folder("astrod-stack-"))
         stack = LiveStack(settings, calibrator=calibrator, cache_dir=cache)
         bar.start("stack", len(ordered))
         scratch = None  # one array every frame is read into (a calibrator may calibrate it in place)

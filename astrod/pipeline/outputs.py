@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from astropy.io import fits
 
 from astrod.core.stretch import auto_stretch
-from astrod.io.fits import write_fits
+from astrod.io.fits import Header, write_fits
 from astrod.io.previews import write_frames_table
 from astrod.io.previews import write_preview as write_image
 from astrod.io.provenance import Card, ParamValue, Provenance, ProvenanceCards, provenance_cards, write_cards
@@ -95,9 +94,9 @@ def stack_cards(session: Session, settings: PipelineSettings, *, reference: Refe
     return built
 
 
-def product_header(product: StackProduct) -> fits.Header:
+def product_header(product: StackProduct) -> Header:
     """The FITS header of a stack: its cards, then its HISTORY lines (cut at 72 characters)."""
-    return write_cards(fits.Header(), product.header, product.history)
+    return write_cards(Header(), product.header, product.history)
 
 
 def write_outputs(product: StackProduct, *, stack_path: Path, preview_path: Path | None = None,

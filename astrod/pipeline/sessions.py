@@ -54,11 +54,11 @@ class SessionKey:
                 "camera": self.camera, "gain": self.gain, "offset": self.offset, "binning": list(self.binning),
                 "bayer": self.bayer}
 
-    def record(self, meta: FrameMeta | None) -> dict[str, Any]:
+    def record(self, pointing: Pointing | None) -> dict[str, Any]:
         """The key as the journal stores it, with the pointing of the session's first light (``ra``/``dec``)."""
         out: dict[str, Any] = dict(self.as_dict())
-        out["ra"] = meta.ra if meta is not None else None
-        out["dec"] = meta.dec if meta is not None else None
+        out["ra"] = pointing.ra if pointing is not None else None
+        out["dec"] = pointing.dec if pointing is not None else None
         return out
 
     @classmethod
@@ -70,9 +70,25 @@ class SessionKey:
 
 @dataclass(frozen=True, slots=True)
 class Pointing:
+    """Where a session's first light pointed; later frames without OBJECT near it join its target."""
+
     target: str
     ra: float
     dec: float
+
+    @classmethod
+    def of(cls, key: SessionKey, meta: FrameMeta | None) -> Pointing | None:
+        """The pointing of a session's first light (None when its header has no RA/Dec)."""
+        if meta is None or meta.ra is None or meta.dec is None:
+            return None
+        return cls(key.target, meta.ra, meta.dec)
+
+    @classmethod
+    def from_record(cls, data: Mapping[str, Any]) -> Pointing | None:
+        """The pointing in a key as the journal stores it (`SessionKey.record`)."""
+        if data.get("ra") is None or data.get("dec") is None:
+            return None
+        return cls(data["target"], float(data["ra"]), float(data["dec"]))
 
 
 def angular_distance_deg(ra1: float, dec1: float, ra2: float, dec2: float) -> float:

@@ -12,7 +12,6 @@ of the plan's targets, once the daemon has taken in every frame the plan wrote.
 from __future__ import annotations
 
 import hashlib
-import io
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +25,8 @@ import structlog
 from astrod.config import CaptureConfig, CaptureStepConfig, Config
 from astrod.errors import ConfigError
 from astrod.io.atomic import atomic_write_bytes
+from astrod.io.files import read_text
+from astrod.io.fits import set_header_cards
 from astrod.io.journal import TERMINAL, Journal
 from astrod.io.plan_journal import PlanJournal, PlanRun
 from astrod.pipeline.sessions import slug
@@ -95,28 +96,13 @@ def plan_frames(plan: CaptureConfig, *, capture: Path, stamp: str) -> list[Plann
     return frames
 
 
-def fix_header(data: bytes, updates: Mapping[str, str]) -> bytes:
-    """The FITS file with these header cards set (unchanged bytes when they already hold these values)."""
-    from astropy.io import fits
-
-    with fits.open(io.BytesIO(data), do_not_scale_image_data=True) as hdul:
-        header = hdul[0].header
-        if all(str(header.get(k, "")).strip() == v for k, v in updates.items()):
-            return data
-        for key, value in updates.items():
-            header[key] = value
-        out = io.BytesIO()
-        hdul.writeto(out, output_verify="silentfix")
-    return out.getvalue()
-
-
 def load_plan(path: Path) -> CaptureConfig:
     """A capture plan from a TOML file written like the config's ``[capture]`` section (``name`` and
     ``[[capture.steps]]``); the same validation, every problem at once."""
     from astrod.config import parse_config
 
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
     except OSError as err:
         raise ConfigError([f"{path}: cannot read: {err.strerror or err}"]) from err
     config = parse_config(text, base=path.resolve().parent, source=str(path))
@@ -487,7 +473,7 @@ class CaptureRunner:
                 updates["OBJECT"] = step.target
             if step.frame == "darkflat":
                 updates["IMAGETYP"] = "Dark Flat"  # INDI has no dark-flat frame type: it takes a dark
-            data = fix_header(result.data, updates) if updates else result.data
+            data = set_header_cards(result.data, updates) if updates else result.data
             atomic_write_bytes(frame.path, data)
             path = frame.path
         else:

@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
-    from astrod.config import load_config
+    from astrod.io.config_file import load_config
     from astrod.service.capture import Backoff, CaptureRunner, load_plan
     from astrod.service.indi import pyindi_available
     from astrod.service.logging import configure_logging

@@ -45,7 +45,7 @@ class CloseClock:
         if self.next_dawn is not None:
             log.info("dawn_scheduled", at=self.next_dawn.isoformat())
 
-    def touch(self, session: str) -> None:
+    def mark_active(self, session: str) -> None:
         """A frame arrived for ``session`` (or it opened): its idle time starts again."""
         with self._lock:
             self._activity[session] = self._mono()

@@ -28,8 +28,9 @@ from typing import Any
 import structlog
 
 from astrod import __version__
-from astrod.config import Config, load_config
+from astrod.config import Config
 from astrod.errors import AstrodError, ConfigError, LibraryError
+from astrod.io.config_file import load_config
 from astrod.io.control import ControlInbox
 from astrod.io.files import ensure_folder
 from astrod.io.headers import rules_from_config
@@ -237,11 +238,12 @@ class Daemon:
                          close_reason: str | None = None) -> SessionWorker:
         """A worker for a session the journal has open, with the frames queued for it."""
         key = SessionKey.from_record(key_data)
-        worker = self._make_worker(sid, key, info.get("label", sid), Path(info.get("output", self.paths.output / sid)))
+        worker = self._make_worker(sid, key, Pointing.from_record(key_data), info.get("label", sid),
+                                   Path(info.get("output", self.paths.output / sid)))
         self._keys[key] = sid
         for f in self.journal.files(session=sid, status=["queued"]):
             worker.enqueue(Path(f.path), f.arrival)
-        self._closes.touch(sid)
+        self._closes.mark_active(sid)
         if close_reason is not None:  # a close was under way when astrod stopped: it is done now
             self.close_session(sid, close_reason)
         return worker
@@ -512,8 +514,7 @@ class Daemon:
             log.warning("frame_date_implausible", frame=str(path), date_obs=str(light.meta.date_obs))
             self.problems.error(str(path), light.date_note)
         with self._lock:
-            pointings = [Pointing(w.key["target"], w.key["ra"], w.key["dec"]) for w in self.workers.values()
-                         if w.key.get("ra") is not None and not w.closing]
+            pointings = [w.pointing for w in self.workers.values() if w.pointing is not None and not w.closing]
         decision = route(path, light.meta, pointings=pointings,
                          radius_arcmin=self.config.session.pointing_radius_arcmin, longitude=self.config.site.longitude)
         if isinstance(decision, Rejected):
@@ -522,7 +523,7 @@ class Daemon:
         worker = self._session_for(decision.key, light.meta)
         self.journal.set_file(path, status="queued", kind="light", session=worker.id)
         worker.enqueue(path, arrival)
-        self._closes.touch(worker.id)
+        self._closes.mark_active(worker.id)
 
     def _session_for(self, key: SessionKey, meta: FrameMeta) -> SessionWorker:
         with self._lock:
@@ -540,18 +541,17 @@ class Daemon:
                 out = out.with_name(f"{out.name}_{n}")
             label = f"{key.target}/{key.filter or 'no filter'}"
             info = {"label": label, "output": str(out)}
-            self.journal.open_session(sid, key.record(meta), info)
-            worker = self._make_worker(sid, key, label, out, meta=meta)
+            pointing = Pointing.of(key, meta)
+            self.journal.open_session(sid, key.record(pointing), info)
+            worker = self._make_worker(sid, key, pointing, label, out)
             self._keys[key] = sid
             log.info("session_opened", session=sid, target=key.target, filter=key.filter, output=str(out))
             return worker
 
-    def _make_worker(self, sid: str, key: SessionKey, label: str, output: Path,
-                     meta: FrameMeta | None = None) -> SessionWorker:
-        record = self.journal.session(sid)
-        stored = record.key if record is not None else key.record(meta)
+    def _make_worker(self, sid: str, key: SessionKey, pointing: Pointing | None, label: str,
+                     output: Path) -> SessionWorker:
         worker = SessionWorker(
-            session_id=sid, label=label, key=stored,
+            session_id=sid, label=label, key=key, pointing=pointing,
             paths=SessionPaths(output=output, state=self.paths.session_state(sid)), journal=self.journal,
             settings=self._pipeline_settings(), calibrator=self._calibrator(),
             checkpoint_every=self.config.session.checkpoint_every,

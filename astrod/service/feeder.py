@@ -6,11 +6,12 @@ the way careful capture programs publish a finished frame.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from astrod.io.files import move_file
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +41,7 @@ class Feeder:
             for step in self._steps:
                 if self._stop.wait(step.delay):
                     return
-                step.target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(step.source, step.target)
+                move_file(step.source, step.target)
                 if self._on_fed is not None:
                     self._on_fed(step)
         finally:

@@ -12,10 +12,11 @@ import os
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import time
 from pathlib import Path
+
+from astrod.io.files import appending, ensure_folder, install_executable, read_tail
 
 FAKE_GSC = Path(__file__).resolve().parents[1] / "demo" / "bin" / "gsc"
 CAMERA = "CCD Simulator"
@@ -48,22 +49,20 @@ class IndiServer:
     def __init__(self, root: Path, *, drivers: tuple[str, ...] = ("indi_simulator_ccd", "indi_simulator_telescope"),
                  port: int | None = None) -> None:
         self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
+        ensure_folder(self.root)
         self.port = port or free_port()
         self.drivers = drivers
         self.log = root / "indiserver.log"
         self.home = root / "home"
-        self.home.mkdir(exist_ok=True)
+        ensure_folder(self.home)
         self.bin = root / "bin"
-        self.bin.mkdir(exist_ok=True)
-        gsc = self.bin / "gsc"
-        shutil.copyfile(FAKE_GSC, gsc)
-        gsc.chmod(gsc.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        ensure_folder(self.bin)
+        install_executable(FAKE_GSC, self.bin / "gsc")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> IndiServer:
         env = {**os.environ, "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}", "HOME": str(self.home)}
-        with self.log.open("ab") as log:
+        with appending(self.log) as log:
             self.proc = subprocess.Popen(
                 ["indiserver", "-p", str(self.port), "-r", "0", "-u", str(self.root / f"indi-{self.port}.sock"),
                  *self.drivers], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root,
@@ -76,7 +75,7 @@ class IndiServer:
         deadline = time.monotonic() + timeout
         while True:
             if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError(f"indiserver exited: {self.log.read_text(errors='replace')[-2000:]}")
+                raise RuntimeError(f"indiserver exited: {read_tail(self.log, 2000)}")
             result = subprocess.run(["indi_setprop", "-p", str(self.port), "-t", "2", assignment],
                                     capture_output=True, text=True, timeout=30, check=False)
             if result.returncode == 0:

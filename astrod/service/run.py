@@ -11,8 +11,9 @@ from pathlib import Path
 
 import structlog
 
-from astrod.config import Config, load_config
+from astrod.config import Config
 from astrod.errors import ConfigError
+from astrod.io.config_file import load_config
 from astrod.io.state_lock import StateLocked
 from astrod.service.daemon import RESTART, Daemon, StoppedBeforeStart
 

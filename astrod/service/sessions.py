@@ -35,7 +35,7 @@ from astrod.model import Frame
 from astrod.pipeline.ingest import ReadOptions
 from astrod.pipeline.live import TABLE_COLUMNS, Calibrator, LiveStack, PipelineSettings
 from astrod.pipeline.outputs import FRAMES, SESSION, write_preview, write_session_outputs
-from astrod.pipeline.sessions import plausible_date
+from astrod.pipeline.sessions import Pointing, SessionKey, plausible_date
 from astrod.service.queue_thread import QueueThread
 
 log = structlog.get_logger()
@@ -118,7 +118,8 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
     """Owns one session's LiveStack and thread. All methods but the thread's hooks (`handle`, `idle`,
     `stopping`) are called from other threads; what they share is behind ``_state_lock``."""
 
-    def __init__(self, *, session_id: str, label: str, key: dict[str, Any], paths: SessionPaths, journal: Journal,
+    def __init__(self, *, session_id: str, label: str, key: SessionKey, pointing: Pointing | None,
+                 paths: SessionPaths, journal: Journal,
                  settings: PipelineSettings, calibrator: Calibrator | None,
                  checkpoint_every: int, preview_every_frames: int, preview_every_seconds: float,
                  checkpoint_seconds: float = 600.0,
@@ -130,6 +131,7 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
         self.id = session_id
         self.label = label
         self.key = key
+        self.pointing = pointing
         self.paths = paths
         self._journal = journal
         self._settings = settings
@@ -423,7 +425,7 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
         target = self.paths.checkpoint(seq)
         info = self._stats_info()
         # the session's identity rides along, so that a lost journal can be rebuilt from the checkpoints
-        self._live.save(target, extra={"session": {"id": self.id, "key": self.key, "info": info}})
+        self._live.save(target, extra={"session": {"id": self.id, "key": self.key.record(self.pointing), "info": info}})
         self._journal.commit_checkpoint(self.id, checkpoint=target, seq=seq, frames=self._pending, info=info)
         old = self.paths.checkpoint(self._seq)
         self._seq = seq
@@ -492,7 +494,7 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
         timings = self.stats.timings_ms
         rows = self._live.rows
         summary: dict[str, Any] = {
-            "session": self.id, "label": self.label, "key": self.key, "closed_because": why,
+            "session": self.id, "label": self.label, "key": self.key.record(self.pointing), "closed_because": why,
             "stacked": self.stats.stacked, "rejected": self.stats.rejected,
             "total_exposure_s": self.stats.exposure, "rejections": self.stats.rejections,
             "rejected_frames": [{"path": r.get("path"), "reason": r.get("reason")} for r in rows

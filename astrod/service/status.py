@@ -34,8 +34,8 @@ def file_counts(counts: dict[str, int], workers: list[SessionWorker]) -> dict[st
 
 
 def session_entry(w: SessionWorker) -> dict[str, Any]:
-    return {"id": w.id, "label": w.label, "target": w.key.get("target"), "filter": w.key.get("filter"),
-            "night": w.key.get("night"), "stacked": w.stats.stacked, "rejected": w.stats.rejected,
+    return {"id": w.id, "label": w.label, "target": w.key.target, "filter": w.key.filter,
+            "night": w.key.night.isoformat(), "stacked": w.stats.stacked, "rejected": w.stats.rejected,
             "total_exposure_s": w.stats.exposure, "queue": w.queue_length, "last_frame": w.stats.last_metrics,
             "rejections": w.stats.rejections, "output": str(w.paths.output), "closing": w.closing,
             "problems": w.problems}

@@ -29,6 +29,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from astrod.io.files import ensure_folder, files_oldest_first
 from astrod.io.frames import is_frame_name
 from astrod.service.queue_thread import QueueThread
 
@@ -63,20 +64,7 @@ def scan_folders(settings: WatchSettings) -> Iterator[Path]:
 
     Symlinked folders are not followed, so a symlink loop cannot trap the scan.
     """
-    found: list[tuple[float, Path]] = []
-    for folder in settings.folders:
-        if not folder.is_dir():
-            continue
-        for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in filenames:
-                path = Path(dirpath) / name
-                if is_candidate(path, settings):
-                    try:
-                        found.append((path.lstat().st_mtime, path))
-                    except OSError:
-                        continue
-    yield from (p for _, p in sorted(found))
+    yield from files_oldest_first(settings.folders, keep=lambda path: is_candidate(path, settings))
 
 
 @dataclass(slots=True)
@@ -146,7 +134,7 @@ class FolderWatcher:
                                   else Observer())
         handler = _Handler(self._settle)
         for folder in self._settings.folders:
-            folder.mkdir(parents=True, exist_ok=True)
+            ensure_folder(folder)
             observer.schedule(handler, str(folder), recursive=True)
         observer.daemon = True
         observer.start()

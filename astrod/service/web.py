@@ -16,7 +16,6 @@ import contextlib
 import hmac
 import json
 import math
-import shutil
 import socket
 import threading
 import time
@@ -25,7 +24,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -33,6 +31,7 @@ from urllib.parse import quote, unquote
 import structlog
 
 from astrod.config import Config
+from astrod.io.files import folder_files, open_for_reading, package_bytes
 from astrod.io.journal import Journal
 
 log = structlog.get_logger()
@@ -222,24 +221,15 @@ class WebServer:
         if not folder.is_relative_to(root) or not folder.is_dir():
             return {}
         files: dict[str, dict[str, Any]] = {}
-        try:
-            entries = sorted(folder.iterdir())
-        except OSError:
-            return {}
-        for entry in entries:
+        for entry in folder_files(folder):
             if len(files) >= self.limits.max_files_per_session:
                 break
-            if entry.name.startswith(".") or entry.suffix.lower() not in _FILE_TYPES:
+            if entry.path.name.startswith(".") or entry.path.suffix.lower() not in _FILE_TYPES:
                 continue  # temporaries of atomic writes, and anything we do not serve as a known type
-            try:
-                st = entry.stat()
-                real = entry.resolve()
-            except OSError:
+            if not entry.real.is_relative_to(root):
                 continue
-            if not entry.is_file() or not real.is_relative_to(root):
-                continue
-            rel = real.relative_to(root).as_posix()
-            files[entry.name] = {"url": "/files/" + quote(rel), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+            rel = entry.real.relative_to(root).as_posix()
+            files[entry.path.name] = {"url": "/files/" + quote(rel), "size": entry.size, "mtime_ns": entry.mtime_ns}
         return files
 
     def resolve_file(self, raw: str) -> Path | None:
@@ -286,7 +276,7 @@ class WebServer:
 
 
 def _static_bytes(name: str) -> bytes:
-    return resources.files("astrod.service").joinpath("web_static", name).read_bytes()
+    return package_bytes("astrod.service", "web_static", name)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -414,12 +404,11 @@ class _Handler(BaseHTTPRequestHandler):
             content_type = content_type or "application/octet-stream"
             extra["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(target.name)}"
         try:
-            handle = target.open("rb")
+            handle, size = open_for_reading(target)
         except OSError:
             self._error(HTTPStatus.NOT_FOUND, "not found", head=head)
             return
         with handle:
-            size = Path(target).stat().st_size
             self.send_response(200)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(size))
@@ -430,7 +419,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header(key, value)
             self.end_headers()
             if not head:
-                shutil.copyfileobj(handle, self.wfile, length=size if size < 1 << 20 else 1 << 20)
+                while chunk := handle.read(1 << 20):
+                    self.wfile.write(chunk)
 
     def do_POST(self) -> None:
         path = self._target()

@@ -62,44 +62,7 @@ def _scene(session: synth.Session, *, transform: Transform | None = None, catalo
     return scene
 
 
-def _state_bytes(stack: LiveStack, tmp: Path) -> bytes:
-    target = tmp / "state.npz"
-    stack.save(target)
-    return target.read_bytes()
-
-
 # ------------------------------------------------------------------------------------------ stages
-
-
-def test_pipelined_stages_give_the_serial_result(session: synth.Session) -> None:
-    """prepare(N+1) before accumulate(N), as the service overlaps them, gives the serial stack bit for bit."""
-    frames = _frames(session)[:8]
-    serial = LiveStack(PipelineSettings())
-    for f in frames:
-        serial.process(f)
-    piped = LiveStack(PipelineSettings())
-    pending = piped.prepare(frames[0])
-    for f in frames[1:]:
-        nxt = piped.prepare(f)
-        piped.accumulate(pending)
-        pending = nxt
-    piped.accumulate(pending)
-    a, b = serial.finalize(), piped.finalize()
-    assert np.array_equal(a.image, b.image, equal_nan=True)
-    assert a.rows == b.rows
-    assert piped.n_stacked == 8
-
-
-def test_prepare_does_not_change_the_session(session: synth.Session, tmp_path: Path) -> None:
-    """prepare only reads the session: the saved state is byte-identical before and after it."""
-    frames = _frames(session)
-    stack = LiveStack(PipelineSettings())
-    for f in frames[:3]:
-        stack.process(f)
-    before = _state_bytes(stack, tmp_path)
-    prepared = stack.prepare(frames[3])
-    assert prepared.registration is not None and prepared.reason is None
-    assert _state_bytes(stack, tmp_path) == before
 
 
 def test_registration_and_table_row(session: synth.Session) -> None:
@@ -551,22 +514,6 @@ def test_checkpoint_across_the_repick_is_bit_identical(repick_frames: list[Frame
     assert a.image.tobytes() == b.image.tobytes()
     assert a.rows == b.rows and a.history == b.history
     assert {k: v for k, v in a.header.items() if k != "DATE"} == {k: v for k, v in b.header.items() if k != "DATE"}
-
-
-def test_pipelined_stages_across_the_repick_give_the_serial_result(repick_frames: list[Frame]) -> None:
-    """A frame prepared against the old reference while the re-pick happens is registered again on the new one:
-    prepare(N+1) before accumulate(N) gives the serial stack bit for bit."""
-    serial = _stacked(repick_frames[:8], PipelineSettings())
-    piped = LiveStack(PipelineSettings())
-    pending = piped.prepare(repick_frames[0])
-    for f in repick_frames[1:8]:
-        nxt = piped.prepare(f)
-        piped.accumulate(pending)
-        pending = nxt
-    piped.accumulate(pending)
-    a, b = serial.finalize(), piped.finalize()
-    assert piped.reference_path == "f03.fits"
-    assert np.array_equal(a.image, b.image, equal_nan=True) and a.rows == b.rows
 
 
 def test_star_poor_frame_is_registered_by_phase_correlation_after_the_repick(

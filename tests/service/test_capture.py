@@ -17,7 +17,8 @@ import pytest
 from astropy.io import fits
 from structlog.testing import capture_logs
 
-from astrod.config import CaptureConfig, CaptureStepConfig, Config, load_config
+from astrod.config import CaptureConfig, CaptureStepConfig, Config
+from astrod.io.config_file import load_config
 from astrod.io.plan_journal import PlanJournal
 from astrod.service.capture import Backoff, CaptureRunner, frame_path, plan_digest, plan_frames
 from astrod.service.daemon import Daemon

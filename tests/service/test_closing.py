@@ -36,7 +36,7 @@ def test_idle_close_counts_monotonic_seconds_not_wall_clock_jumps() -> None:
     idle (nor does a -2 h jump delay it); it is reported at exactly ``idle_s`` and not a second before."""
     clocks = Clocks(EVENING)
     closes = make(clocks, idle_s=600.0, dawn=False)
-    closes.touch("m31")
+    closes.mark_active("m31")
     clocks.tick(1.0)
     clocks.jump(timedelta(hours=2))
     assert closes.check(busy=never_busy).idle == ()
@@ -54,10 +54,10 @@ def test_a_frame_restarts_the_idle_time_and_forget_drops_the_session() -> None:
     """touch() starts the idle time again; a forgotten (closed) session is never reported."""
     clocks = Clocks(EVENING)
     closes = make(clocks, idle_s=60.0, dawn=False)
-    closes.touch("a")
-    closes.touch("b")
+    closes.mark_active("a")
+    closes.mark_active("b")
     clocks.tick(50.0)
-    closes.touch("a")
+    closes.mark_active("a")
     clocks.tick(10.0)
     assert closes.check(busy=never_busy).idle == ("b",)
     closes.forget("b")
@@ -72,7 +72,7 @@ def test_a_busy_session_is_not_closed_until_its_queue_is_empty() -> None:
     emptied, without another idle period."""
     clocks = Clocks(EVENING)
     closes = make(clocks, idle_s=60.0, dawn=False)
-    closes.touch("a")
+    closes.mark_active("a")
     busy = {"a": True}
     clocks.tick(3600.0)
     asked: list[str] = []
@@ -142,7 +142,7 @@ def test_a_boot_at_1970_then_ntp_does_not_close_and_finds_the_real_next_dawn() -
     clocks = Clocks(datetime(1970, 1, 1, 0, 0, 10, tzinfo=UTC), mono=12.0)
     closes = make(clocks, idle_s=600.0)
     assert closes.next_dawn == datetime(1970, 1, 1, 6, 0, tzinfo=UTC)
-    closes.touch("m31")
+    closes.mark_active("m31")
     clocks.tick(5.0)
     clocks.set_wall(datetime(2026, 12, 3, 20, 0, tzinfo=UTC))
     decision = closes.check(busy=never_busy)
@@ -183,7 +183,7 @@ def test_reconfigure_applies_the_new_idle_time_at_once_and_recomputes_the_dawn()
     next check; a new dawn function (the site removed) applies at once too."""
     clocks = Clocks(EVENING)
     closes = make(clocks, idle_s=3600.0)
-    closes.touch("m31")
+    closes.mark_active("m31")
     clocks.tick(120.0)
     assert closes.check(busy=never_busy).idle == ()
     closes.reconfigure(idle_s=60.0, dawn_after=lambda _: None)
