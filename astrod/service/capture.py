@@ -141,9 +141,7 @@ class DaemonLike(Protocol):
 
     def busy(self) -> bool: ...
 
-    def status(self, *, running: bool = True) -> dict[str, Any]: ...
-
-    def close_session(self, sid: str, why: str) -> bool: ...
+    def close_sessions_of(self, targets: set[str], why: str) -> None: ...
 
 
 class CaptureRunner:
@@ -187,9 +185,7 @@ class CaptureRunner:
         """A runner wired to a daemon: at the plan's end, once the daemon has taken in every frame the plan wrote,
         the sessions of the plan's targets are closed (final stacks)."""
         def close_targets(targets: set[str]) -> None:
-            for session in daemon.status().get("sessions", []):
-                if session.get("target") in targets and not session.get("closing"):
-                    daemon.close_session(str(session["id"]), "capture plan finished")
+            daemon.close_sessions_of(targets, "capture plan finished")
 
         return cls(daemon.config, on_plan_end=close_targets, settled=journal_settled(daemon.journal, daemon.busy),
                    **kwargs)

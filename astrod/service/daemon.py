@@ -589,6 +589,13 @@ class Daemon:
         log.info("library_updated", masters=len(report.masters), skipped=len(report.skipped))
 
     # ----------------------------------------------------------------------------------- closing
+    def close_sessions_of(self, targets: set[str], why: str) -> None:
+        """Close the open sessions of these targets (a capture plan's, at its end)."""
+        with self._lock:
+            ids = [sid for sid, w in self.workers.items() if w.key.target in targets and not w.closing]
+        for sid in ids:
+            self.close_session(sid, why)
+
     def close_session(self, sid: str, why: str) -> bool:
         with self._lock:
             worker = self.workers.get(sid)
