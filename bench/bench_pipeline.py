@@ -2,8 +2,9 @@
 
 For each size (12.6 MP 4096×3072 and 26 MP 6248×4176 by default) it writes a 20-frame synthetic mono session
 (uint16 BZERO FITS like a camera's: Gaussian stars, sky gradient, vignetting, dark current, hot pixels, bias,
-shot and read noise; shifts up to ±50 px and rotations up to ±1°) with a master dark and a master flat, then
-in a fresh process runs every frame through astrod's `LiveStack` (read, calibrate, detect, register, warp,
+shot and read noise; shifts up to ±50 px and rotations up to ±1°) with a master dark and a master flat (with
+``--colour``: raw RGGB mosaics of a one-shot-colour camera, debayered and stacked as RGB), then in a fresh
+process runs every frame through astrod's `LiveStack` (read, calibrate, detect, register, warp,
 accumulate) with a preview every 5 frames, and prints per stage the median and worst ms per frame and the
 peak RSS. When ``siril-cli`` is on the PATH it then runs siril on the same files in the same run
 (preprocess with the same masters, register, ``stack rej 3 3 -norm=addscale``) and prints the ratio.
@@ -72,8 +73,13 @@ def _render(width: int, height: int, xy: npt.NDArray[np.float64], flux: npt.NDAr
     return img
 
 
-def generate(folder: Path, width: int, height: int, *, n_frames: int, seed: int) -> None:
-    """Write ``n_frames`` lights and the master dark and flat into ``folder``."""
+# A colour (OSC) sensor's response behind its RGGB filters, relative to green.
+CFA_RESPONSE = np.array([[0.8, 1.0], [1.0, 0.6]], dtype=np.float32)
+
+
+def generate(folder: Path, width: int, height: int, *, n_frames: int, seed: int, colour: bool = False) -> None:
+    """Write ``n_frames`` lights and the master dark and flat into ``folder``; with ``colour``, raw RGGB
+    mosaics of a one-shot-colour camera (BAYERPAT in the header) instead of mono frames."""
     from astropy.io import fits
 
     rng = np.random.default_rng(seed)
@@ -111,6 +117,8 @@ def generate(folder: Path, width: int, height: int, *, n_frames: int, seed: int)
         pos = ref @ inv[:2, :2].T + inv[:2, 2]
         electrons = _render(width, height, pos, sflux, fwhm=rng.uniform(3.2, 3.8), sky=gradient)
         electrons *= flat
+        if colour:  # each pixel sees its filter's share of the (grey) sky and stars
+            electrons.reshape(height // 2, 2, width // 2, 2)[...] *= CFA_RESPONSE[None, :, None, :]
         signal = electrons + (dark - np.float32(bias))
         noise = rng.standard_normal((height, width), dtype=np.float32)
         noise *= np.sqrt(np.maximum(signal, 0.0) + np.float32(rn * rn))
@@ -123,6 +131,8 @@ def generate(folder: Path, width: int, height: int, *, n_frames: int, seed: int)
         hdu.header["EXPTIME"] = exposure
         hdu.header["OBJECT"] = "BENCH"
         hdu.header["FILTER"] = "L"
+        if colour:
+            hdu.header["BAYERPAT"] = "RGGB"
         hdu.header["DATE-OBS"] = f"2024-10-05T21:{i // 2:02d}:{(i % 2) * 30:02d}.000"
         hdu.writeto(lights / f"light_{i:04d}.fit", overwrite=True)
         print(f"  wrote {lights / f'light_{i:04d}.fit'}", file=sys.stderr, flush=True)
@@ -213,17 +223,18 @@ SIRIL_SCRIPT = """requires 0.99.4
 cd lights
 convert light -out=../process
 cd ../process
-preprocess light -dark=../masters/master_dark -flat=../masters/master_flat
+preprocess light -dark=../masters/master_dark -flat=../masters/master_flat{debayer}
 register pp_light
 stack r_pp_light rej 3 3 -norm=addscale -out=../siril_result
 close
 """
 
 
-def run_siril(folder: Path, siril: str) -> dict[str, Any]:
-    """siril-cli on the same lights and masters: wall time of the whole script and its peak RSS."""
+def run_siril(folder: Path, siril: str, *, colour: bool = False) -> dict[str, Any]:
+    """siril-cli on the same lights and masters (debayered after calibration for colour frames): wall time of
+    the whole script and its peak RSS."""
     shutil.rmtree(folder / "process", ignore_errors=True)
-    (folder / "bench.ssf").write_text(SIRIL_SCRIPT, encoding="utf-8")
+    (folder / "bench.ssf").write_text(SIRIL_SCRIPT.format(debayer=" -debayer" if colour else ""), encoding="utf-8")
     import psutil
 
     env = dict(os.environ, HOME=str(folder), XDG_CONFIG_HOME=str(folder / ".config"))
@@ -270,13 +281,15 @@ def main() -> None:
     parser.add_argument("--workdir", help="folder for the synthetic files (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the files (reused by a later run)")
     parser.add_argument("--no-siril", action="store_true", help="do not run siril-cli even if installed")
-    parser.add_argument("--child-generate", nargs=3, metavar=("DIR", "W", "H"), help=argparse.SUPPRESS)
+    parser.add_argument("--colour", action="store_true",
+                        help="one-shot-colour frames (raw RGGB mosaics, debayered and stacked as RGB)")
+    parser.add_argument("--child-generate", nargs=4, metavar=("DIR", "W", "H", "COLOUR"), help=argparse.SUPPRESS)
     parser.add_argument("--child-astrod", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child_generate:
         folder, w, h = Path(args.child_generate[0]), int(args.child_generate[1]), int(args.child_generate[2])
-        generate(folder, w, h, n_frames=N_FILES, seed=w * h % 100003)
+        generate(folder, w, h, n_frames=N_FILES, seed=w * h % 100003, colour=args.child_generate[3] == "1")
         print(json.dumps({"ok": True}))
         return
     if args.child_astrod:
@@ -292,13 +305,14 @@ def main() -> None:
     try:
         for size in args.sizes:
             width, height = SIZES[size]
-            folder = root / f"{width}x{height}"
+            folder = root / f"{width}x{height}{'-osc' if args.colour else ''}"
+            label = f"{size} MP ({width}×{height}{', OSC' if args.colour else ''})"
             if not (folder / "lights" / f"light_{N_FILES - 1:04d}.fit").exists():
                 t0 = time.perf_counter()
-                _child(["--child-generate", str(folder), str(width), str(height)])
-                print(f"\n{size} MP ({width}×{height}): generated {N_FILES} frames in {time.perf_counter() - t0:.0f} s")
+                _child(["--child-generate", str(folder), str(width), str(height), "1" if args.colour else "0"])
+                print(f"\n{label}: generated {N_FILES} frames in {time.perf_counter() - t0:.0f} s")
             else:
-                print(f"\n{size} MP ({width}×{height}): reusing {folder}")
+                print(f"\n{label}: reusing {folder}")
             r = _child(["--child-astrod", str(folder), "--frames", str(args.frames),
                         "--preview-every", str(args.preview_every)])
             t = r["times"]
@@ -317,7 +331,7 @@ def main() -> None:
                   f"({r['peak_rss_mb'] * 2**20 / 1e9:.2f} GB); peak RSS after n frames: "
                   + ", ".join(f"{k}: {v:.0f} MiB" for k, v in r["rss_mb"].items()))
             if siril:
-                s = run_siril(folder, siril)
+                s = run_siril(folder, siril, colour=args.colour)
                 if s["ok"]:
                     per = s["seconds"] / N_FILES
                     ours = statistics.median(t["total"]) / 1e3

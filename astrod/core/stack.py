@@ -128,6 +128,54 @@ def _t_expansion(kappa: float) -> tuple[float, float, float, float, float]:
             (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160.0)
 
 
+@numba.njit(inline="always", fastmath=False, error_model="numpy")
+def _accumulate_row(frame: FloatArray, mask: npt.NDArray[np.uint8], r: int, mr: int, use_mask: bool,
+                    weight: float, offset: float, scale: float, reject: bool, t0: float, g1: float, g2: float,
+                    g3: float, g4: float, min_nf: float, mean: FloatArray, m2: FloatArray, wsum: FloatArray,
+                    use_wsum: bool, count: npt.NDArray[np.uint16],
+                    rejected: npt.NDArray[np.uint16]) -> tuple[np.int32, np.int32]:  # pragma: no cover - compiled
+    """One row of `_accumulate`: (accepted, rejected) pixels."""
+    # Branch-free body (selects, unconditional stores of unchanged values) so that LLVM vectorises it.
+    cols = frame.shape[1]
+    n_acc = np.int32(0)
+    n_rej = np.int32(0)
+    for c in range(cols):
+        x = np.float64(frame[r, c])
+        ok = x - x == 0.0  # finite
+        if use_mask:
+            ok = ok & (mask[mr, c] != 0)
+        ni = np.int32(count[r, c])
+        nf = np.float64(ni)
+        k = np.int32(rejected[r, c])
+        mu = np.float64(mean[r, c])
+        s = np.float64(m2[r, c])
+        w_tot = np.float64(wsum[r, c]) if use_wsum else nf
+        v = x * scale + offset
+        d = v - mu
+        # prediction-interval test d² > t²·(1 + 1/n)·σ² with σ² = s/w_tot·n/(n-1) and t = P(ν)/ν⁴,
+        # ν = n - 1, multiplied out so that it needs no division
+        nu = nf - 1.0
+        p = (((t0 * nu + g1) * nu + g2) * nu + g3) * nu + g4
+        nu2 = nu * nu
+        nu4 = nu2 * nu2
+        rej = ok & reject & (nf >= min_nf) & (d * d * w_tot * (nu4 * nu4 * nu) > p * p * s * (nf + 1.0))
+        take = ok ^ rej
+        wa = weight if take else 0.0
+        w_new = w_tot + wa
+        mu_new = mu + d * (wa / w_new) if take else mu
+        s_new = s + wa * d * (v - mu_new) if take else s
+        mean[r, c] = mu_new
+        m2[r, c] = s_new
+        if use_wsum:
+            wsum[r, c] = w_new
+        count[r, c] = ni + np.int32(take)
+        k += np.int32(rej)
+        rejected[r, c] = k if k < 65535 else 65535
+        n_acc += np.int32(take)
+        n_rej += np.int32(rej)
+    return n_acc, n_rej
+
+
 @numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _accumulate(frame: FloatArray, mask: npt.NDArray[np.uint8], use_mask: bool, weight: float,
                 offset: float, scale: float, reject: bool, t0: float, g1: float, g2: float, g3: float,
@@ -135,50 +183,28 @@ def _accumulate(frame: FloatArray, mask: npt.NDArray[np.uint8], use_mask: bool, 
                 count: npt.NDArray[np.uint16], rejected: npt.NDArray[np.uint16],
                 row_accepted: npt.NDArray[np.int64],
                 row_rejected: npt.NDArray[np.int64]) -> None:  # pragma: no cover - compiled
-    # Branch-free body (selects, unconditional stores of unchanged values) so that LLVM vectorises it.
-    rows, cols = frame.shape
+    # The row is inlined with use_mask and use_wsum as constants, one copy per combination: a flag tested
+    # inside the pixel loop kept LLVM from vectorising it (scalar divisions; 1.4–2.7x slower).
+    rows = frame.shape[0]
     mask_rows = mask.shape[0]
     min_nf = np.float64(min_n)
     for r in numba.prange(rows):
         mr = r % mask_rows
-        n_acc = np.int32(0)
-        n_rej = np.int32(0)
-        for c in range(cols):
-            x = np.float64(frame[r, c])
-            ok = x - x == 0.0  # finite
-            if use_mask:
-                ok = ok & (mask[mr, c] != 0)
-            ni = np.int32(count[r, c])
-            nf = np.float64(ni)
-            k = np.int32(rejected[r, c])
-            mu = np.float64(mean[r, c])
-            s = np.float64(m2[r, c])
-            w_tot = np.float64(wsum[r, c]) if use_wsum else nf
-            v = x * scale + offset
-            d = v - mu
-            # prediction-interval test d² > t²·(1 + 1/n)·σ² with σ² = s/w_tot·n/(n-1) and t = P(ν)/ν⁴,
-            # ν = n - 1, multiplied out so that it needs no division
-            nu = nf - 1.0
-            p = (((t0 * nu + g1) * nu + g2) * nu + g3) * nu + g4
-            nu2 = nu * nu
-            nu4 = nu2 * nu2
-            rej = ok & reject & (nf >= min_nf) & (d * d * w_tot * (nu4 * nu4 * nu) > p * p * s * (nf + 1.0))
-            take = ok ^ rej
-            wa = weight if take else 0.0
-            w_new = w_tot + wa
-            mu_new = mu + d * (wa / w_new) if take else mu
-            s_new = s + wa * d * (v - mu_new) if take else s
-            mean[r, c] = mu_new
-            m2[r, c] = s_new
+        if use_mask:
             if use_wsum:
-                wsum[r, c] = w_new
-            count[r, c] = ni + np.int32(take)
-            k += np.int32(rej)
-            rejected[r, c] = k if k < 65535 else 65535
-            n_acc += np.int32(take)
-            n_rej += np.int32(rej)
-        row_accepted[r] = n_acc
-        row_rejected[r] = n_rej
+                a, j = _accumulate_row(frame, mask, r, mr, True, weight, offset, scale, reject, t0, g1, g2, g3,
+                                       g4, min_nf, mean, m2, wsum, True, count, rejected)
+            else:
+                a, j = _accumulate_row(frame, mask, r, mr, True, weight, offset, scale, reject, t0, g1, g2, g3,
+                                       g4, min_nf, mean, m2, wsum, False, count, rejected)
+        elif use_wsum:
+            a, j = _accumulate_row(frame, mask, r, mr, False, weight, offset, scale, reject, t0, g1, g2, g3, g4,
+                                   min_nf, mean, m2, wsum, True, count, rejected)
+        else:
+            a, j = _accumulate_row(frame, mask, r, mr, False, weight, offset, scale, reject, t0, g1, g2, g3, g4,
+                                   min_nf, mean, m2, wsum, False, count, rejected)
+        row_accepted[r] = a
+        row_rejected[r] = j
 
 
 class Stacker:
