@@ -15,6 +15,7 @@ from astrod import __version__
 from astrod.config import Config, report_config_error
 from astrod.errors import AstrodError, ConfigError
 from astrod.io.config_file import load_config, load_config_or_exit
+from astrod.io.kernel_cache import notice_if_cold
 from astrod.library.commands import format_cell, table_lines
 from astrod.library.commands import register as register_library
 from astrod.pipeline.commands import register as register_stack
@@ -113,6 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problems:
         return report_config_error(ConfigError(problems))
     configure_logging(level=config.log.level, fmt=config.log.format)
+    notice_if_cold()
     return run_daemon(config, config_path=Path(args.config) if args.config else None)
 
 
@@ -284,9 +286,24 @@ def cmd_session_close(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from astrod.demo import run_demo, run_indi_demo
 
+    notice_if_cold()
     if args.indi:
         return run_indi_demo(workdir=Path(args.workdir) if args.workdir else None, clean=args.clean)
     return run_demo(workdir=Path(args.workdir) if args.workdir else None, clean=args.clean, interval=args.interval)
+
+
+def cmd_warmup(args: argparse.Namespace) -> int:
+    from astrod.demo.warmup import warm_up
+    from astrod.service.logging import configure_logging
+
+    configure_logging(level="warning")  # not the synthetic night's events: the lines printed below say it all
+    result = warm_up(force=args.force, say=lambda line: print(f"astrod warmup: {line}", flush=True))
+    if result.skipped:
+        print("astrod warmup: the kernels are compiled already (--force compiles them again)")
+    else:
+        print(f"astrod warmup: {result.compiled} kernels compiled, {result.loaded} loaded from the cache, in "
+              f"{result.seconds:.0f} s ({result.stamp})")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,6 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=1.0, help="seconds between lights (default 1)")
     p.add_argument("--indi", action="store_true", help="capture through INDI's CCD simulator instead")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("warmup", help="compile the numba kernels into numba's cache now, so that the first frame "
+                                      "does not wait for them (make setup runs it; quick when they are)")
+    p.add_argument("--force", action="store_true", help="compile even when the cache looks complete")
+    p.set_defaults(func=cmd_warmup)
 
     # command groups that live beside the code they drive
     register_library(sub)

@@ -18,6 +18,7 @@ from astrod.io.config_file import load_config
 from astrod.io.files import ensure_folder, scratch_folder
 from astrod.io.frames import expand_frame_paths
 from astrod.io.headers import rules_from_config
+from astrod.io.kernel_cache import notice_if_cold
 from astrod.library.masters import MasterLibrary
 from astrod.library.progress import progress_for
 from astrod.pipeline.calibration import library_calibrator
@@ -102,6 +103,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
             return EXIT_UNUSABLE
         calibrator = library_calibrator(library, in_place=True)
     cache_root = Path(args.cache_dir) if args.cache_dir else output.parent
+    notice_if_cold()
     try:
         ensure_folder(cache_root)
         with scratch_folder(".astrod-stack-", parent=cache_root) as cache:
