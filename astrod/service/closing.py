@@ -17,6 +17,9 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from astrod.config import SiteConfig
+from astrod.pipeline.night import next_dawn
+
 log = structlog.get_logger()
 
 JUMP_S = 60.0
@@ -84,3 +87,12 @@ class CloseClock:
             quiet = [sid for sid, at in self._activity.items() if mono - at >= self.idle_s]
         idle = tuple(sid for sid in quiet if not busy(sid))
         return CloseDecision(idle=idle, dawn=dawn)
+
+
+def dawn_at_site(site: SiteConfig) -> Callable[[datetime], datetime | None]:
+    """The next astronomical dawn after a time at the configured site (never, without its latitude and
+    longitude): sessions still open then are closed."""
+    if site.latitude is None or site.longitude is None:
+        return lambda _: None
+    lat, lon, elev = site.latitude, site.longitude, site.elevation
+    return lambda t: next_dawn(t, latitude=lat, longitude=lon, elevation=elev)

@@ -43,11 +43,10 @@ from astrod.model import FrameMeta
 from astrod.pipeline.calibration import following_calibrator
 from astrod.pipeline.ingest import Calibration, Ignored, Light, ReadOptions, Rejected, ingest
 from astrod.pipeline.live import Calibrator, PipelineSettings
-from astrod.pipeline.night import next_dawn
 from astrod.pipeline.router import route
 from astrod.pipeline.sessions import Pointing, SessionKey, slug
 from astrod.service.capture import CaptureRunner
-from astrod.service.closing import CloseClock
+from astrod.service.closing import CloseClock, dawn_at_site
 from astrod.service.notify import Notifier
 from astrod.service.paths import daemon_paths
 from astrod.service.problems import Problems
@@ -133,7 +132,7 @@ class Daemon:
             self.problems.set("control", f"{len(self._inbox.stuck)} handled request(s) in {self.paths.control} "
                               "cannot be removed (they are not acted on again)")
         self._closes = CloseClock(idle_s=config.session.idle_minutes * 60.0, wall=clock, monotonic=monotonic,
-                                  dawn_after=self._dawn_after(config))
+                                  dawn_after=dawn_at_site(config.site))
         self._router = _Router(self._route_item)
         self._watcher = FolderWatcher(self._watch_settings(), self._on_ready)
         self.web: WebServer | None = None
@@ -190,14 +189,6 @@ class Daemon:
 
     def _pipeline_settings(self) -> PipelineSettings:
         return PipelineSettings.from_config(self.config)
-
-    @staticmethod
-    def _dawn_after(config: Config) -> Callable[[datetime], datetime | None]:
-        site = config.site
-        if site.latitude is None or site.longitude is None:
-            return lambda _: None
-        lat, lon, elev = site.latitude, site.longitude, site.elevation
-        return lambda t: next_dawn(t, latitude=lat, longitude=lon, elevation=elev)
 
     def _open_library(self) -> MasterLibrary | None:
         with self._lock:  # the router, the workers and the web server's threads all ask
@@ -376,7 +367,7 @@ class Daemon:
             for path in scan_folders(self._watch_settings()):
                 self._router.put(path)
         if {"session", "site"} & set(change.applied):
-            self._closes.reconfigure(idle_s=config.session.idle_minutes * 60.0, dawn_after=self._dawn_after(config))
+            self._closes.reconfigure(idle_s=config.session.idle_minutes * 60.0, dawn_after=dawn_at_site(config.site))
         if "log" in change.applied:
             from astrod.service.logging import configure_logging
 
