@@ -151,3 +151,38 @@ def test_file_checker_catches_file_access(tmp_path: Path) -> None:
     good.write_text("name = 'a-b'.replace('-', '_')\nfrom dataclasses import replace\n"
                     "lib = MasterLibrary.open('x')\n", encoding="utf-8")
     assert file_access(good) == []
+
+
+# Rooms stay readable: a module that grows past this does several jobs and is split (the synthetic-data
+# generator of the demo and tests aside); so is a function past 80 lines (the demo's scripts aside).
+MAX_MODULE_LINES = 700
+MAX_FUNCTION_LINES = 80
+
+
+def size_problems(path: Path, *, functions: bool = True) -> list[str]:
+    """A module over MAX_MODULE_LINES lines, and (with ``functions``) each function in it over
+    MAX_FUNCTION_LINES."""
+    text = path.read_text(encoding="utf-8")
+    problems = []
+    lines = text.count("\n")
+    if lines > MAX_MODULE_LINES:
+        problems.append(f"{lines} lines")
+    for node in ast.walk(ast.parse(text, filename=str(path))) if functions else ():
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno is not None:
+            length = node.end_lineno - node.lineno + 1
+            if length > MAX_FUNCTION_LINES:
+                problems.append(f"{node.name}() is {length} lines")
+    return problems
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES if p.relative_to(PACKAGE).as_posix() != "demo/synth.py"],
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_modules_and_functions_stay_small(path: Path) -> None:
+    found = size_problems(path, functions=_layer(path) != "demo")
+    assert not found, f"{path.relative_to(PACKAGE)}: " + "; ".join(found)
+
+
+def test_size_checker_catches_a_long_function(tmp_path: Path) -> None:
+    long = tmp_path / "long.py"
+    long.write_text("def f():\n" + "    x = 1\n" * 85, encoding="utf-8")
+    assert size_problems(long) == ["f() is 86 lines"]
