@@ -1,0 +1,133 @@
+"""The plate solver runs the real solve-field on astrod's star list and agrees with ASTAP on real frames.
+
+The Seestar S50 frames in the shared data carry the WCS ASTAP solved. astrod never looks at it here: the header it
+hands the solver has every WCS card stripped (`without_wcs`) and `use_wcs_hints=False`, so the hints are the
+mount's pointing (RA/DEC keywords) and the optics (FOCALLEN, XPIXSZ) only; one frame is also solved blind.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from astrod.core.stars import StarList
+from astrod.errors import SolveError
+from astrod.io.fits import read_fits_header
+from astrod.io.frames import read_frame
+from astrod.pipeline.solving import SolveHints, describe_wcs, wcs_from_cards, without_wcs
+from astrod.service.solver import (
+    SolverSettings,
+    detect_for_solving,
+    missing_solver,
+    solve_frame,
+    solve_stars,
+    wcs_copy_name,
+)
+
+MISSING = missing_solver()
+needs_solver = pytest.mark.skipif(MISSING is not None, reason=f"plate solver unavailable: {MISSING}")
+
+
+@pytest.fixture
+def seestar(shared_data: Path) -> list[Path]:
+    folder = shared_data / "seestar_s50_ngc7023_wcs"
+    frames = sorted(folder.glob("*.fit"))
+    if len(frames) != 4:
+        pytest.skip(f"{folder}: the four Seestar frames are absent")
+    return frames
+
+
+def _separation_arcsec(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
+    r1, d1, r2, d2 = map(math.radians, (ra1, dec1, ra2, dec2))
+    s = math.sin((d2 - d1) / 2) ** 2 + math.cos(d1) * math.cos(d2) * math.sin((r2 - r1) / 2) ** 2
+    return math.degrees(2 * math.asin(math.sqrt(s))) * 3600.0
+
+
+def _angle_diff(a: float, b: float) -> float:
+    return abs((a - b + 180.0) % 360.0 - 180.0)
+
+
+@needs_solver
+def test_seestar_solutions_agree_with_astap(seestar: list[Path]) -> None:
+    """Each of the four NGC 7023 frames, solved from a header without its WCS, agrees with ASTAP's WCS: centre
+    within 5″, scale within 0.5 %, rotation within 0.1°, same mirroring."""
+    for path in seestar:
+        frame = read_frame(path)
+        header = read_fits_header(path)
+        astap = describe_wcs(wcs_from_cards(header), width=frame.meta.width, height=frame.meta.height)
+        stripped = without_wcs(header)
+        assert not any(k.startswith(("CRVAL", "CD", "PC", "CTYPE")) for k in stripped)
+        result = solve_frame(frame.data, frame.meta, stripped, settings=SolverSettings(), name=path.name,
+                             use_wcs_hints=False)
+        assert _separation_arcsec(result.ra, result.dec, astap[0], astap[1]) < 5.0, path.name
+        assert abs(result.scale_arcsec / astap[2] - 1.0) < 0.005, path.name
+        assert _angle_diff(result.rotation_deg, astap[3]) < 0.1, path.name
+        assert result.mirrored is astap[4]
+        assert result.index.startswith("index-tycho2-")
+        assert result.width_deg == pytest.approx(1080 * result.scale_arcsec / 3600.0)
+        keys = {c[0] for c in result.cards}
+        assert {"CTYPE1", "CRVAL1", "CD1_1", "A_ORDER"} <= keys  # SIP fitted
+
+
+@needs_solver
+@pytest.mark.slow
+def test_seestar_frame_solves_blind(seestar: list[Path]) -> None:
+    """With no hint at all (no position, no scale) the first frame still solves to ASTAP's centre and scale."""
+    frame = read_frame(seestar[0])
+    header = read_fits_header(seestar[0])
+    astap = describe_wcs(wcs_from_cards(header), width=frame.meta.width, height=frame.meta.height)
+    stars = detect_for_solving(frame.data, frame.meta, max_stars=300)
+    result = solve_stars(stars, SolveHints(), settings=SolverSettings(timeout_s=120), name="blind")
+    assert _separation_arcsec(result.ra, result.dec, astap[0], astap[1]) < 5.0
+    assert abs(result.scale_arcsec / astap[2] - 1.0) < 0.005
+
+
+@needs_solver
+@pytest.mark.slow
+def test_time_limit_is_reported(seestar: list[Path]) -> None:
+    """A blind solve given one second gives up and says it reached the time limit."""
+    frame = read_frame(seestar[0])
+    stars = detect_for_solving(frame.data, frame.meta, max_stars=300)
+    with pytest.raises(SolveError, match=r"time limit \(1 s\) reached"):
+        solve_stars(stars, SolveHints(), settings=SolverSettings(timeout_s=1), name="f.fits")
+
+
+def _star_list(n: int, *, width: int = 1000, height: int = 800) -> StarList:
+    rng = np.random.default_rng(1)
+    z = np.zeros(n)
+    return StarList(x=rng.uniform(0, width, n), y=rng.uniform(0, height, n), flux=np.sort(rng.uniform(1, 9, n))[::-1],
+                    fwhm=z + 2, hfr=z + 1, eccentricity=z, n_detected=n, width=width, height=height)
+
+
+@needs_solver
+def test_too_few_stars_is_a_one_line_reason() -> None:
+    """A frame with a handful of stars is not handed to the solver: the error names the count."""
+    with pytest.raises(SolveError, match=r"^f.fits: only 6 stars detected"):
+        solve_stars(_star_list(6), SolveHints(), settings=SolverSettings(), name="f.fits")
+
+
+@needs_solver
+def test_a_field_narrower_than_every_index_is_refused() -> None:
+    """A hinted 8′ field is below the Tycho-2 indexes' smallest quads: the error says which files to add."""
+    hints = SolveHints(scale_low=0.45, scale_high=0.5)
+    with pytest.raises(SolveError, match=r"no index covers a 8′ field: add 2MASS/Gaia index files under \[solve\]"):
+        solve_stars(_star_list(50), hints, settings=SolverSettings(), name="f.fits")
+
+
+def test_missing_solver_program_is_named() -> None:
+    """Without solve-field the error says what to install."""
+    settings = SolverSettings(program="astrod-no-such-solve-field")
+    assert "astrod-no-such-solve-field is not installed" in (missing_solver(settings) or "")
+    with pytest.raises(SolveError, match="cannot solve: astrod-no-such-solve-field is not installed"):
+        solve_stars(_star_list(50), SolveHints(), settings=settings, name="f.fits")
+
+
+def test_copy_names_drop_the_frame_extension() -> None:
+    """NAME.fits, NAME.fit, NAME.fits.gz and NAME.cr2 all become NAME.wcs.fits."""
+    assert wcs_copy_name(Path("/a/Light 1.fit")) == "Light 1.wcs.fits"
+    assert wcs_copy_name(Path("m31.FITS")) == "m31.wcs.fits"
+    assert wcs_copy_name(Path("m31.fits.gz")) == "m31.wcs.fits"
+    assert wcs_copy_name(Path("IMG_1.CR2")) == "IMG_1.wcs.fits"
