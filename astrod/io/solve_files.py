@@ -103,6 +103,51 @@ def read_wcs_header(path: Path) -> fits.Header:
         raise SolveError(f"{path}: cannot read the solver's WCS: {err}") from err
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class CatalogueStars:
+    """Catalogue stars (degrees, J2000) with their magnitudes, as astrometry.net's index files hold them."""
+
+    ra: np.ndarray[Any, np.dtype[np.float64]]
+    dec: np.ndarray[Any, np.dtype[np.float64]]
+    mag: np.ndarray[Any, np.dtype[np.float64]]
+
+    def __len__(self) -> int:
+        return int(self.ra.size)
+
+
+def read_catalogue_table(paths: Iterable[Path]) -> CatalogueStars:
+    """The stars in ``query-starkd`` answers (FITS tables of RA, DEC and a magnitude column such as MAG_VT),
+    merged, each star once (index files of several scales share stars), brightest first. A missing answer file
+    (query-starkd writes none when nothing is in range) holds no star."""
+    ra: list[np.ndarray[Any, Any]] = []
+    dec: list[np.ndarray[Any, Any]] = []
+    mag: list[np.ndarray[Any, Any]] = []
+    for path in paths:
+        if not path.is_file():
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", AstropyWarning)
+                with fits.open(path, memmap=False) as hdul:
+                    table = hdul[1].data if len(hdul) > 1 else None
+                    if table is None or len(table) == 0:
+                        continue
+                    mag_col = next((c for c in table.columns.names if c.upper().startswith("MAG")), None)
+                    ra.append(np.asarray(table["RA"], dtype=np.float64))
+                    dec.append(np.asarray(table["DEC"], dtype=np.float64))
+                    mag.append(np.asarray(table[mag_col], dtype=np.float64) if mag_col
+                               else np.full(len(table), np.nan))
+        except (OSError, ValueError, KeyError) as err:
+            raise SolveError(f"{path}: cannot read the catalogue stars: {err}") from err
+    if not ra:
+        empty = np.empty(0, dtype=np.float64)
+        return CatalogueStars(ra=empty, dec=empty, mag=empty)
+    all_ra, all_dec, all_mag = np.concatenate(ra), np.concatenate(dec), np.concatenate(mag)
+    _, first = np.unique(np.round(np.column_stack([all_ra, all_dec]) * 3.6e5), axis=0, return_index=True)
+    order = first[np.argsort(np.nan_to_num(all_mag[first], nan=99.0), kind="stable")]
+    return CatalogueStars(ra=all_ra[order], dec=all_dec[order], mag=all_mag[order])
+
+
 def write_with_wcs(source: Path, target: Path, cards: Sequence[tuple[str, Any, str]], *,
                    remove: Iterable[str], pixels: np.ndarray[Any, Any] | None = None) -> Path:
     """Write a copy of the frame ``source`` to ``target`` with the WCS ``cards`` in its image header, the

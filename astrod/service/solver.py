@@ -38,7 +38,9 @@ from astrod.io.fits import FITS_EXTENSIONS, is_fits_name, read_fits_header
 from astrod.io.frames import read_frame
 from astrod.io.solve_files import (
     SYSTEM_INDEX_DIR,
+    CatalogueStars,
     find_index_files,
+    read_catalogue_table,
     read_wcs_header,
     write_solver_config,
     write_with_wcs,
@@ -193,6 +195,25 @@ def solve_frame(data: npt.NDArray[np.floating[Any]], meta: FrameMeta, header: Ma
     stars = detect_for_solving(data, meta, max_stars=settings.max_stars)
     hints = solve_hints(meta, header, use_wcs=use_wcs_hints, previous_scale=previous_scale)
     return solve_stars(stars, hints, settings=settings, name=name)
+
+
+def catalogue_stars(ra: float, dec: float, radius_deg: float, *,
+                    settings: SolverSettings = SolverSettings()) -> CatalogueStars:
+    """The stars the installed index files hold within ``radius_deg`` of (``ra``, ``dec``), each once, brightest
+    first (astrometry.net's ``query-starkd`` over every index file). Raises SolveError when it cannot run."""
+    files = find_index_files(settings.all_index_dirs)
+    with scratch_folder("astrod-catalogue-") as folder:
+        answers = []
+        for i, index in enumerate(files):
+            answer = folder / f"stars-{i}.fits"
+            cmd = ["query-starkd", "-r", f"{ra:.8f}", "-d", f"{dec:.8f}", "-R", f"{radius_deg:.6f}", "-T",
+                   "-o", str(answer), str(index.path)]
+            try:
+                subprocess.run(cmd, cwd=folder, capture_output=True, timeout=60, check=True)
+            except (OSError, subprocess.SubprocessError) as err:
+                raise SolveError(f"{index.path}: query-starkd failed: {err}") from err
+            answers.append(answer)
+        return read_catalogue_table(answers)
 
 
 def wcs_copy_name(path: Path) -> str:

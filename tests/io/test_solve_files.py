@@ -15,6 +15,7 @@ from astrod.io.solve_files import (
     INDEX_QUAD_ARCMIN,
     find_index_files,
     index_scale,
+    read_catalogue_table,
     read_wcs_header,
     write_solver_config,
     write_with_wcs,
@@ -120,3 +121,22 @@ def test_unreadable_wcs_answer_names_the_file(tmp_path: Path) -> None:
     bad.write_bytes(b"not fits")
     with pytest.raises(SolveError, match=r"s\.wcs: cannot read the solver's WCS"):
         read_wcs_header(bad)
+
+
+def _catalogue_answer(path: Path, ra: list[float], dec: list[float], mag: list[float]) -> Path:
+    cols = [fits.Column(name="MAG_VT", format="E", array=np.array(mag)),
+            fits.Column(name="RA", format="D", array=np.array(ra)),
+            fits.Column(name="DEC", format="D", array=np.array(dec))]
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols)]).writeto(path)
+    return path
+
+
+def test_catalogue_answers_merge_each_star_once_brightest_first(tmp_path: Path) -> None:
+    """Two index files' answers sharing a star give it once; a missing answer (nothing in range) adds none."""
+    a = _catalogue_answer(tmp_path / "a.fits", [10.0, 10.5], [20.0, 20.5], [9.0, 7.0])
+    b = _catalogue_answer(tmp_path / "b.fits", [10.5, 11.0], [20.5, 21.0], [7.0, 8.0])
+    stars = read_catalogue_table([a, b, tmp_path / "none.fits"])
+    assert len(stars) == 3
+    np.testing.assert_array_equal(stars.mag, [7.0, 8.0, 9.0])
+    np.testing.assert_array_equal(stars.ra, [10.5, 11.0, 10.0])
+    assert len(read_catalogue_table([])) == 0
