@@ -161,6 +161,17 @@ def write_with_wcs(source: Path, target: Path, cards: Sequence[tuple[str, Any, s
         if pixels is None:
             raise SolveError(f"{source}: not a FITS file and no pixels to write")
         return write_fits(target, pixels, _with_cards(fits.Header(), cards, drop))
+    return _copy_with_cards(source, target, cards, drop)
+
+
+def put_wcs_into(path: Path, cards: Sequence[tuple[str, Any, str]], *, remove: Iterable[str]) -> Path:
+    """Put the WCS ``cards`` into the image header of astrod's own FITS product ``path`` (a stack, a preview),
+    the ``remove`` keywords taken out first; pixels and other cards unchanged. Atomic: a reader sees the old
+    file or the new one. The caller makes sure nobody rewrites the product meanwhile. Returns ``path``."""
+    return _copy_with_cards(path, path, cards, set(remove))
+
+
+def _copy_with_cards(source: Path, target: Path, cards: Sequence[tuple[str, Any, str]], drop: set[str]) -> Path:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyWarning)
@@ -173,7 +184,7 @@ def write_with_wcs(source: Path, target: Path, cards: Sequence[tuple[str, Any, s
                 with atomic_write(target, "wb") as handle:
                     hdul.writeto(handle, output_verify="silentfix")
     except (OSError, ValueError) as err:
-        raise FrameReadError(f"{source}: cannot copy with the WCS: {err}") from err
+        raise FrameReadError(f"{source}: cannot write the WCS: {err}") from err
     return target
 
 

@@ -7,6 +7,7 @@ Pure: headers and WCS cards in, values out. Running the solver is `astrod.servic
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import warnings
@@ -20,6 +21,7 @@ from astropy.wcs import WCS
 
 from astrod.io.fits import Header
 from astrod.model import FrameMeta
+from astrod.pipeline.outputs import StackProduct
 
 ARCSEC_PER_RADIAN = 206_264.806
 # A header's nominal scale (focal length, pixel size) is trusted within this factor either way: reducers, Barlows
@@ -217,3 +219,55 @@ def solve_result(header: Header, *, width: int, height: int, index: str, stars: 
     return SolveResult(ra=ra, dec=dec, scale_arcsec=scale, rotation_deg=rotation, mirrored=mirrored,
                        width_deg=width * scale / 3600.0, height_deg=height * scale / 3600.0, index=index,
                        stars=stars, seconds=seconds, cards=cards)
+
+
+_SIP_COEFF = re.compile(r"^(A|B|AP|BP)_(\d+)_(\d+)$")
+
+
+def binned_wcs_cards(cards: Sequence[Card], *, factor: int) -> tuple[Card, ...]:
+    """The WCS cards of an image made by a ``factor`` × ``factor`` block mean of the solved one (edges cropped,
+    as `astrod.core.stretch.downsample` makes the preview): the reference pixel moves to the block grid, CD (or
+    CDELT) grows by ``factor``, each SIP coefficient of order p+q by factor^(p+q-1), IMAGEW/IMAGEH shrink."""
+    if factor < 1:
+        raise ValueError(f"binning factor must be at least 1, got {factor}")
+    if factor == 1:
+        return tuple(cards)
+    out: list[Card] = []
+    for key, value, comment in cards:
+        sip = _SIP_COEFF.match(key)
+        if key in ("CRPIX1", "CRPIX2"):
+            value = (float(value) + (factor - 1) / 2.0) / factor
+        elif re.match(r"^(CD\d_\d|CDELT\d)$", key):
+            value = float(value) * factor
+        elif sip is not None:
+            value = float(value) * float(factor) ** (int(sip.group(2)) + int(sip.group(3)) - 1)
+        elif key in ("IMAGEW", "IMAGEH"):
+            value = int(value) // factor
+        out.append((key, value, comment))
+    return tuple(out)
+
+
+def product_wcs_cards(result: SolveResult, *, frame_shape: tuple[int, int],
+                      image_shape: tuple[int, ...]) -> dict[str, tuple[Any, str]] | None:
+    """The WCS cards (key -> (value, comment)) of a product of a session whose reference frame (``frame_shape``,
+    (height, width)) has the solution ``result``: the stack and final stack share the reference's pixel grid,
+    the preview is a block mean of it. None for an image on another grid (cropped or resampled), whose WCS the
+    reference's does not give."""
+    fh, fw = frame_shape
+    h, w = image_shape[-2:]
+    factor = fw // w if w else 0
+    if factor < 1 or fh // factor != h or fw // factor != w:
+        return None
+    cards = {key: (value, comment) for key, value, comment in binned_wcs_cards(result.cards, factor=factor)}
+    cards["PLTSOLVD"] = (True, f"plate-solved by astrod (astrometry.net, {result.index})"[:47])
+    return cards
+
+
+def stack_with_wcs(product: StackProduct, result: SolveResult, *, frame_shape: tuple[int, int]) -> StackProduct:
+    """The stack ``product`` with the WCS of its reference frame's solution among its header cards (a previous
+    WCS replaced); unchanged when the stack is not on the reference's pixel grid."""
+    cards = product_wcs_cards(result, frame_shape=frame_shape, image_shape=product.image.shape)
+    if cards is None:
+        return product
+    header = {k: v for k, v in product.header.items() if not is_wcs_key(k)}
+    return dataclasses.replace(product, header={**header, **cards})

@@ -20,7 +20,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from astrod.io.solve_files import (
     SYSTEM_INDEX_DIR,
     CatalogueStars,
     find_index_files,
+    put_wcs_into,
     read_catalogue_table,
     read_wcs_header,
     write_solver_config,
@@ -47,7 +48,14 @@ from astrod.io.solve_files import (
     write_xylist,
 )
 from astrod.model import FrameMeta
-from astrod.pipeline.solving import SolveHints, SolveResult, is_wcs_key, solve_hints, solve_result
+from astrod.pipeline.solving import (
+    SolveHints,
+    SolveResult,
+    is_wcs_key,
+    product_wcs_cards,
+    solve_hints,
+    solve_result,
+)
 
 log = structlog.get_logger()
 
@@ -195,6 +203,30 @@ def solve_frame(data: npt.NDArray[np.floating[Any]], meta: FrameMeta, header: Ma
     stars = detect_for_solving(data, meta, max_stars=settings.max_stars)
     hints = solve_hints(meta, header, use_wcs=use_wcs_hints, previous_scale=previous_scale)
     return solve_stars(stars, hints, settings=settings, name=name)
+
+
+def solution_into_products(paths: Iterable[Path], result: SolveResult, *, frame_shape: tuple[int, int]) -> list[Path]:
+    """Put the WCS of a session reference's solution into its products already on disk (``paths``: the stack,
+    the preview FITS, the final stack; missing ones are skipped), each scaled to its own grid; a product on
+    another grid (cropped, resampled) is left as it is. Returns the products that got it. Products written
+    later get it when they are written (`stack_with_wcs`, `write_preview(wcs=...)`); call this from the thread
+    that writes the session's products, so that a preview is not rewritten meanwhile."""
+    done: list[Path] = []
+    for path in paths:
+        if not path.is_file():
+            continue
+        header = read_fits_header(path)
+        shape = tuple(int(header.get(f"NAXIS{i}", 0)) for i in range(int(header.get("NAXIS", 0)), 0, -1))
+        cards = product_wcs_cards(result, frame_shape=frame_shape, image_shape=shape)
+        if cards is None:
+            log.info("solution_not_applied", product=str(path), shape=shape, frame_shape=frame_shape)
+            continue
+        put_wcs_into(path, [(k, v, c) for k, (v, c) in cards.items()],
+                     remove=[k for k in header if k and is_wcs_key(k)])
+        done.append(path)
+    if done:
+        log.info("solution_applied", products=[p.name for p in done], ra=round(result.ra, 5), dec=round(result.dec, 5))
+    return done
 
 
 def catalogue_stars(ra: float, dec: float, radius_deg: float, *,

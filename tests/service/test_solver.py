@@ -167,3 +167,28 @@ def test_catalogue_stars_come_from_the_index_files() -> None:
     assert np.all(np.diff(stars.mag) >= 0)
     assert max(_separation_arcsec(83.82, -5.39, r, d) for r, d in zip(stars.ra, stars.dec, strict=True)) <= 3600.1
     assert len({(round(r, 6), round(d, 6)) for r, d in zip(stars.ra, stars.dec, strict=True)}) == len(stars)
+
+
+def test_solution_goes_into_the_products_on_disk(tmp_path: Path) -> None:
+    """The stack (reference grid) and the preview (2× block mean) on disk get the solution, each on its own grid,
+    with their pixels and other cards kept; a cropped product and a missing one are left alone."""
+    from astrod.demo.sky import tan_header
+    from astrod.io.fits import write_fits
+    from astrod.pipeline.solving import solve_result
+    from astrod.service.solver import solution_into_products
+
+    truth = tan_header(ra=83.82, dec=-5.39, scale_arcsec=2.4, rotation_deg=23.0, width=400, height=300)
+    result = solve_result(truth, width=400, height=300, index="index-4107.fits", stars=50, seconds=1.0)
+    stack = write_fits(tmp_path / "stack.fits", np.ones((3, 300, 400), dtype=np.float32), {"OBJECT": "M 42"})
+    preview = write_fits(tmp_path / "preview.fits", np.full((150, 200), 2.0, dtype=np.float32),
+                         {"CRVAL1": (1.0, "an old WCS")})
+    cropped = write_fits(tmp_path / "final.fits", np.zeros((280, 390), dtype=np.float32), {})
+    done = solution_into_products([stack, preview, cropped, tmp_path / "absent.fits"], result,
+                                  frame_shape=(300, 400))
+    assert done == [stack, preview]
+    stack_header, preview_header = read_fits_header(stack), read_fits_header(preview)
+    assert stack_header["OBJECT"] == "M 42" and stack_header["CRVAL1"] == pytest.approx(83.82)
+    assert preview_header["CRVAL1"] == pytest.approx(83.82) and preview_header["CD1_2"] == pytest.approx(
+        2 * truth["CD1_2"])
+    assert "CRVAL1" not in read_fits_header(cropped)
+    assert float(read_frame(preview).data.mean()) == 2.0
