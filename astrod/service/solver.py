@@ -200,7 +200,10 @@ def solve_frame(data: npt.NDArray[np.floating[Any]], meta: FrameMeta, header: Ma
                 previous_scale: float | None = None) -> SolveResult:
     """Detect the stars of a frame and solve them, with the hints its header gives (see `solve_hints`; with
     ``use_wcs_hints=False`` an existing WCS in the header is never looked at)."""
-    stars = detect_for_solving(data, meta, max_stars=settings.max_stars)
+    try:
+        stars = detect_for_solving(data, meta, max_stars=settings.max_stars)
+    except ValueError as err:  # a frame too small to bin, an unknown Bayer pattern
+        raise SolveError(f"{name}: cannot detect stars: {err}") from err
     hints = solve_hints(meta, header, use_wcs=use_wcs_hints, previous_scale=previous_scale)
     return solve_stars(stars, hints, settings=settings, name=name)
 

@@ -75,3 +75,13 @@ def test_unsolvable_frame_exits_1_with_one_line(tmp_path: Path, capsys: pytest.C
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and str(frame) in err[0] and "stars detected" in err[0]
     assert not (tmp_path / "noise.wcs.fits").exists()
+
+
+def test_a_frame_too_small_for_detection_is_a_one_line_error(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A 6×6 frame cannot be binned for detection: exit 1 with the reason, no traceback."""
+    frame = tmp_path / "tiny.fits"
+    fits.PrimaryHDU(data=np.ones((6, 6), dtype=np.float32)).writeto(frame)
+    assert main(["solve", str(frame), "--json"]) == 1
+    records = json.loads(capsys.readouterr().out)
+    assert records[0]["output"] is None and "cannot detect stars" in records[0]["error"]
