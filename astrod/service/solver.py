@@ -47,7 +47,7 @@ from astrod.io.solve_files import (
     write_with_wcs,
     write_xylist,
 )
-from astrod.model import FrameMeta
+from astrod.model import Frame, FrameMeta
 from astrod.pipeline.solving import (
     SolveHints,
     SolveResult,
@@ -259,6 +259,24 @@ def wcs_copy_name(path: Path) -> str:
     return f"{name[: len(name) - len(ext)] if ext else name}.wcs.fits"
 
 
+def solve_path(path: Path, *, settings: SolverSettings, rename: Mapping[str, str] | None = None,
+               use_wcs_hints: bool = True, previous_scale: float | None = None) -> SolveResult:
+    """Solve the frame file ``path`` as it is on disk (a session's reference frame: a raw Bayer mosaic solves as
+    well as a calibrated frame); nothing is written. The function a background solve of a session's reference
+    calls. Raises SolveError or FrameReadError with a one-line reason."""
+    return _solve_path(path, settings=settings, rename=rename, use_wcs_hints=use_wcs_hints,
+                       previous_scale=previous_scale)[2]
+
+
+def _solve_path(path: Path, *, settings: SolverSettings, rename: Mapping[str, str] | None, use_wcs_hints: bool,
+                previous_scale: float | None = None) -> tuple[Frame, Mapping[str, Any], SolveResult]:
+    frame = read_frame(path, rename=rename)
+    header: Mapping[str, Any] = read_fits_header(path) if is_fits_name(path) else {}
+    result = solve_frame(frame.data, frame.meta, header, settings=settings, name=str(path),
+                         use_wcs_hints=use_wcs_hints, previous_scale=previous_scale)
+    return frame, header, result
+
+
 @dataclass(frozen=True, slots=True)
 class SolvedFile:
     """A frame file solved: the copy carrying the WCS, and the solution."""
@@ -273,10 +291,7 @@ def solve_file(path: Path, *, settings: SolverSettings, output_dir: Path | None 
     """Solve the frame file ``path`` and write a copy of it with the WCS in its header as ``NAME.wcs.fits`` into
     ``output_dir`` (default: beside the frame). The frame itself is never changed. Raises SolveError or
     FrameReadError with a one-line reason."""
-    frame = read_frame(path, rename=rename)
-    header: Mapping[str, Any] = read_fits_header(path) if is_fits_name(path) else {}
-    result = solve_frame(frame.data, frame.meta, header, settings=settings, name=str(path),
-                         use_wcs_hints=use_wcs_hints)
+    frame, header, result = _solve_path(path, settings=settings, rename=rename, use_wcs_hints=use_wcs_hints)
     target = (output_dir if output_dir is not None else path.parent) / wcs_copy_name(path)
     cards = (*result.cards, ("PLTSOLVD", True, f"plate-solved by astrod (astrometry.net, {result.index})"))
     write_with_wcs(path, target, cards, remove=[k for k in header if k and is_wcs_key(k)], pixels=frame.data)

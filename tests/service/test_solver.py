@@ -192,3 +192,14 @@ def test_solution_goes_into_the_products_on_disk(tmp_path: Path) -> None:
         2 * truth["CD1_2"])
     assert "CRVAL1" not in read_fits_header(cropped)
     assert float(read_frame(preview).data.mean()) == 2.0
+
+
+@needs_solver
+def test_solve_path_solves_a_reference_frame_without_writing(seestar: list[Path], tmp_path: Path) -> None:
+    """The background solve of a reference reads the frame as it is on disk and writes nothing beside it."""
+    from astrod.service.solver import solve_path
+
+    before = sorted(p.name for p in seestar[0].parent.iterdir())
+    result = solve_path(seestar[1], settings=SolverSettings(), use_wcs_hints=False, previous_scale=2.37)
+    assert result.scale_arcsec == pytest.approx(2.374, rel=0.005)
+    assert sorted(p.name for p in seestar[0].parent.iterdir()) == before
