@@ -20,6 +20,7 @@ from astrod.library.commands import format_cell, table_lines
 from astrod.library.commands import register as register_library
 from astrod.pipeline.commands import register as register_stack
 from astrod.service.capture_commands import register as register_capture
+from astrod.service.solve_commands import register as register_solve
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -361,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_library(sub)
     register_stack(sub)
     register_capture(sub)
+    register_solve(sub)
     return parser
 
 

@@ -199,6 +199,15 @@ class CaptureConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SolveConfig:
+    enabled: bool = _opt(True, "plate-solve each session's reference frame in the background (astrometry.net's "
+                                     "solve-field, never over the network); `astrod solve` works either way")
+    timeout_s: float = _opt(30.0, "time limit of one solve, seconds", min=1, max=3600)
+    index_dirs: tuple[Path, ...] = _opt((), "further folders of astrometry.net index files (2MASS, Gaia, for "
+                                            "fields narrower than the Tycho-2 indexes' 25')", path_kind="dir")
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = _opt("info", "log level", choices=("debug", "info", "warning", "error"))
     format: str = _opt("auto", "auto: JSON under systemd or when not on a terminal, else coloured",
@@ -218,6 +227,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     indi: IndiConfig = field(default_factory=IndiConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
+    solve: SolveConfig = field(default_factory=SolveConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def state_dir(self, env: Mapping[str, str] | None = None) -> Path:

@@ -33,3 +33,7 @@ class RegistrationError(FrameRejected):
 
 class LibraryError(AstrodError):
     """The master library is missing something or is inconsistent."""
+
+
+class SolveError(AstrodError):
+    """A frame could not be plate-solved (no solver, no index for its scale, too few stars, time limit)."""

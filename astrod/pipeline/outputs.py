@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,11 +113,13 @@ def write_outputs(product: StackProduct, *, stack_path: Path, preview_path: Path
         write_frames_table(table_path, product.rows, TABLE_COLUMNS)
 
 
-def write_preview(folder: Path, *, linear: npt.NDArray[np.float32], stretched: npt.NDArray[np.uint8]) -> None:
+def write_preview(folder: Path, *, linear: npt.NDArray[np.float32], stretched: npt.NDArray[np.uint8],
+                  wcs: Mapping[str, Card] | None = None) -> None:
     """The auto-stretched JPEG people look at and the linear FITS they can process further (both atomic; the
-    FITS first, so that whoever sees a new JPEG finds its FITS beside it)."""
+    FITS first, so that whoever sees a new JPEG finds its FITS beside it). ``wcs``: the preview's WCS cards
+    once the session's reference is solved (`astrod.pipeline.solving.product_wcs_cards`)."""
     write_fits(folder / PREVIEW_FITS, np.asarray(linear, dtype=np.float32),
-               {"IMAGETYP": ("Preview", "live stack preview, may be downsampled")})
+               {"IMAGETYP": ("Preview", "live stack preview, may be downsampled"), **(wcs or {})})
     write_image(folder / PREVIEW_JPEG, stretched)
 
 

@@ -1,0 +1,170 @@
+"""Solving requests and answers: hints from headers, and the centre, scale and rotation a WCS describes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from astrod.demo.sky import tan_header
+from astrod.io.fits import Header, read_fits_header
+from astrod.model import FrameMeta
+from astrod.pipeline.outputs import StackProduct, write_outputs, write_preview
+from astrod.pipeline.solving import (
+    SCALE_TOLERANCE,
+    SolveResult,
+    describe_wcs,
+    is_wcs_key,
+    nominal_scale_range,
+    product_wcs_cards,
+    solve_hints,
+    solve_result,
+    stack_with_wcs,
+    wcs_from_cards,
+    without_wcs,
+)
+
+SEESTAR_SCALE = 206_264.806 * 2.9e-3 / 250.0  # FOCALLEN 250 mm, XPIXSZ 2.9 µm: 2.3927"/px
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+@pytest.mark.parametrize("rotation", [0.0, 30.0, 123.4, 300.0])
+def test_describe_wcs_recovers_a_known_pointing(rotation: float, mirrored: bool) -> None:
+    """Centre, scale, rotation (east of north) and mirroring of a constructed TAN WCS come back exactly."""
+    h = tan_header(ra=120.0, dec=-35.0, scale_arcsec=1.5, rotation_deg=rotation, mirrored=mirrored,
+                    width=801, height=601)
+    ra, dec, scale, rot, is_mirrored = describe_wcs(wcs_from_cards(h), width=801, height=601)
+    assert ra == pytest.approx(120.0, abs=1e-9) and dec == pytest.approx(-35.0, abs=1e-9)
+    assert scale == pytest.approx(1.5, rel=1e-6)
+    assert (rot - rotation + 180.0) % 360.0 - 180.0 == pytest.approx(0.0, abs=1e-4)
+    assert is_mirrored is mirrored
+
+
+def test_solve_result_gives_the_field_and_keeps_the_wcs_cards() -> None:
+    """The field is the image size times the scale; the cards rebuild the same WCS; notes are left out."""
+    h = tan_header(ra=10.0, dec=41.0, scale_arcsec=2.0, rotation_deg=10.0, mirrored=False, width=1800, height=900)
+    h["HISTORY"] = "made by a solver"
+    h["DATE"] = "2026-01-01"
+    result = solve_result(h, width=1800, height=900, index="index-4107.fits", stars=120, seconds=1.5)
+    assert result.width_deg == pytest.approx(1.0, rel=1e-6) and result.height_deg == pytest.approx(0.5, rel=1e-6)
+    assert {c[0] for c in result.cards} == {"CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CD1_1",
+                                            "CD1_2", "CD2_1", "CD2_2"}
+    sky = result.wcs().all_pix2world(np.array([[0.0, 0.0]]), 0)
+    np.testing.assert_allclose(sky, wcs_from_cards(h).all_pix2world(np.array([[0.0, 0.0]]), 0))
+    assert result.as_dict()["index"] == "index-4107.fits"
+
+
+def _seestar_header() -> dict[str, object]:
+    return {"FOCALLEN": 250, "XPIXSZ": 2.90000009536743, "XBINNING": 1, "RA": 315.499995, "DEC": 68.215556,
+            "CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 315.4433, "CRVAL2": 68.1263, "PC1_1": 3.5e-4}
+
+
+def test_hints_come_from_pointing_keywords_and_the_optics() -> None:
+    """RA/Dec from the pointing keywords (as FrameMeta read them), the scale from FOCALLEN and XPIXSZ within
+    the tolerance either way."""
+    hints = solve_hints(FrameMeta(ra=315.499995, dec=68.215556), _seestar_header())
+    assert (hints.ra, hints.dec) == (315.499995, 68.215556)
+    assert hints.scale_low == pytest.approx(SEESTAR_SCALE / SCALE_TOLERANCE)
+    assert hints.scale_high == pytest.approx(SEESTAR_SCALE * SCALE_TOLERANCE)
+
+
+def test_wcs_reference_is_a_hint_only_when_allowed() -> None:
+    """Without pointing keywords CRVAL1/2 of an RA/Dec WCS give the position, unless use_wcs is off; a header
+    stripped of its WCS gives none either way."""
+    header = _seestar_header()
+    assert solve_hints(FrameMeta(), header).ra == 315.4433
+    assert solve_hints(FrameMeta(), header, use_wcs=False).has_position is False
+    stripped = without_wcs(header)
+    assert "CRVAL1" not in stripped and "PC1_1" not in stripped and stripped["FOCALLEN"] == 250
+    assert solve_hints(FrameMeta(), stripped).has_position is False
+
+
+def test_binned_scale_range_spans_both_pixel_size_conventions() -> None:
+    """XPIXSZ may be the binned or the sensor pixel: at 2×2 the range covers both readings."""
+    low, high = nominal_scale_range(_seestar_header(), (2, 2)) or (0.0, 0.0)
+    assert low == pytest.approx(SEESTAR_SCALE / SCALE_TOLERANCE)
+    assert high == pytest.approx(2 * SEESTAR_SCALE * SCALE_TOLERANCE)
+    assert nominal_scale_range({"FOCALLEN": 250}, (1, 1)) is None
+
+
+def test_previous_scale_fills_in_for_missing_optics() -> None:
+    """With no focal length, a previous solve's scale gives the range; with nothing at all the solve is blind."""
+    hints = solve_hints(FrameMeta(), {}, previous_scale=1.2)
+    assert hints.scale_low == pytest.approx(1.2 / SCALE_TOLERANCE)
+    assert solve_hints(FrameMeta(), {}).describe() == "blind"
+
+
+def test_wcs_keys_are_recognised() -> None:
+    """The WCS and SIP keywords are recognised, others are not."""
+    for key in ("CRVAL1", "CD2_2", "PC1_2", "CDELT1", "CROTA2", "A_ORDER", "BP_1_1", "LONPOLE", "EQUINOX"):
+        assert is_wcs_key(key), key
+    for key in ("OBJECT", "RA", "DEC", "FOCALLEN", "OBJCTRA", "DATE-OBS"):
+        assert not is_wcs_key(key), key
+
+
+def _sip_result(width: int = 1080, height: int = 1920) -> SolveResult:
+    """A solution with SIP distortion as astrometry.net wrote it for the Seestar NGC 7023 frame."""
+    h = Header()
+    for key, value in (("WCSAXES", 2), ("CTYPE1", "RA---TAN-SIP"), ("CTYPE2", "DEC--TAN-SIP"), ("EQUINOX", 2000.0),
+                       ("CRVAL1", 315.443144162), ("CRVAL2", 68.1263760166), ("CRPIX1", 540.5), ("CRPIX2", 960.5),
+                       ("CD1_1", 0.000350500294139), ("CD1_2", 0.000558695548229), ("CD2_1", -0.000558675352134),
+                       ("CD2_2", 0.000350508847663), ("IMAGEW", width), ("IMAGEH", height), ("A_ORDER", 2),
+                       ("A_0_2", 1.78319044273e-07 * 50), ("A_1_1", 1.54044102053e-08 * 50),
+                       ("A_2_0", -3.29326384093e-07 * 50), ("B_ORDER", 2), ("B_0_2", 1.55117050959e-07 * 50),
+                       ("B_1_1", 3.02742452706e-07 * 50), ("B_2_0", 5.73091970684e-08 * 50)):
+        h[key] = value
+    return solve_result(h, width=width, height=height, index="index-tycho2-07.littleendian.fits", stars=179,
+                        seconds=0.7)
+
+
+@pytest.mark.parametrize("factor", [2, 3, 5])
+def test_binned_wcs_maps_each_block_to_the_sky_of_its_pixels(factor: int) -> None:
+    """A block-mean preview's WCS (SIP included, distortion exaggerated 50×) puts each preview pixel where the
+    centre of its block of frame pixels is on the sky, within 0.01″."""
+    result = _sip_result()
+    cards = product_wcs_cards(result, frame_shape=(1920, 1080), image_shape=(1920 // factor, 1080 // factor))
+    assert cards is not None and cards["IMAGEW"][0] == 1080 // factor
+    small = wcs_from_cards(cards)
+    big = result.wcs()
+    ij = np.array([[i, j] for i in (0, 7, 1080 // factor - 1) for j in (0, 11, 1920 // factor - 1)], dtype=float)
+    a = small.all_pix2world(ij, 0)
+    b = big.all_pix2world(ij * factor + (factor - 1) / 2.0, 0)
+    err = np.hypot((a[:, 0] - b[:, 0]) * np.cos(np.radians(b[:, 1])), a[:, 1] - b[:, 1]) * 3600
+    assert err.max() < 0.01
+    assert product_wcs_cards(result, frame_shape=(1920, 1080), image_shape=(1920, 1080)) is not None
+
+
+def test_a_product_on_another_grid_gets_no_wcs() -> None:
+    """A cropped image is not the reference's grid nor a block mean of it: no WCS is claimed for it."""
+    assert product_wcs_cards(_sip_result(), frame_shape=(1920, 1080), image_shape=(1900, 1000)) is None
+    assert product_wcs_cards(_sip_result(), frame_shape=(1920, 1080), image_shape=(3, 1000, 1080)) is None
+
+
+def test_stack_carries_the_reference_solution(tmp_path: Path) -> None:
+    """The stack product gets the reference's WCS (replacing an old one, keeping its other cards) and the file
+    written from it reads back as that WCS; a colour cube (3, H, W) gets it as well."""
+    result = _sip_result()
+    product = StackProduct(image=np.zeros((3, 1920, 1080), dtype=np.float32),
+                           header={"OBJECT": ("NGC 7023", "target"), "CRVAL1": (1.0, "stale")}, rows=[])
+    solved = stack_with_wcs(product, result, frame_shape=(1920, 1080))
+    assert solved.header["OBJECT"] == ("NGC 7023", "target")
+    assert solved.header["CRVAL1"][0] == pytest.approx(315.443144162)
+    write_outputs(solved, stack_path=tmp_path / "stack.fits")
+    header = read_fits_header(tmp_path / "stack.fits")
+    assert header["PLTSOLVD"] is True
+    pix = np.array([[0.0, 0.0], [1079.0, 1919.0]])
+    np.testing.assert_allclose(wcs_from_cards(header).all_pix2world(pix, 0), result.wcs().all_pix2world(pix, 0),
+                               rtol=0, atol=1e-9)
+    cropped = StackProduct(image=np.zeros((100, 100), dtype=np.float32), header={}, rows=[])
+    assert stack_with_wcs(cropped, result, frame_shape=(1920, 1080)) is cropped
+
+
+def test_preview_fits_carries_its_wcs(tmp_path: Path) -> None:
+    """write_preview puts the preview's WCS cards into preview.fits."""
+    result = _sip_result()
+    cards = product_wcs_cards(result, frame_shape=(1920, 1080), image_shape=(960, 540))
+    write_preview(tmp_path, linear=np.zeros((960, 540), dtype=np.float32),
+                  stretched=np.zeros((960, 540), dtype=np.uint8), wcs=cards)
+    header = read_fits_header(tmp_path / "preview.fits")
+    assert header["IMAGETYP"] == "Preview" and header["CRPIX1"] == pytest.approx((540.5 + 0.5) / 2)
