@@ -103,6 +103,17 @@ class StackConfig:
     preview_every_seconds: float = _opt(60.0, "or after this many seconds", min=1, max=86400)
 
 
+OUTPUT_FORMATS = ("fits", "tiff", "xisf", "png", "jpg")
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConfig:
+    formats: tuple[str, ...] = _opt(("fits", "jpg"), "formats of each session's final products: fits (float32 "
+                                    "linear stack), tiff (16-bit linear stack scaled to 0-65535), xisf (float32 "
+                                    "with FITS keywords), png and jpg (the auto-stretched picture)",
+                                    choices=OUTPUT_FORMATS)
+
+
 @dataclass(frozen=True, slots=True)
 class QualityConfig:
     margin_sigma: float = _opt(5.0, "a frame is rejected only when a figure is this many robust standard deviations "
@@ -221,6 +232,7 @@ class Config:
     headers: HeadersConfig = field(default_factory=HeadersConfig)
     library: LibraryConfig = field(default_factory=LibraryConfig)
     stack: StackConfig = field(default_factory=StackConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
     site: SiteConfig = field(default_factory=SiteConfig)
@@ -393,6 +405,10 @@ def _check_cross_fields(config: Config, builder: _Builder) -> Config:
                 close = difflib.get_close_matches(key, sorted(SETTABLE_RULE_FIELDS), n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 builder.problem(f"headers.folders[{i}].set.{key}", f"not a field a folder rule can set{hint}")
+    if not config.output.formats:
+        builder.problem("output.formats", "empty: name at least one of " + ", ".join(OUTPUT_FORMATS))
+    elif len(set(config.output.formats)) != len(config.output.formats):
+        builder.problem("output.formats", "a format is listed twice")
     if (config.site.latitude is None) != (config.site.longitude is None):
         builder.problem("site", "latitude and longitude go together")
     return config

@@ -43,6 +43,8 @@ class FrameMeta:
 
     Numbers the file does not carry are ``None``; nothing is guessed silently.
     ``kind_reason`` says how ``kind`` was decided (keyword, folder name, or why it is unknown).
+    ``source_format`` is the file's format (fits, raw, tiff, png, jpeg, xisf); ``notes`` say, one line each, what
+    was not read from the file itself (e.g. the date taken from the file's modification time).
     """
 
     kind: FrameKind = FrameKind.UNKNOWN
@@ -78,6 +80,7 @@ class FrameMeta:
     white_level: float | None = None
     software: str | None = None
     source_format: str = "fits"
+    notes: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict (enum as its value, datetime as ISO 8601 UTC)."""

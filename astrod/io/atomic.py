@@ -54,6 +54,25 @@ def _new_mode(target: Path) -> int:
 
 
 @contextlib.contextmanager
+def _temporary_beside(target: Path) -> Iterator[tuple[int, Path]]:
+    """A new temporary file beside ``target`` (its descriptor and path) with the mode a new ``target`` gets;
+    on a clean exit it replaces ``target``, on an exception it is removed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    file_mode = _new_mode(target)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        os.fchmod(fd, file_mode)
+        yield fd, tmp
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _fsync_dir(target.parent)
+
+
+@contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on a clean exit it replaces ``path`` atomically.
 
@@ -61,23 +80,26 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write supports modes 'wb' and 'w', not {mode!r}")
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    file_mode = _new_mode(target)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
-            os.fchmod(handle.fileno(), file_mode)
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(target.parent)
+    with _temporary_beside(Path(path)) as (fd, _), \
+            os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary file's path beside ``path``, for a library that only writes to a file name (opening it with
+    "wb" keeps the file's mode); on a clean exit it replaces ``path`` atomically, as `atomic_write` does. On an
+    exception the temporary file is removed and ``path`` is left as it was."""
+    with _temporary_beside(Path(path)) as (fd, tmp):
+        os.close(fd)
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -1,4 +1,5 @@
-"""One entry point for reading any frame file: FITS or camera raw, pixels and normalised metadata."""
+"""One entry point for reading any frame file: FITS (plain, gzipped or tile-compressed), camera raw, or a picture
+(TIFF, PNG, JPEG, XISF: `astrod.io.images`), pixels and normalised metadata."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy.typing as npt
 
 from astrod.errors import FrameReadError
 from astrod.io import fits as fitsio
+from astrod.io import images
 from astrod.io.headers import PathRule, complete_from_path, normalise
 from astrod.model import Frame, FrameMeta
 
@@ -24,7 +26,7 @@ def is_raw_name(path: Path) -> bool:
 
 def is_frame_name(path: Path) -> bool:
     """Whether a file name looks like a frame astrod reads (by extension; content is checked on reading)."""
-    return fitsio.is_fits_name(path) or is_raw_name(path)
+    return fitsio.is_fits_name(path) or is_raw_name(path) or images.is_image_name(path)
 
 
 def expand_frame_paths(names: Iterable[str | os.PathLike[str]]) -> list[Path]:
@@ -62,6 +64,8 @@ def read_meta(path: str | os.PathLike[str], *, rename: Mapping[str, str] | None 
         from astrod.io import raw  # rawpy is only loaded when a raw file shows up
 
         return complete_from_path(raw.raw_to_meta(raw.read_raw_metadata(p), p), p, rules=rules)
+    if images.is_image_name(p):
+        return images.image_meta(p, images.read_image_info(p), rename=rename, rules=rules)
     return normalise(fitsio.read_fits_header(p), p, rename=rename, rules=rules)
 
 
@@ -77,9 +81,9 @@ def read_frame(path: str | os.PathLike[str], *, rename: Mapping[str, str] | None
 
     ``out``: a reused buffer for the pixels, used only when it fits (writeable C-contiguous float32 with as
     many elements as the image), otherwise ignored; check ``np.shares_memory(frame.data, out)``. FITS pixels
-    are decoded straight into it (see ``fits.read_fits``). Raw pixels are decoded by libraw into its own
-    array and then copied into ``out``, so a caller recycling buffers gets the same contract for both kinds,
-    though a raw read still peaks at one extra frame.
+    are decoded straight into it (see ``fits.read_fits``). Raw and picture pixels are decoded by their library
+    into its own array and then copied into ``out``, so a caller recycling buffers gets the same contract for
+    every kind, though such a read still peaks at one extra frame. Colour pictures are (3, H, W) R, G, B.
     """
     p = Path(path)
     _check_file(p)
@@ -88,12 +92,20 @@ def read_frame(path: str | os.PathLike[str], *, rename: Mapping[str, str] | None
 
         data, raw_meta = raw.read_raw(p)
         meta = complete_from_path(raw.raw_to_meta(raw_meta, p), p, rules=rules)
-        pixels = np.asarray(data, dtype=np.float32)
-        if (out is not None and out.dtype == np.float32 and out.flags.c_contiguous and out.flags.writeable
-                and out.size == pixels.size):
-            target = out if out.shape == pixels.shape else out.reshape(pixels.shape)
-            np.copyto(target, pixels)
-            pixels = target
-        return Frame(meta=meta, data=pixels, path=p)
+        return Frame(meta=meta, data=_into(np.asarray(data, dtype=np.float32), out), path=p)
+    if images.is_image_name(p):
+        pixels, info = images.read_image(p)
+        meta = images.image_meta(p, info, rename=rename, rules=rules)
+        return Frame(meta=meta, data=_into(pixels, out), path=p)
     data, header = fitsio.read_fits(p, out=out)
     return Frame(meta=normalise(header, p, rename=rename, rules=rules), data=data, path=p)
+
+
+def _into(pixels: npt.NDArray[np.float32], out: npt.NDArray[np.float32] | None) -> npt.NDArray[np.float32]:
+    """``pixels`` copied into ``out`` when it fits (see `read_frame`), else ``pixels`` itself."""
+    if (out is not None and out.dtype == np.float32 and out.flags.c_contiguous and out.flags.writeable
+            and out.size == pixels.size):
+        target = out if out.shape == pixels.shape else out.reshape(pixels.shape)
+        np.copyto(target, pixels)
+        return target
+    return pixels

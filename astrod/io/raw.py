@@ -142,6 +142,30 @@ def raw_to_meta(raw: RawMetadata, path: Path) -> FrameMeta:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ExifFields:
+    """What the EXIF/TIFF tags of a picture (JPEG, TIFF, PNG) say; None where they say nothing. ``date_obs`` is
+    aware UTC (a camera clock without an offset taken as this computer's zone: ``date_is_local``)."""
+
+    camera: str | None = None
+    iso: int | None = None
+    exposure: float | None = None
+    date_obs: datetime | None = None
+    date_is_local: bool = False
+    software: str | None = None
+
+
+def exif_fields(fh: BinaryIO) -> ExifFields:
+    """The EXIF/TIFF tags of an open picture file, read by exifread with the same rules as camera raw files.
+    Raises what exifread raises on a malformed file; callers treat metadata as best effort."""
+    tags = _exif_tags(fh)
+    date_obs, is_local = _date(tags)
+    return ExifFields(camera=camera_name(_text(tags, ("ifd0",), 0x10F), _text(tags, ("ifd0",), 0x110)),
+                      iso=_iso(tags, b""), exposure=_float(tags, ("exif", "ifd0"), 0x829A),
+                      date_obs=_as_utc(date_obs), date_is_local=is_local and date_obs is not None,
+                      software=_text(tags, ("ifd0",), 0x131))
+
+
 def _as_utc(when: datetime | None) -> datetime | None:
     """FrameMeta dates are aware UTC. A camera clock without an offset is taken as this computer's local
     time zone: cameras are set to local time, and the observatory PC sits in the same zone."""

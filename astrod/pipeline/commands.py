@@ -24,6 +24,7 @@ from astrod.library.progress import progress_for
 from astrod.pipeline.calibration import library_calibrator
 from astrod.pipeline.live import Calibrator, PipelineSettings, write_outputs
 from astrod.pipeline.oneshot import stack_files
+from astrod.pipeline.outputs import stack_writer
 
 EXIT_NOTHING_STACKED = 1
 EXIT_UNUSABLE = 2
@@ -38,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     "frames; write the stack (FITS float32, colour as a 3-plane cube) with its provenance, and "
                     "optionally an auto-stretched preview and the per-frame table.")
     p.add_argument("files", nargs="+", metavar="LIGHTS", help="light frame files or folders")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.fits", help="the stack to write")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.fits",
+                   help="the stack to write: .fits (float32), .tif (16-bit, scaled) or .xisf (float32) by suffix")
     p.add_argument("--library", metavar="DIR", help="calibrate with this master library's matching masters")
     p.add_argument("--reference", metavar="FILE", help="registration reference (default: the first good frame)")
     p.add_argument("--method", choices=METHODS, default=None,
@@ -85,6 +87,10 @@ def cmd_stack(args: argparse.Namespace) -> int:
         return report_config_error(err)
     settings = settings_for(config, method=args.method, kappa=args.kappa)
     output = Path(args.output)
+    if stack_writer(output) is None:
+        print(f"error: {output}: no stack writer for {output.suffix or 'no suffix'!r}; use .fits, .tif or .xisf",
+              file=sys.stderr)
+        return EXIT_UNUSABLE
     reference = Path(args.reference) if args.reference else None
     if reference is not None and not reference.is_file():
         print(f"error: reference {reference} is not a file", file=sys.stderr)
@@ -120,8 +126,9 @@ def cmd_stack(args: argparse.Namespace) -> int:
                   table_path=Path(args.frames_table) if args.frames_table else None)
     stacked = int(product.header["NCOMBINE"][0])
     rejected = int(product.header["NREJECT"][0])
+    exposure = product.header.get("EXPTOTAL")
     print(f"stacked {stacked} of {stacked + rejected} frames ({product.header['STACKMTH'][0]}, "
-          f"{product.header['EXPTOTAL'][0]:g} s) -> {output}")
+          f"{f'{exposure[0]:g} s' if exposure else 'exposure unknown'}) -> {output}")
     for row in product.rows:
         if row["status"] == "rejected":
             print(f"  rejected {Path(str(row['path'])).name}: {row['reason']}")

@@ -13,6 +13,7 @@ from pathlib import Path
 from astrod.errors import AstrodError
 from astrod.io.frames import read_meta
 from astrod.io.headers import PathRule
+from astrod.io.images import NO_EXPOSURE_FORMATS
 from astrod.model import FrameKind, FrameMeta
 from astrod.pipeline.sessions import plausible_date
 
@@ -61,18 +62,20 @@ Ingested = Light | Calibration | Ignored | Rejected
 
 
 def ingest(path: Path, *, mtime: float, now: datetime, options: ReadOptions) -> Ingested:
-    """What the file at ``path`` is (its headers only; the pixels are read by its session)."""
+    """What the file at ``path`` is (its headers only; the pixels are read by its session). A picture without an
+    exposure time (TIFF, PNG, JPEG rarely carry one) is a light with its exposure unknown."""
     try:
         meta = read_meta(path, rename=options.rename, rules=options.rules)
     except AstrodError as err:
         return Rejected(str(err))
     if meta.kind is FrameKind.UNKNOWN:
         return Rejected(f"{path}: unknown frame type: {meta.kind_reason}", kind="unknown")
-    if meta.stack_count > 1 or meta.planes > 1:
+    # a colour FITS cube is someone's stack; a colour picture (JPEG, TIFF, ...) is a debayered frame
+    if meta.stack_count > 1 or (meta.planes > 1 and meta.source_format == "fits"):
         return Ignored(meta.kind.value, f"{path}: already a stack of {meta.stack_count} frames")
     if meta.kind.is_calibration:
         return Calibration(meta)
-    if meta.exposure is None:
+    if meta.exposure is None and meta.source_format not in NO_EXPOSURE_FORMATS:
         return Rejected(f"{path}: no exposure time (EXPTIME/EXPOSURE) in the header", kind="light")
     return _dated(path, meta, mtime=mtime, now=now)
 

@@ -1,6 +1,10 @@
 """A session's products: the stack with its provenance (`StackProduct`, its header cards and HISTORY lines from
 `stack_cards`, built by `astrod.io.provenance`) and the files under ``<output>/<night>/<target>/<filter>/``
-(the rolling preview and the final products), written through `astrod.io`."""
+(the rolling preview and the final products in the ``[output] formats``), written through `astrod.io`.
+
+The linear stack is written as FITS (float32), TIFF (16-bit, scaled to 0–65535, the scaling in its description
+tag) or XISF (float32 with the FITS keywords); `stack_writer` picks one by the file's suffix. PNG and JPEG hold
+the auto-stretched picture."""
 
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 from astrod.core.stretch import auto_stretch
-from astrod.io.fits import Header, write_fits
+from astrod.io.fits import FITS_EXTENSIONS, Header, write_fits
+from astrod.io.images import write_tiff16, write_xisf
 from astrod.io.previews import write_frames_table
 from astrod.io.previews import write_preview as write_image
 from astrod.io.provenance import Card, ParamValue, Provenance, ProvenanceCards, provenance_cards, write_cards
@@ -26,6 +31,10 @@ FloatArray = npt.NDArray[np.float32]
 PREVIEW_JPEG = "preview.jpg"
 PREVIEW_FITS = "preview.fits"
 STACK = "stack.fits"
+STACK_NAME = "stack"  # the final products are stack.fits, stack.tif, stack.xisf, stack.png, stack.jpg
+FORMAT_SUFFIXES = {"fits": ".fits", "tiff": ".tif", "xisf": ".xisf", "png": ".png", "jpg": ".jpg"}
+LINEAR_SUFFIXES = {**{ext: "fits" for ext in FITS_EXTENSIONS if not ext.endswith((".gz", ".fz"))},
+                   ".tif": "tiff", ".tiff": "tiff", ".xisf": "xisf"}
 FRAMES = "frames.csv"
 SESSION = "session.json"
 
@@ -72,12 +81,13 @@ def stack_cards(session: Session, settings: PipelineSettings, *, reference: Refe
                 notes: tuple[str, ...] = ()) -> ProvenanceCards:
     """The header cards of a session's stack (key -> (value, comment)) and its HISTORY lines: its provenance
     (`stack_provenance`, through `astrod.io.provenance`), then what the stack is (exposure, date, target,
-    camera, planes)."""
+    camera, planes). EXPTIME and EXPTOTAL are left out when the frames' exposure is unknown (pictures)."""
     s = session
     built = provenance_cards(stack_provenance(session, settings, reference=reference, method=method, notes=notes))
     cards = built.cards
-    cards["EXPTIME"] = (round(s.total_exposure, 3), "total exposure of the combined frames, s")
-    cards["EXPTOTAL"] = (round(s.total_exposure, 3), "total exposure of the combined frames, s")
+    if s.first_meta.get("exposure") is not None:  # pictures may not say: the stack's exposure is then unknown
+        cards["EXPTIME"] = (round(s.total_exposure, 3), "total exposure of the combined frames, s")
+        cards["EXPTOTAL"] = (round(s.total_exposure, 3), "total exposure of the combined frames, s")
     cards["DATE"] = (datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"), "file written, UTC")
     if len(reference.stack_shape) == 3 and reference.stack_shape[0] == 3:
         cards["PLANES"] = ("R,G,B", "colour planes, in order")
@@ -100,15 +110,42 @@ def product_header(product: StackProduct) -> Header:
     return write_cards(Header(), product.header, product.history)
 
 
+def stack_writer(path: Path) -> str | None:
+    """The format the linear stack is written in for this file name (``fits``, ``tiff``, ``xisf``), or None."""
+    return LINEAR_SUFFIXES.get(path.suffix.lower())
+
+
+def write_stack(product: StackProduct, path: Path) -> Path:
+    """Write the linear stack in the format its suffix names (`stack_writer`): FITS float32, 16-bit TIFF or
+    XISF float32, each with the product's provenance. Raises ValueError for another suffix."""
+    fmt = stack_writer(path)
+    image = np.asarray(product.image, dtype=np.float32)
+    if fmt == "fits":
+        write_fits(path, image, product_header(product))
+    elif fmt == "tiff":
+        write_tiff16(path, image, software=str(product.header["CREATOR"][0]))
+    elif fmt == "xisf":
+        write_xisf(path, image, product.header, product.history, creator=str(product.header["CREATOR"][0]))
+    else:
+        raise ValueError(f"{path}: no stack writer for {path.suffix!r}; use one of {', '.join(LINEAR_SUFFIXES)}")
+    return path
+
+
+def stretched_picture(product: StackProduct, *, max_size: int = 0) -> npt.NDArray[np.uint8]:
+    """The auto-stretched 8-bit picture of the stack, the longer side at most ``max_size`` px (0: full size)."""
+    h, w = product.image.shape[-2:]
+    factor = max(1, math.ceil(max(h, w) / max_size)) if max_size > 0 else 1
+    return auto_stretch(product.image, downsample_factor=factor)
+
+
 def write_outputs(product: StackProduct, *, stack_path: Path, preview_path: Path | None = None,
                   table_path: Path | None = None, preview_max_size: int = 1600) -> None:
-    """Write the stack (FITS float32, colour as a 3-plane cube), its auto-stretched preview (PNG or JPEG by
-    suffix, the longer side at most ``preview_max_size`` px) and the frames table (CSV); every write atomic."""
-    write_fits(stack_path, np.asarray(product.image, dtype=np.float32), product_header(product))
+    """Write the stack (by its suffix: FITS float32, 16-bit TIFF or XISF; colour as 3 planes), its
+    auto-stretched preview (PNG or JPEG by suffix, the longer side at most ``preview_max_size`` px) and the
+    frames table (CSV); every write atomic."""
+    write_stack(product, stack_path)
     if preview_path is not None:
-        h, w = product.image.shape[-2:]
-        factor = max(1, math.ceil(max(h, w) / max(1, preview_max_size)))
-        write_image(preview_path, auto_stretch(product.image, downsample_factor=factor))
+        write_image(preview_path, stretched_picture(product, max_size=preview_max_size))
     if table_path is not None:
         write_frames_table(table_path, product.rows, TABLE_COLUMNS)
 
@@ -123,6 +160,20 @@ def write_preview(folder: Path, *, linear: npt.NDArray[np.float32], stretched: n
     write_image(folder / PREVIEW_JPEG, stretched)
 
 
-def write_session_outputs(product: StackProduct, folder: Path) -> None:
-    """The final stack (FITS float32 with provenance) and the frames table."""
-    write_outputs(product, stack_path=folder / STACK, table_path=folder / FRAMES)
+def write_session_outputs(product: StackProduct, folder: Path, *,
+                          formats: tuple[str, ...] = ("fits", "jpg")) -> list[Path]:
+    """The final products in ``formats`` (``[output] formats``: the linear stack as fits/tiff/xisf with its
+    provenance, the auto-stretched picture as png/jpg, each ``stack.<suffix>``) and the frames table; returns
+    the products written."""
+    written: list[Path] = []
+    picture: npt.NDArray[np.uint8] | None = None
+    for fmt in formats:
+        path = folder / f"{STACK_NAME}{FORMAT_SUFFIXES[fmt]}"
+        if fmt in ("png", "jpg"):
+            picture = stretched_picture(product) if picture is None else picture
+            write_image(path, picture)
+        else:
+            write_stack(product, path)
+        written.append(path)
+    write_frames_table(folder / FRAMES, product.rows, TABLE_COLUMNS)
+    return written

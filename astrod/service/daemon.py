@@ -546,7 +546,7 @@ class Daemon:
             paths=SessionPaths(output=output, state=self.paths.session_state(sid)), journal=self.journal,
             settings=self._pipeline_settings(), calibrator=self._calibrator(),
             checkpoint_every=self.config.session.checkpoint_every,
-            checkpoint_seconds=self.config.session.checkpoint_seconds,
+            checkpoint_seconds=self.config.session.checkpoint_seconds, output_formats=self.config.output.formats,
             preview_every_frames=self.config.stack.preview_every_frames,
             preview_every_seconds=self.config.stack.preview_every_seconds,
             read_options=self._read_options(), on_closed=self._on_session_closed, on_progress=self._set_progress,

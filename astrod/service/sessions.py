@@ -122,7 +122,7 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
                  paths: SessionPaths, journal: Journal,
                  settings: PipelineSettings, calibrator: Calibrator | None,
                  checkpoint_every: int, preview_every_frames: int, preview_every_seconds: float,
-                 checkpoint_seconds: float = 600.0,
+                 checkpoint_seconds: float = 600.0, output_formats: tuple[str, ...] = ("fits", "jpg"),
                  read_options: ReadOptions, on_closed: Callable[[str, list[QueuedFrame]], None],
                  on_progress: Callable[[dict[str, Any] | None], None] = lambda _: None,
                  on_problem: ProblemSink = lambda _key, _text: None,
@@ -140,6 +140,7 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
         self._checkpoint_seconds = checkpoint_seconds
         self._last_checkpoint = time.monotonic()
         self._preview_frames = preview_every_frames
+        self._output_formats = output_formats
         self._preview_seconds = preview_every_seconds
         self._read_options = read_options
         # every frame is read into the same scratch array (and calibrated in place there): no fresh 100 MB
@@ -512,7 +513,7 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
             finally:
                 self._on_progress(None)
             summary["masters"] = list(product.masters)
-            write_session_outputs(product, self.paths.output)
+            write_session_outputs(product, self.paths.output, formats=self._output_formats)
             summary["timings_ms"]["finalize"] = round((time.perf_counter() - started) * 1e3, 1)
         else:  # no stack, but the frames table and the summary say what became of every frame
             write_frames_table(self.paths.output / FRAMES, rows, TABLE_COLUMNS)
