@@ -217,7 +217,14 @@ def _mesh_stats(image: FloatArray, ny: int, nx: int, step: int, lag: int, k: flo
             v = vals[:n]
             _radix_sort(v, keys, tmp, count)
             level[by, bx] = _clipped_stats(v, cs, cs2, k, iterations)[0]
-            s = math.sqrt(2.0) * max(float(v[(3 * n) // 4] - v[n // 4]), 1e-12) / 1.349
+            s = math.sqrt(2.0) * float(v[(3 * n) // 4] - v[n // 4]) / 1.349
+            if not s > 0.0:
+                # Quantised data (8-bit pictures, JPEG's flattened blocks): most values are equal and the
+                # interquartile range is 0, which would clip every non-zero difference; start from their RMS.
+                acc = 0.0
+                for i in range(nd):
+                    acc += diffs[i] * diffs[i]
+                s = max(math.sqrt(acc / nd), 1e-12)
             for _ in range(iterations):
                 acc = 0.0
                 m = 0
