@@ -28,8 +28,8 @@ ACK_TIMEOUT_S = 15.0  # how long `session close` waits for the daemon to take it
 ACK_POLL_S = 0.2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
 
-INSPECT_FIELDS = ("path", "kind", "exposure", "gain", "offset", "temperature", "set_temperature", "filter",
-                  "camera", "binning", "bayer", "object", "date_obs", "width", "height")
+INSPECT_FIELDS = ("path", "source_format", "kind", "exposure", "gain", "offset", "temperature", "set_temperature",
+                  "filter", "camera", "binning", "bayer", "object", "date_obs", "width", "height")
 
 
 def _inspect_record(path: Path, config: Config) -> dict[str, Any]:
@@ -45,7 +45,8 @@ def _inspect_record(path: Path, config: Config) -> dict[str, Any]:
     for name in INSPECT_FIELDS[1:]:
         record[name] = full[name]
     record["kind_reason"] = meta.kind_reason
-    extra = ("serial", "iso", "readout_mode", "bayer_offset", "ra", "dec", "pier_side", "planes", "stack_count")
+    extra = ("serial", "iso", "readout_mode", "bayer_offset", "ra", "dec", "pier_side", "planes", "stack_count",
+             "software", "notes")
     record.update({k: full[k] for k in extra})
     return record
 
@@ -59,10 +60,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         json.dump(records, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
     else:
-        cols = ("path", "kind", "exposure", "gain", "offset", "temperature", "set_temperature", "filter",
-                "camera", "binning", "bayer", "object", "date_obs")
-        heads = ("file", "kind", "exp", "gain", "offset", "temp", "set", "filter", "camera", "bin", "bayer",
-                 "object", "date-obs")
+        cols = ("path", "source_format", "kind", "exposure", "gain", "offset", "temperature", "set_temperature",
+                "filter", "camera", "binning", "bayer", "object", "date_obs", "planes")
+        heads = ("file", "format", "kind", "exp", "gain", "offset", "temp", "set", "filter", "camera", "bin", "bayer",
+                 "object", "date-obs", "planes")
         rows: list[tuple[str, ...]] = [heads]
         for r in records:
             if "error" in r:
@@ -72,6 +73,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             rows.append(tuple(cells))
         for line in table_lines(rows):
             print(line)
+        for r in records:  # what the file itself did not say (date from the file's time, exposure unknown)
+            for note in r.get("notes", ()):
+                print(f"note: {Path(r['path']).name}: {note}")
         for r in records:
             if "error" in r:
                 print(f"error: {r['error']}", file=sys.stderr)

@@ -142,11 +142,7 @@ def _read_with_astropy(path: Path, out: npt.NDArray[np.float32] | None,
                         continue
                     header = hdu.header if hdu is hdul[0] else _merged(hdul[0].header, hdu.header)
                     target = _fitting(out, tuple(raw.shape))
-                    if isinstance(hdu, fits.CompImageHDU):
-                        if target is None:
-                            return np.asarray(raw, dtype=np.float32), header
-                        np.copyto(target, raw, casting="unsafe")
-                        return target, header
+                    # tile-compressed data too come unscaled here: fpack stores uint16 as int16 with BZERO 32768
                     bscale = float(header.get("BSCALE", 1.0))
                     bzero = float(header.get("BZERO", 0.0))
                     if target is None:

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from astrod.errors import FrameReadError
-from astrod.io.atomic import atomic_path, atomic_write
+from astrod.io.atomic import atomic_path
 from astrod.io.headers import PathRule, complete_from_path, normalise
 from astrod.io.provenance import Card, ascii_text, history_lines
 from astrod.io.raw import ExifFields, exif_fields
@@ -337,13 +337,13 @@ def write_tiff16(path: str | os.PathLike[str], image: FloatArray, *, software: s
     if data.ndim not in (2, 3) or (data.ndim == 3 and data.shape[0] != 3):
         raise ValueError(f"a TIFF product must be (H, W) or (3, H, W), got {data.shape}")
     sc = scaling if scaling is not None else tiff_scaling(data)
-    scaled = np.nan_to_num((data - np.float32(sc.offset)) / np.float32(sc.scale), nan=0.0, posinf=TIFF_SCALE_MAX,
+    scaled = np.nan_to_num((data.astype(np.float64) - sc.offset) / sc.scale, nan=0.0, posinf=TIFF_SCALE_MAX,
                            neginf=0.0)
     samples = np.clip(np.rint(scaled), 0, TIFF_SCALE_MAX).astype(np.uint16)
     if samples.ndim == 3:
         samples = np.ascontiguousarray(np.moveaxis(samples, 0, 2))
-    with atomic_write(path, "wb") as handle:
-        tifffile.imwrite(handle, samples, photometric="rgb" if samples.ndim == 3 else "minisblack",
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, samples, photometric="rgb" if samples.ndim == 3 else "minisblack",
                          compression="zlib", description=sc.description(), software=software or None,
                          metadata=None)
     return sc

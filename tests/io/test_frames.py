@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import tifffile
 from astropy.io import fits
 
-from astrod.io.frames import read_frame
+from astrod.io.frames import is_frame_name, read_frame
 from tests.io.test_raw import write_dng
 
 
@@ -44,3 +45,21 @@ def test_raw_frame_is_copied_into_fitting_buffer(tmp_path: Path) -> None:
     other = read_frame(path, out=small)
     assert not np.shares_memory(other.data, small) and not small.any()
     np.testing.assert_array_equal(other.data, expected)
+
+
+def test_picture_names_are_frame_names() -> None:
+    """TIFF, PNG, JPEG, XISF and tile-compressed FITS are frame names (any case); other pictures are not."""
+    for name in ("a.tif", "a.TIFF", "a.png", "a.jpg", "a.JPEG", "a.xisf", "a.fits.fz", "a.fz"):
+        assert is_frame_name(Path(name)), name
+    for name in ("a.gif", "a.bmp", "a.webp", "a.txt"):
+        assert not is_frame_name(Path(name)), name
+
+
+def test_tiff_frame_is_copied_into_fitting_buffer(tmp_path: Path) -> None:
+    """A 16-bit TIFF's pixels land in a reused float32 buffer of the same size, as FITS and raw ones do."""
+    data = (np.random.default_rng(2).random((40, 50)) * 65535).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "f.tif", data)
+    buffer = np.empty(40 * 50, dtype=np.float32)
+    frame = read_frame(tmp_path / "f.tif", out=buffer)
+    assert np.shares_memory(frame.data, buffer)
+    np.testing.assert_array_equal(frame.data, data)
