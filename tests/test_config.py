@@ -165,3 +165,17 @@ def test_config_check_prints_three_problems_and_exits_78(tmp_path: Path) -> None
     ok = subprocess.run([sys.executable, "-m", "astrod", "config", "check", "--config", str(EXAMPLE)],
                         capture_output=True, text=True, timeout=120, check=False)
     assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+def test_output_formats_are_checked(tmp_path: Path) -> None:
+    """[output] formats defaults to fits and jpg; an unknown format (with a suggestion), an empty list and a
+    repeated format are problems."""
+    assert parse_config("", base=tmp_path).output.formats == ("fits", "jpg")
+    assert parse_config('[output]\nformats = ["tiff", "xisf"]', base=tmp_path).output.formats == ("tiff", "xisf")
+    for text, problem in (('formats = ["fits", "tif"]', "output.formats[1]: 'tif' is not one of fits, tiff, xisf, "
+                                                        "png, jpg (did you mean 'tiff'?)"),
+                          ("formats = []", "output.formats: empty: name at least one of fits, tiff, xisf, png, jpg"),
+                          ('formats = ["png", "png"]', "output.formats: a format is listed twice")):
+        with pytest.raises(ConfigError) as info:
+            parse_config(f"[output]\n{text}", base=tmp_path)
+        assert info.value.problems == [problem]
