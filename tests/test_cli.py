@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from astrod import cli
 from astrod.cli import main
@@ -284,3 +286,23 @@ def test_run_refuses_an_output_folder_it_cannot_create(obs: Observatory, monkeyp
     assert len(err) == 1
     assert err[0].startswith(f"config error: output folder {obs.root / 'etc' / 'stacks'} is not writable: ")
     assert err[0].endswith("(set [paths] output to an absolute path astrod may write)")
+
+
+def test_inspect_shows_the_format_and_what_the_file_did_not_say(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`astrod inspect` on a colour JPEG without EXIF: the table shows format jpeg and 3 planes and a note line
+    per missing fact; --json carries source_format, planes and the notes."""
+    path = tmp_path / "Lights" / "m42.jpg"
+    path.parent.mkdir()
+    Image.fromarray(np.full((24, 32, 3), 30, dtype=np.uint8)).save(path)
+    assert main(["inspect", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    header, row = out.splitlines()[:2]
+    assert header.split()[:3] == ["file", "format", "kind"] and header.split()[-1] == "planes"
+    assert row.split()[:3] == ["m42.jpg", "jpeg", "light"] and row.split()[-1] == "3"
+    assert "note: m42.jpg: date: none in the file; its modification time" in out
+    assert "note: m42.jpg: exposure: unknown (none in the file)" in out
+    assert main(["inspect", "--json", str(path)]) == 0
+    (record,) = json.loads(capsys.readouterr().out)
+    assert (record["source_format"], record["planes"], record["exposure"]) == ("jpeg", 3, None)
+    assert len(record["notes"]) == 2

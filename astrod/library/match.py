@@ -60,6 +60,10 @@ class MatchRules:
         return tuple(steps)
 
 
+COLOUR_NO_MASTERS = ("colour (RGB) frame: the library builds masters from single-plane sensor data only, so no "
+                     "colour master matches; it is stacked uncalibrated")
+
+
 @dataclass(frozen=True, slots=True)
 class MasterChoice:
     """A chosen master, and in words why: 'exact', 'temperature widened to ±3 °C', 'dark scaled 30 s → 60 s'."""
@@ -333,7 +337,8 @@ def match_frame(meta: FrameMeta, records: Sequence[MasterRecord], rules: MatchRu
 
     Lights (and frames of unknown kind, matched as lights) need a dark and a flat, and a bias when the
     dark is scaled or optimised; flats need a dark-flat (or a dark) or a bias; darks take a bias if there
-    is one; bias frames and dark-flats need nothing.
+    is one; bias frames and dark-flats need nothing. Debayered colour frames (3 planes) get none: masters are
+    single-plane sensor data (`COLOUR_NO_MASTERS` says so).
     """
     warnings: list[str] = []
     notes: list[str] = []
@@ -344,6 +349,8 @@ def match_frame(meta: FrameMeta, records: Sequence[MasterRecord], rules: MatchRu
         kind = FrameKind.LIGHT
     if kind in (FrameKind.BIAS, FrameKind.DARKFLAT):
         return MatchResult(meta=meta, notes=(f"a {kind.value} frame needs no master",))
+    if meta.planes > 1:
+        return MatchResult(meta=meta, notes=(*notes, COLOUR_NO_MASTERS))
     bias, bias_warning = choose_bias(meta, records, rules)
     if bias_warning:
         warnings.append(f"bias: {bias_warning}")

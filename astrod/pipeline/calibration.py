@@ -13,17 +13,15 @@ from astrod.errors import FrameRejected
 from astrod.io.frames import is_scratch
 from astrod.library.calibration import calibrate_frame, used_masters
 from astrod.library.masters import MasterLibrary
+from astrod.library.match import COLOUR_NO_MASTERS
 from astrod.model import Frame
 from astrod.pipeline.live import Calibrated, Calibrator
-
-COLOUR_UNCALIBRATED = ("colour (RGB) frames stacked uncalibrated: the library builds masters from single-plane "
-                       "sensor data only, so no colour master can match them")
 
 
 def library_calibrator(library: MasterLibrary, *, require_complete: bool = False,
                        bad_pixels: bool = True, in_place: bool = False) -> Calibrator:
     """A calibrator using ``library``'s matching masters. Debayered colour frames (3 planes) pass uncalibrated,
-    with a note saying why (`COLOUR_UNCALIBRATED`).
+    with a note saying why (`COLOUR_NO_MASTERS`).
 
     A frame lacking a required master is calibrated with the masters there are (the stack's history says
     what was missing), or rejected when ``require_complete``. Raises `FrameRejected` (an `AstrodError`) for a
@@ -38,7 +36,7 @@ def library_calibrator(library: MasterLibrary, *, require_complete: bool = False
     def calibrate(frame: Frame) -> Calibrated:
         data = frame.data
         if data.ndim == 3:  # a debayered colour picture: the library holds single-plane sensor masters only
-            return Calibrated(frame=frame, notes=(COLOUR_UNCALIBRATED,))
+            return Calibrated(frame=frame, notes=(COLOUR_NO_MASTERS,))
         out = data if in_place and is_scratch(data) else None
         result = calibrate_frame(library, frame, bad_pixels=bad_pixels, out=out)
         match = result.match

@@ -205,3 +205,12 @@ def test_result_as_json() -> None:
     assert data["dark"]["reason"].startswith("dark scaled 60 s → 120 s")
     assert data["dark_mode"] == "scaled" and data["ok"] is False
     assert data["missing"][0].startswith("flatless: no flat for")
+
+
+def test_a_colour_frame_gets_no_master_and_says_why() -> None:
+    """A debayered colour picture (3 planes) of a camera whose single-plane masters are all there gets none of
+    them: nothing is missing, and a note says it is stacked uncalibrated because no colour master exists."""
+    frame = replace(LIGHT, planes=3, source_format="jpeg")
+    result = match_frame(frame, [BIAS, DARK_300, FLAT_L, rec(MasterKind.BADPIXELS)], RULES)
+    assert result.ok and result.choices() == ()
+    assert any("colour (RGB) frame" in note and "uncalibrated" in note for note in result.notes)

@@ -10,6 +10,7 @@ import pytest
 from astrod.errors import FrameRejected
 from astrod.io.frames import read_frame
 from astrod.library.masters import MasterLibrary
+from astrod.model import Frame, FrameKind, FrameMeta
 from astrod.pipeline.calibration import library_calibrator
 from astrod.pipeline.live import Calibrated
 from tests import synth
@@ -46,3 +47,15 @@ def test_missing_master_is_a_note_or_a_rejection(calibrated_night: CalibratedNig
         assert any("flat" in note for note in out.notes)
         with pytest.raises(FrameRejected, match="missing masters"):
             library_calibrator(library, require_complete=True)(frame)
+
+
+def test_colour_frames_pass_uncalibrated_with_the_reason(calibrated_night: CalibratedNight) -> None:
+    """A debayered (3, H, W) frame goes through the library calibrator untouched, with the note that no colour
+    master exists (so `astrod stack --library` stacks colour pictures instead of rejecting them)."""
+    data = np.full((3, 32, 48), 40.0, dtype=np.float32)
+    frame = Frame(meta=FrameMeta(kind=FrameKind.LIGHT, width=48, height=32, planes=3, source_format="jpeg"),
+                  data=data)
+    with MasterLibrary.open(calibrated_night.root / "lib") as library:
+        out = library_calibrator(library)(frame)
+    assert isinstance(out, Calibrated) and out.frame is frame and out.masters == ()
+    assert len(out.notes) == 1 and "colour (RGB) frame" in out.notes[0]
