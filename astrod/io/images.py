@@ -328,7 +328,8 @@ def tiff_scaling(image: FloatArray) -> TiffScaling:
 
 def write_tiff16(path: str | os.PathLike[str], image: FloatArray, *, software: str = "",
                  scaling: TiffScaling | None = None) -> TiffScaling:
-    """Write a float (H, W) or (3, H, W) R, G, B image as a 16-bit TIFF (zlib-compressed, interleaved RGB),
+    """Write a float (H, W) or (3, H, W) R, G, B image as a 16-bit TIFF (uncompressed, which every editor opens:
+    zlib saves under a fifth of a noisy stack at 200 times the time; interleaved RGB),
     linearly scaled to 0–65535 (NaN as 0), with the scaling as JSON in the ImageDescription tag. Atomic;
     returns the scaling."""
     import tifffile
@@ -344,7 +345,7 @@ def write_tiff16(path: str | os.PathLike[str], image: FloatArray, *, software: s
         samples = np.ascontiguousarray(np.moveaxis(samples, 0, 2))
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, samples, photometric="rgb" if samples.ndim == 3 else "minisblack",
-                         compression="zlib", description=sc.description(), software=software or None,
+                         compression=None, description=sc.description(), software=software or None,
                          metadata=None)
     return sc
 

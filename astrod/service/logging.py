@@ -43,3 +43,6 @@ def configure_logging(*, level: str = "info", fmt: str = "auto", stream: TextIO 
         logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    # exifread warns through the standard library ("PNG file does not have exif data.") for every picture
+    # without EXIF, printed raw on stderr; what a frame lacks is in its notes (`astrod inspect`) instead.
+    logging.getLogger("exifread").setLevel(logging.ERROR)

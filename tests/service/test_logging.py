@@ -5,10 +5,14 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
 import pytest
 import structlog
+from PIL import Image
 
+from astrod.io.frames import read_meta
 from astrod.service.logging import configure_logging, wants_json
 
 
@@ -54,3 +58,13 @@ def test_console_on_a_terminal() -> None:
     assert "library_built" in text and "masters" in text
     with pytest.raises(json.JSONDecodeError):
         json.loads(text.splitlines()[0])
+
+
+def test_pictures_without_exif_log_no_exifread_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Once logging is configured, reading a PNG without EXIF gives no exifread warning (which the standard
+    library would print raw on stderr); the frame's notes say what it lacks."""
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "plain.png")
+    configure_logging(stream=io.StringIO(), env={})
+    meta = read_meta(tmp_path / "plain.png")
+    assert "exposure: unknown (none in the file)" in meta.notes
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("exifread")] == []
