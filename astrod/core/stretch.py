@@ -93,30 +93,35 @@ def stretch_parameters(image: npt.NDArray[np.floating], *, linked: bool = True, 
     return StretchParameters(low=low, high=low + span, shadows=tuple(clips), midtones=tuple(mids))
 
 
+_STRETCH_ROWS = 256  # rows stretched at a time: a full-size picture needs no full-size float temporaries
+
+
 def apply_stretch(image: npt.NDArray[np.floating], params: StretchParameters) -> npt.NDArray[np.uint8]:
     """Apply ``params`` to a (H, W) or (planes, H, W) image: uint8 (H, W) or (H, W, planes), RGB order."""
     planes = [image] if image.ndim == 2 else list(image)
     if len(planes) != len(params.midtones):
         raise ValueError(f"image has {len(planes)} planes, the stretch {len(params.midtones)}")
     span = params.high - params.low
-    out = []
-    for p, c0, m in zip(planes, params.shadows, params.midtones, strict=True):
+    height, width = planes[0].shape
+    out = np.empty((height, width, len(planes)), dtype=np.uint8)
+    for i, (p, c0, m) in enumerate(zip(planes, params.shadows, params.midtones, strict=True)):
         # fold the [low, high] normalisation and the shadows clip into one affine step
         a = 1.0 / (span * (1.0 - c0)) if c0 < 1.0 else 0.0
         b = -(params.low / span + c0) / (1.0 - c0) if c0 < 1.0 else 0.0
-        x = np.asarray(p, dtype=np.float32) * np.float32(a)
-        x += np.float32(b)
-        np.nan_to_num(x, copy=False, nan=0.0)
-        np.clip(x, 0.0, 1.0, out=x)
-        # MTF rearranged for in-place evaluation: (m-1)x / ((2m-1)x - m)
-        denom = x * np.float32(2.0 * m - 1.0)
-        denom -= np.float32(m)
-        x *= np.float32(m - 1.0)
-        x /= denom
-        x *= 255.0
-        x += 0.5
-        out.append(x.astype(np.uint8))
-    return out[0] if image.ndim == 2 else np.stack(out, axis=-1)
+        for r0 in range(0, height, _STRETCH_ROWS):
+            x = np.asarray(p[r0:r0 + _STRETCH_ROWS], dtype=np.float32) * np.float32(a)
+            x += np.float32(b)
+            np.nan_to_num(x, copy=False, nan=0.0)
+            np.clip(x, 0.0, 1.0, out=x)
+            # MTF rearranged for in-place evaluation: (m-1)x / ((2m-1)x - m)
+            denom = x * np.float32(2.0 * m - 1.0)
+            denom -= np.float32(m)
+            x *= np.float32(m - 1.0)
+            x /= denom
+            x *= 255.0
+            x += 0.5
+            out[r0:r0 + _STRETCH_ROWS, :, i] = x.astype(np.uint8)
+    return out[:, :, 0] if image.ndim == 2 else out
 
 
 def auto_stretch(image: npt.NDArray[np.floating], *, downsample_factor: int = 2, linked: bool = True,
@@ -127,7 +132,8 @@ def auto_stretch(image: npt.NDArray[np.floating], *, downsample_factor: int = 2,
     ``f = downsample_factor``. ``linked`` uses one stretch for every channel (keeps colour balance);
     unlinked stretches each channel to the same background, which neutralises a coloured sky.
     """
-    small = downsample(image, downsample_factor)
+    # full size: the image itself (apply_stretch does not change it), not a copy
+    small = np.asarray(image, dtype=np.float32) if downsample_factor == 1 else downsample(image, downsample_factor)
     params = stretch_parameters(small, linked=linked, shadows_clip=shadows_clip,
                                 target_background=target_background)
     return apply_stretch(small, params)

@@ -502,12 +502,15 @@ class LiveStack:
         small = downsample(np.asarray(mean, dtype=np.float32), factor)
         return small, auto_stretch(small, downsample_factor=1)
 
-    def finalize(self) -> StackProduct:
+    def finalize(self, *, last: bool = False) -> StackProduct:
         """The stack with its provenance: the live stack, or the full re-integration of the cached frames.
 
         The product's ``count`` map is a read-only view of the live one (not a 52 MB copy at 26 MP): it
-        follows any frame added afterwards; the image is the product's own."""
-        if self._stacker is None or self._ref is None or self._session.n_stacked == 0:
+        follows any frame added afterwards; the image is the product's own. ``last``: nothing is asked of this
+        stack afterwards (`astrod stack`), so a re-integration first lets the live state go (416 MB at 26 MP
+        mono) instead of holding it beside its own."""
+        stacker = self._stacker
+        if stacker is None or self._ref is None or self._session.n_stacked == 0:
             raise AstrodError("no frame was stacked: nothing to finalize")
         s = self._session
         history: list[str] = []
@@ -515,13 +518,16 @@ class LiveStack:
         result = None
         if self.settings.final_rejection != "none":
             if self._caching and len(s.cached) == s.n_stacked and self._cache_complete():
+                if last:
+                    self._stacker = stacker = None
                 result = self._reintegrate()
                 method = self.settings.final_rejection
             else:
                 history.append(f"{self.settings.final_rejection} re-integration impossible (registered "
                                "frames not cached): the live online-sigma stack is given")
         if result is None:
-            result = self._stacker.finalize(copy_maps=False)
+            assert stacker is not None
+            result = stacker.finalize(copy_maps=False)
         built = stack_cards(s, self.settings, reference=self._ref, method=method, notes=tuple(history))
         return StackProduct(image=result.image, header=built.cards, rows=self.rows, history=built.history,
                             count=result.count, masters=tuple(s.masters))

@@ -81,7 +81,7 @@ def stack_files(paths: Sequence[Path], settings: PipelineSettings, *, calibrator
             bar.advance(path.name)
         bar.finish()
         scratch = None  # freed before the final stack is made
-        product = stack.finalize()
+        product = stack.finalize(last=True)
     log.info("stack_finished", stacked=stack.n_stacked, rejected=stack.n_rejected,
              exposure=round(stack.total_exposure, 1))
     return product
