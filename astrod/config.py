@@ -211,8 +211,9 @@ class CaptureConfig:
 
 @dataclass(frozen=True, slots=True)
 class SolveConfig:
-    enabled: bool = _opt(True, "plate-solve each session's reference frame in the background (astrometry.net's "
-                                     "solve-field, never over the network); `astrod solve` works either way")
+    enabled: bool = _opt(False, "plate-solve each session's reference frame in the background (astrometry.net's "
+                                      "solve-field, never over the network) and put its WCS into the stacks; off "
+                                      "until solving is journaled; `astrod solve` works either way")
     timeout_s: float = _opt(30.0, "time limit of one solve, seconds", min=1, max=3600)
     index_dirs: tuple[Path, ...] = _opt((), "further folders of astrometry.net index files (2MASS, Gaia, for "
                                             "fields narrower than the Tycho-2 indexes' 25')", path_kind="dir")

@@ -2,10 +2,11 @@
 
 numba compiles a ``cache=True`` kernel at its first call in a process unless its on-disk cache has it: an
 index per kernel, valid while the source file keeps its mtime and size, with one entry per argument types
-and CPU. A cold cache costs ~25–40 s before the first frame. `astrod warmup` compiles every kernel astrod
-calls and then writes a stamp beside numba's files holding what numba's check depends on (the kernel
-sources' mtimes and sizes, numba's and Python's versions, the CPU), so a command can tell *before* the
-pause whether a compile is coming, without compiling or timing anything itself.
+and CPU. A cold cache costs about 1.5 min before the first frame (77 kernel signatures: 95 s on a fresh clone
+on a 2-core machine). `astrod warmup` compiles every kernel astrod calls and then writes a stamp beside
+numba's files holding what numba's check depends on (the kernel sources' mtimes and sizes, numba's and
+Python's versions, the CPU), so a command can tell *before* the pause whether a compile is coming, without
+compiling or timing anything itself.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from astrod.io.atomic import atomic_write_bytes
 from astrod.io.files import read_json
 
 STAMP_NAME = "astrod-kernels.json"
-COMPILE_ESTIMATE = "~25 s"  # every kernel, on a quiet 2-core x86 machine (25–40 s measured there)
+COMPILE_ESTIMATE = "~2 min"  # every kernel: 95 s on a fresh clone on a 2-core x86 machine at load 1
 
 
 def kernel_dispatchers() -> dict[str, Any]:

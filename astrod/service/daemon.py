@@ -52,6 +52,7 @@ from astrod.service.paths import daemon_paths
 from astrod.service.problems import Problems
 from astrod.service.queue_thread import QueueThread
 from astrod.service.recovery import open_journal
+from astrod.service.reference_solver import reference_solver
 from astrod.service.reload import compare
 from astrod.service.sessions import QueuedFrame, SessionPaths, SessionWorker
 from astrod.service.status import (
@@ -134,6 +135,7 @@ class Daemon:
         self._closes = CloseClock(idle_s=config.session.idle_minutes * 60.0, wall=clock, monotonic=monotonic,
                                   dawn_after=dawn_at_site(config.site))
         self._router = _Router(self._route_item)
+        self._solver = reference_solver(config)
         self._watcher = FolderWatcher(self._watch_settings(), self._on_ready)
         self.web: WebServer | None = None
         # INDI capture plan: the runner's frames arrive through the watcher like any other frame
@@ -215,6 +217,8 @@ class Daemon:
             if f.session is None or f.session not in self.workers:  # never routed, or its session has closed
                 self._router.put(Path(f.path))
         self._router.start()
+        if self._solver is not None:  # plate-solves the sessions' reference frames
+            self._solver.start()
         if self.capture is not None:
             self.capture.start()
         self._watcher.start()
@@ -334,6 +338,8 @@ class Daemon:
             worker.stop()
         for worker in workers:
             worker.join(timeout=60)
+        if self._solver is not None:  # after the workers: a closing session may be waiting for its solve
+            self._solver.stop()
         self.write_status(running=False)
         if self._library is not None:
             self._library.close()
@@ -550,13 +556,10 @@ class Daemon:
             preview_every_frames=self.config.stack.preview_every_frames,
             preview_every_seconds=self.config.stack.preview_every_seconds,
             read_options=self._read_options(), on_closed=self._on_session_closed, on_progress=self._set_progress,
-            on_problem=self._worker_problem, on_state_error=self.state_failed, clock=self._clock)
+            on_problem=self.problems.set, on_state_error=self.state_failed, clock=self._clock, solver=self._solver)
         self.workers[sid] = worker
         worker.start()
         return worker
-
-    def _worker_problem(self, key: str, text: str | None) -> None:
-        self.problems.set(key, text)
 
     def _flush_calibration(self) -> None:
         """Build or refresh the masters the new calibration frames belong to."""

@@ -36,7 +36,9 @@ from astrod.pipeline.ingest import ReadOptions
 from astrod.pipeline.live import TABLE_COLUMNS, Calibrator, LiveStack, PipelineSettings
 from astrod.pipeline.outputs import FRAMES, SESSION, write_preview, write_session_outputs
 from astrod.pipeline.sessions import Pointing, SessionKey, plausible_date
+from astrod.pipeline.solving import SolveResult, product_wcs_cards, stack_with_wcs
 from astrod.service.queue_thread import QueueThread
+from astrod.service.reference_solver import ReferenceSolver, SolveRequest
 
 log = structlog.get_logger()
 
@@ -127,6 +129,7 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
                  on_progress: Callable[[dict[str, Any] | None], None] = lambda _: None,
                  on_problem: ProblemSink = lambda _key, _text: None,
                  on_state_error: Callable[[BaseException], bool] = lambda _err: False,
+                 solver: ReferenceSolver | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.id = session_id
         self.label = label
@@ -151,6 +154,11 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
         self._on_problem = on_problem
         self._on_state_error = on_state_error  # the daemon's judgement of journal errors (damaged: restart)
         self._clock = clock
+        # the reference frame's plate solution, solved in the background (`ReferenceSolver`): its WCS goes into
+        # the previews and the final stack while the reference stays the one solved
+        self._solver = solver
+        self._solve_asked: SolveRequest | None = None
+        self._solution: tuple[str, SolveResult] | None = None
         super().__init__(name=f"astrod-session-{session_id}")
         self._state_lock = threading.Lock()  # _pending and closing: the status thread reads them
         self._pending: list[tuple[Path, str, str | None, dict[str, Any]]] = []
@@ -340,6 +348,7 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
                            fwhm=metrics.get("fwhm"), stars=metrics.get("stars"))
             self._since_preview += 1
             self._preview_owed = self._preview_owed or self._preview_due()
+            self._ask_solve()
         else:
             self._log.warning("frame_rejected", frame=str(item.path), reason=reason)
         if self._preview_owed and time.monotonic() >= self._retries["preview"].due:
@@ -445,12 +454,52 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
             self._preview_owed = False
             return
         linear, stretched = self._live.preview()
-        write_preview(self.paths.output, linear=linear, stretched=stretched)
+        write_preview(self.paths.output, linear=linear, stretched=stretched, wcs=self._wcs_cards(linear.shape))
         self._previewed = True
         self._preview_owed = False
         self._since_preview = 0
         self._last_preview = time.monotonic()
         self._log.info("preview_written", path=str(self.paths.output / "preview.jpg"), frames=self._live.n_stacked)
+
+    # ------------------------------------------------------------------------------------ plate solving
+    def _ask_solve(self) -> None:
+        """Ask for a solve of the reference frame when it is new (the first, or a re-picked one)."""
+        ref = self._live.reference_path
+        if self._solver is None or not ref:
+            return
+        if self._solve_asked is not None and str(self._solve_asked.path) == ref:
+            return
+        self._solve_asked = SolveRequest(session=self.id, path=Path(ref), done=self._solved)
+        self._solver.request(self._solve_asked)
+
+    def _solved(self, path: Path, result: SolveResult | None, reason: str | None) -> None:
+        """The solver thread's answer (called on that thread)."""
+        if result is not None:
+            with self._state_lock:
+                self._solution = (str(path), result)
+
+    def _reference_solution(self, *, wait: bool = False) -> SolveResult | None:
+        """The solution of the current reference frame, if there is one (``wait``: for a solve under way, up to
+        the solver's time limit: the final stack is written once)."""
+        asked = self._solve_asked
+        if wait and self._solver is not None and asked is not None and str(asked.path) == self._live.reference_path:
+            asked.finished.wait(self._solver.longest_s)
+        with self._state_lock:
+            solution = self._solution
+        if solution is None or solution[0] != self._live.reference_path:
+            return None  # not solved, or solved for a reference that was re-picked since
+        return solution[1]
+
+    def _frame_shape(self) -> tuple[int, int]:
+        shape = self._live.shape
+        assert shape is not None
+        return int(shape[-2]), int(shape[-1])
+
+    def _wcs_cards(self, image_shape: tuple[int, ...]) -> dict[str, tuple[Any, str]] | None:
+        solution = self._reference_solution()
+        if solution is None:
+            return None
+        return product_wcs_cards(solution, frame_shape=self._frame_shape(), image_shape=image_shape)
 
     # ------------------------------------------------------------------------------------ re-stacking
     def _restack(self, why: str) -> None:
@@ -513,6 +562,11 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
             finally:
                 self._on_progress(None)
             summary["masters"] = list(product.masters)
+            solution = self._reference_solution(wait=True)
+            if solution is not None:
+                product = stack_with_wcs(product, solution, frame_shape=self._frame_shape())
+                summary["wcs"] = {"ra": solution.ra, "dec": solution.dec, "scale_arcsec": solution.scale_arcsec,
+                                  "rotation_deg": solution.rotation_deg, "index": solution.index}
             write_session_outputs(product, self.paths.output, formats=self._output_formats)
             summary["timings_ms"]["finalize"] = round((time.perf_counter() - started) * 1e3, 1)
         else:  # no stack, but the frames table and the summary say what became of every frame
