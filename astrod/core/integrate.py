@@ -285,10 +285,9 @@ def _reject_sorted(s: npt.NDArray[np.float64], k: int, method: int, kl: float, k
     iterations in lockstep instead, with `_reject`'s exact arithmetic, was 2–4× slower on real frames: a
     chunk waits for its slowest pixel.)
     """
-    a = 0
-    b = k
     if method == 0 or k < 3:
-        return a, b
+        return 0, k
+    a, b = 0, k
     changed = True
     while changed and b - a > 3:
         changed = False
@@ -321,16 +320,12 @@ def _reject_sorted(s: npt.NDArray[np.float64], k: int, method: int, kl: float, k
                 dhi = hi - med
                 s1 = n_lo * dlo + (p1[i_hi] - p1[i_lo]) + n_hi * dhi
                 s2 = n_lo * dlo * dlo + (p2[i_hi] - p2[i_lo]) + n_hi * dhi * dhi
-                ss = max(0.0, s2 - s1 * s1 * inv_n)
-                sigma0 = sigma
-                sigma = math.sqrt(ss * var_scale)
+                sigma0, sigma = sigma, math.sqrt(max(0.0, s2 - s1 * s1 * inv_n) * var_scale)
                 if abs(sigma - sigma0) <= 5e-4 * sigma0:
                     break
         na, nb = _trim(s, a, b, med - kl * sigma, med + kh * sigma)
-        if na != a or nb != b:
-            changed = True
-            a = na
-            b = nb
+        changed = na != a or nb != b
+        a, b = na, nb
     return a, b
 
 
