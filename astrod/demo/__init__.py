@@ -254,9 +254,7 @@ def daemon_summary(root: Path) -> dict[str, Any]:
             out = Path(str(s.info.get("output")))
             lines.append(f"  {s.info.get('label')}: {stats.get('stacked', 0)} stacked, {stats.get('rejected', 0)} "
                          f"rejected -> {out}")
-            for name in ("stack.fits", "preview.jpg", "preview.fits", "frames.csv", "session.json"):
-                if (out / name).exists():
-                    lines.append(f"      {out / name}")
+            lines.extend(f"      {path}" for path in files_matching(out, "*"))  # every product the session wrote
         rejected = journal.files(status=["rejected"])
         for r in rejected:
             lines.append(f"  rejected: {r.reason}")
