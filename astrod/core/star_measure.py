@@ -130,6 +130,23 @@ def _gauss_moments(image: FloatArray, b: float, cx: float, cy: float, r: int, in
     return s0, s1x, s1y, mxx, mxy, myy
 
 
+_MOVING, _SETTLED, _WANDERED = 0, 1, 2
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _centroid_step(cx: float, cy: float, ddx: float, ddy: float, x0: float,
+                   y0: float) -> tuple[int, float, float]:  # pragma: no cover - numba
+    """One step of an iterated centroid: the moved centre, and whether it has settled (a step under 1e-4 px)
+    or wandered more than 3 px from where it started."""
+    cx += ddx
+    cy += ddy
+    if abs(cx - x0) > 3.0 or abs(cy - y0) > 3.0:
+        return _WANDERED, cx, cy
+    if abs(ddx) < 1e-4 and abs(ddy) < 1e-4:
+        return _SETTLED, cx, cy
+    return _MOVING, cx, cy
+
+
 @njit(cache=True, nogil=True)
 def _windowed(image: FloatArray, b: float, x0: float, y0: float, sw: float, rmax: int, spy: IntArray,
               spx: IntArray, spv: F64, nsp: int) -> tuple[bool, float, float]:  # pragma: no cover - numba
@@ -147,12 +164,10 @@ def _windowed(image: FloatArray, b: float, x0: float, y0: float, sw: float, rmax
         if s0 <= 0.0:
             return False, cx, cy
         # The weighted mean of a Gaussian star under a matching weight lies halfway to its centre.
-        ddx, ddy = 2.0 * s1x / s0, 2.0 * s1y / s0
-        cx += ddx
-        cy += ddy
-        if abs(cx - x0) > 3.0 or abs(cy - y0) > 3.0:
+        step, cx, cy = _centroid_step(cx, cy, 2.0 * s1x / s0, 2.0 * s1y / s0, x0, y0)
+        if step == _WANDERED:
             return False, cx, cy
-        if abs(ddx) < 1e-4 and abs(ddy) < 1e-4:
+        if step == _SETTLED:
             break
     return True, cx, cy
 
@@ -308,12 +323,10 @@ def _cfa_centroid(cfa: FloatArray, x0: float, y0: float, sw: float,
                     s1y += wv * dy
         if s0 <= 0.0:
             return False, cx, cy
-        ddx, ddy = s1x / s0, s1y / s0
-        cx += ddx
-        cy += ddy
-        if abs(cx - x0) > 3.0 or abs(cy - y0) > 3.0:
+        step, cx, cy = _centroid_step(cx, cy, s1x / s0, s1y / s0, x0, y0)
+        if step == _WANDERED:
             return False, cx, cy
-        if abs(ddx) < 1e-4 and abs(ddy) < 1e-4:
+        if step == _SETTLED:
             break
     return True, cx, cy
 
