@@ -81,6 +81,24 @@ def warp_bands(image: npt.NDArray[np.floating], transform: Transform, *, shape: 
                   buffer.reshape(-1), interpolation)
 
 
+def warp_rows(image: npt.NDArray[np.floating], transform: Transform, *, shape: tuple[int, int], row0: int,
+              out: FloatArray, interpolation: Interpolation = "linear") -> None:
+    """Rows ``row0 .. row0 + out.shape[-2]`` of `warp` into ``out`` ((rows, W_ref) or (planes, rows, W_ref),
+    float32, each plane's rows contiguous: a slice of rows of a bigger band will do).
+
+    The same rows as `warp_bands` gives for a band that starts at ``row0``, bit for bit.
+    """
+    out_shape = _check(image, transform, shape, interpolation)
+    rows = out.shape[-2] if out.ndim >= 2 else 0
+    if (out.dtype != np.float32 or out.shape[:-2] != out_shape[:-2] or out.shape[-1] != out_shape[-1]
+            or not 0 <= row0 <= row0 + rows <= out_shape[-2]):
+        raise ValueError(f"out {out.dtype}{out.shape} at row {row0} does not fit a warp of shape {out_shape}")
+    planes = [out] if out.ndim == 2 else list(out)
+    if not all(p.flags.c_contiguous for p in planes):
+        raise ValueError("out must have C-contiguous planes")
+    _warp_rows(np.asarray(image, dtype=np.float32), transform.as_array(), row0, out, interpolation)
+
+
 def resample(image: npt.NDArray[np.float32] | npt.NDArray[np.uint16], transform: Transform, *,
              shape: tuple[int, int], interpolation: Literal["linear", "nearest"], fill: float = math.nan,
              out: npt.NDArray[np.float32] | npt.NDArray[np.uint16] | None = None,
@@ -96,7 +114,7 @@ def resample(image: npt.NDArray[np.float32] | npt.NDArray[np.uint16], transform:
         raise ValueError(f"resample needs one float32 or uint16 (H, W) plane, got {image.dtype}{image.shape}")
     if image.dtype == np.uint16 and not (0.0 <= fill <= 65535.0):
         raise ValueError(f"fill {fill} does not fit a uint16 map")
-    height, width = _check_grid(transform, shape)
+    height, width = check_grid(transform, shape)
     if out is None:
         out = np.empty((height, width), dtype=image.dtype)
     elif out.shape != (height, width) or out.dtype != image.dtype or not out.flags.c_contiguous:
@@ -124,12 +142,13 @@ def _check(image: npt.NDArray[np.floating], transform: Transform, shape: tuple[i
         raise ValueError(f"unknown interpolation {interpolation!r}")
     if image.ndim not in (2, 3):
         raise ValueError(f"image must be (H, W) or (planes, H, W), got shape {image.shape}")
-    height, width = _check_grid(transform, shape)
+    height, width = check_grid(transform, shape)
     return (height, width) if image.ndim == 2 else (int(image.shape[0]), height, width)
 
 
-def _check_grid(transform: Transform, shape: tuple[int, int]) -> tuple[int, int]:
-    """The output (H, W), after checking it and that ``transform`` can be inverted."""
+def check_grid(transform: Transform, shape: tuple[int, int]) -> tuple[int, int]:
+    """The output (H, W) of a warp through ``transform`` onto ``shape``; raises ValueError when the shape is
+    not positive or the transform cannot be inverted."""
     height, width = int(shape[0]), int(shape[1])
     if height < 1 or width < 1:
         raise ValueError(f"reference shape must be positive, got {shape}")

@@ -27,6 +27,12 @@ def remove_folder(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def file_version(path: Path) -> tuple[int, int]:
+    """(size, modification time in ns) of a file: what changes when it is written again."""
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
 def remove_file(path: Path) -> None:
     path.unlink(missing_ok=True)
 

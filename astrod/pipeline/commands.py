@@ -28,7 +28,8 @@ from astrod.pipeline.outputs import stack_writer
 
 EXIT_NOTHING_STACKED = 1
 EXIT_UNUSABLE = 2
-BAND_BYTES = 32 * 2**20  # one band of the final re-integration: 106 rows of 12 frames of 26 MP
+# one band of the final integration: 1152 rows of 12 frames of 26 MP mono, so each frame is read 4 times
+BAND_BYTES = 352 * 2**20
 METHODS = ("mean", "online", "sigma", "winsorized", "linear_fit")
 
 
@@ -102,9 +103,9 @@ def cmd_stack(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     cache_root = Path(args.cache_dir) if args.cache_dir else output.parent
     notice_if_cold()
-    # The final re-integration reads bands of every registered frame while the live stack's state (5 maps,
-    # 416 MB at 26 MP mono) is still held: a smaller band keeps the command's peak under 1 GB.
-    settings = replace(settings, final_memory_bytes=min(settings.final_memory_bytes, BAND_BYTES))
+    # Two-pass (astrod.pipeline.twopass): no live stack state is held while the final integration reads its
+    # bands, so a band may be large (fewer re-reads of each frame) and the peak still stays under 1 GB.
+    settings = replace(settings, final_memory_bytes=BAND_BYTES)
     library: MasterLibrary | None = None
     try:
         ensure_folder(cache_root)

@@ -65,7 +65,7 @@ from astrod.core.register import MODEL_POINTS, Registration, build_reference, fi
 from astrod.core.stack import Stacker, fwhm_weight, integrate_bands, snr_weight
 from astrod.core.stars import StarList, detect_stars, estimate_background
 from astrod.core.stretch import auto_stretch, downsample
-from astrod.core.warp import warp_bands
+from astrod.core.warp import check_grid, warp_bands
 from astrod.errors import AstrodError, RegistrationError
 from astrod.io.files import ensure_folder
 from astrod.io.frame_cache import CachedFrameWriter, read_cached_rows, remove_cached_frames
@@ -83,6 +83,7 @@ from astrod.pipeline.state import (
     load_state,
     save_state,
 )
+from astrod.pipeline.twopass import DeferredFrame, DeferredFrames
 
 __all__ = ["TABLE_COLUMNS", "Calibrated", "Calibrator", "FrameResult", "LiveStack", "Measured", "Metric",
            "Model", "PipelineSettings", "StackProduct", "product_header", "write_outputs"]
@@ -116,14 +117,17 @@ class LiveStack:
     for a frame it cannot calibrate. It may calibrate into the frame's own array, or reuse one output buffer
     (the calibrated pixels are done with when `process` returns).
     ``cache_dir`` receives the registered frames when ``settings.final_rejection`` is not ``"none"`` (one
-    float32 ``.npy`` per stacked frame).
+    float32 ``.npy`` per stacked frame). ``reread`` (a path to its frame, read again from the file) makes the
+    stack two-pass (`astrod.pipeline.twopass`, with a final rejection only): frames are registered as they
+    come, and only `finalize` warps and integrates them, reading them again; nothing is cached, there is no
+    live stack to preview or checkpoint.
 
     Concurrency: one thread at a time (`process`, `reject`, `save`, `preview` and `finalize` change or read
     the session state).
     """
 
     def __init__(self, settings: PipelineSettings, *, calibrator: Calibrator | None = None,
-                 cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None, reread: Callable[[Path], Frame] | None = None) -> None:
         if settings.transform not in MODEL_POINTS:
             raise ValueError(f"unknown registration model {settings.transform!r}")
         self.settings = settings
@@ -134,6 +138,9 @@ class LiveStack:
         self._session = Session()
         self._warp_buffer: FloatArray | None = None
         self._extra: dict[str, Any] = {}
+        self._reread = reread
+        self._deferred = (DeferredFrames(self._pixels_again, sub_band_rows=BAND_ROWS)
+                          if reread is not None and settings.final_rejection != "none" else None)
 
     # ------------------------------------------------------------------------------------------- figures
 
@@ -215,19 +222,11 @@ class LiveStack:
                             masters=masters, notes=notes, pattern=None, small=None, timings=timings)
 
         t0 = time.perf_counter()
-        if self._calibrator is not None:
-            try:
-                out = self._calibrator(frame)
-            except AstrodError as err:
-                timings["calibrate"] = _ms(t0)
-                return early(f"calibration failed: {one_line(err)}")
-            if isinstance(out, Calibrated):
-                masters, notes = out.masters, out.notes
-                out = out.frame
-            meta = out.meta
-            data = np.asarray(out.data, dtype=np.float32)
-        else:
-            data = np.asarray(frame.data, dtype=np.float32)
+        try:
+            data, meta, masters, notes = self._calibrate(frame)
+        except AstrodError as err:
+            timings["calibrate"] = _ms(t0)
+            return early(f"calibration failed: {one_line(err)}")
         timings["calibrate"] = _ms(t0)
 
         if data.ndim not in (2, 3) or data.shape[-1] < 16 or data.shape[-2] < 16:
@@ -256,12 +255,36 @@ class LiveStack:
         return Measured(path=frame.path, meta=meta, data=data, stars=stars, quality=quality, reason=reason,
                         masters=masters, notes=notes, pattern=pattern, small=small, timings=timings)
 
+    def _calibrate(self, frame: Frame) -> tuple[FloatArray, FrameMeta, tuple[str, ...], tuple[str, ...]]:
+        """The frame's calibrated pixels (float32), metadata, masters used and notes; raises `AstrodError`."""
+        if self._calibrator is None:
+            return np.asarray(frame.data, dtype=np.float32), frame.meta, (), ()
+        out = self._calibrator(frame)
+        masters: tuple[str, ...] = ()
+        notes: tuple[str, ...] = ()
+        if isinstance(out, Calibrated):
+            masters, notes = out.masters, out.notes
+            out = out.frame
+        return np.asarray(out.data, dtype=np.float32), out.meta, masters, notes
+
+    def _pixels_again(self, path: Path) -> FloatArray:
+        """A two-pass stack's frame read and calibrated again (and demosaiced), as `_measure` and `_stack` had
+        it; raises `AstrodError`."""
+        assert self._reread is not None
+        frame = self._reread(path)
+        data, meta, _, _ = self._calibrate(frame)
+        if data.ndim == 2 and meta.bayer is not None:
+            return debayer(data, pattern=effective_pattern(meta.bayer, meta.bayer_offset))
+        return data
+
     def _stack(self, measured: Measured, reg: Registration, weight: float, metrics: dict[str, Metric],
                timings: dict[str, float]) -> str | None:
         """Warp the frame onto the reference grid and add it to the stack, band by band; the reason it could
         not be (None: stacked)."""
         assert self._ref is not None and self._stacker is not None and measured.data is not None
         assert measured.quality is not None
+        if self._deferred is not None:
+            return self._defer(measured, reg, weight, metrics)
         t0 = time.perf_counter()
         data = measured.data
         pixels = debayer(data, pattern=measured.pattern) if measured.pattern is not None else data
@@ -296,6 +319,22 @@ class LiveStack:
         if cache_name is not None:
             timings["cache"] = spent["cache"]
             self._session.cached.append({"file": cache_name, "offset": offset, "scale": scale, "weight": weight})
+        metrics["weight"] = weight
+        return None
+
+    def _defer(self, measured: Measured, reg: Registration, weight: float, metrics: dict[str, Metric]) -> str | None:
+        """Pass one of a two-pass stack: the frame's registration and normalisation, kept for `finalize`."""
+        assert self._ref is not None and self._deferred is not None and measured.quality is not None
+        if measured.path is None:
+            return "a two-pass stack needs frames read from files"
+        try:
+            check_grid(reg.transform, self._ref.frame_shape)  # what `_stack`'s warp would refuse
+        except ValueError as err:
+            return f"cannot warp: {one_line(err)}"
+        scale = 1.0 / area_ratio(reg.transform, self._ref.frame_shape)
+        offset = self._ref.background - measured.quality.background * scale
+        self._deferred.add(DeferredFrame(path=measured.path, transform=reg.transform, offset=offset, scale=scale,
+                                         weight=weight))
         metrics["weight"] = weight
         return None
 
@@ -425,7 +464,7 @@ class LiveStack:
         assert self._ref is not None and self._stacker is not None
         t0 = time.perf_counter()
         picked = repick(s, self._ref, self._stacker, self.settings, metrics,
-                        cache_dir=self._cache_dir if self._caching else None)
+                        cache_dir=self._cache_dir if self._caching else None, deferred=self._deferred)
         s.repicked, s.candidates = True, []
         if picked is not None:
             self._ref, self._warp_buffer = picked, None
@@ -451,7 +490,7 @@ class LiveStack:
 
     @property
     def _caching(self) -> bool:
-        return self._cache_dir is not None and self.settings.final_rejection != "none"
+        return self._cache_dir is not None and self.settings.final_rejection != "none" and self._deferred is None
 
     def _band_buffer(self) -> FloatArray:
         assert self._ref is not None
@@ -516,7 +555,17 @@ class LiveStack:
         history: list[str] = []
         method = "mean" if not math.isfinite(self.settings.kappa) else "online-sigma"
         result = None
-        if self.settings.final_rejection != "none":
+        if self._deferred is not None:
+            kappa = self.settings.kappa if math.isfinite(self.settings.kappa) else 3.0
+            try:
+                result = self._deferred.integrate(
+                    stack_shape=self._ref.stack_shape, interpolation=self.settings.interpolation,
+                    method=self.settings.final_rejection, kappa=kappa, weighted=self.settings.weighting != "none",
+                    memory_bytes=self.settings.final_memory_bytes)
+            except ValueError as err:
+                raise AstrodError(f"cannot integrate the stack: {one_line(err)}") from err
+            method = self.settings.final_rejection
+        elif self.settings.final_rejection != "none":
             if self._caching and len(s.cached) == s.n_stacked and self._cache_complete():
                 if last:
                     self._stacker = stacker = None
@@ -559,6 +608,8 @@ class LiveStack:
 
     def save(self, path: Path, *, extra: Mapping[str, Any] | None = None) -> None:
         """Write the whole session state to ``path`` atomically (see `load`, `astrod.pipeline.state`)."""
+        if self._deferred is not None:
+            raise AstrodError("a two-pass stack has no live state to checkpoint")
         save_state(path, stacker=self._stacker, reference=self._ref, session=self._session,
                    settings=self.settings.as_dict(), extra=extra)
         if self._session.stale_cache and self._cache_dir is not None:

@@ -8,14 +8,19 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 import structlog
 
 from astrod.errors import AstrodError
-from astrod.io.files import scratch_folder
+from astrod.io.files import file_version, scratch_folder
 from astrod.io.frames import is_scratch, read_frame
 from astrod.io.headers import PathRule
 from astrod.library.progress import NoProgress, Progress
+from astrod.model import Frame
 from astrod.pipeline.live import Calibrator, FrameResult, LiveStack, PipelineSettings, StackProduct
+
+FloatArray = npt.NDArray[np.float32]
 
 
 def order_frames(paths: Sequence[Path], reference: Path | None) -> list[Path]:
@@ -33,14 +38,17 @@ def order_frames(paths: Sequence[Path], reference: Path | None) -> list[Path]:
 def stack_files(paths: Sequence[Path], settings: PipelineSettings, *, calibrator: Calibrator | None = None,
                 reference: Path | None = None, cache_dir: Path | None = None,
                 rename: Mapping[str, str] | None = None, rules: Iterable[PathRule] = (),
-                progress: Progress | None = None,
-                on_result: Callable[[FrameResult], None] | None = None) -> StackProduct:
+                progress: Progress | None = None, on_result: Callable[[FrameResult], None] | None = None,
+                two_pass: bool = True) -> StackProduct:
     """Stack light frames, the ``reference`` (if given) first, the others in the order given.
 
     Unreadable files and calibration frames are rejected with their reason in the frames table. With
-    ``settings.final_rejection`` other than ``"none"`` the registered frames are cached in ``cache_dir``
-    (default: a temporary folder, removed afterwards). Raises `AstrodError` when no frame could be stacked.
-    A ``reference`` given is the user's choice: the session does not re-pick its reference by quality.
+    ``settings.final_rejection`` other than ``"none"`` the stack is two-pass (`astrod.pipeline.twopass`):
+    the frames are registered first and read again for the final integration, which fails with
+    `AstrodError` if one of them changed in between; ``two_pass=False`` stacks them live instead and caches
+    the registered frames in ``cache_dir`` (default: a temporary folder, removed afterwards). Raises
+    `AstrodError` when no frame could be stacked. A ``reference`` given is the user's choice: the session
+    does not re-pick its reference by quality.
     """
     log = structlog.get_logger()
     ordered = order_frames(paths, reference)
@@ -48,18 +56,32 @@ def stack_files(paths: Sequence[Path], settings: PipelineSettings, *, calibrator
     rule_list = tuple(rules)
     if reference is not None:
         settings = replace(settings, reference_repick_after=0)
+    two_pass = two_pass and settings.final_rejection != "none"
+    versions: dict[Path, tuple[int, int]] = {}
+    again: list[FloatArray] = []  # the one buffer pass two reads every frame into
+
+    def reread(path: Path) -> Frame:
+        if file_version(path) != versions.get(path):
+            raise AstrodError(f"{path}: changed or replaced while it was being stacked")
+        frame = read_frame(path, rename=rename, rules=rule_list, out=again[0] if again else None)
+        if not again and is_scratch(frame.data):
+            again.append(frame.data)
+        return frame
+
     with contextlib.ExitStack() as cleanup:
         cache = cache_dir
-        if cache is None and settings.final_rejection != "none":
+        if cache is None and settings.final_rejection != "none" and not two_pass:
             cache = cleanup.enter_context(scratch_folder("astrod-stack-"))
-        stack = LiveStack(settings, calibrator=calibrator, cache_dir=cache)
+        stack = LiveStack(settings, calibrator=calibrator, cache_dir=None if two_pass else cache,
+                          reread=reread if two_pass else None)
         bar.start("stack", len(ordered))
         scratch = None  # one array every frame is read into (a calibrator may calibrate it in place)
         for path in ordered:
             t0 = time.perf_counter()
             try:
                 frame = read_frame(path, rename=rename, rules=rule_list, out=scratch)
-            except AstrodError as err:
+                versions[path] = file_version(path)
+            except (AstrodError, OSError) as err:
                 result = stack.reject(path, " ".join(str(err).split()))
             else:
                 read_ms = (time.perf_counter() - t0) * 1e3

@@ -17,10 +17,12 @@ from astrod.io.frame_cache import rewarp_cached_frame
 from astrod.model import Transform
 from astrod.pipeline.settings import BAND_ROWS, PipelineSettings
 from astrod.pipeline.state import Metric, Reference, Session
+from astrod.pipeline.twopass import DeferredFrames
 
 
 def repick(session: Session, ref: Reference, stacker: Stacker, settings: PipelineSettings,
-           metrics: dict[str, Metric], *, cache_dir: Path | None) -> Reference | None:
+           metrics: dict[str, Metric], *, cache_dir: Path | None,
+           deferred: DeferredFrames | None = None) -> Reference | None:
     """The best candidate of ``session`` as the new reference when it beats the current one (``ref``) by the
     margin, everything stacked moved onto its grid; None when the reference stays. ``cache_dir``: where the
     cached registered frames are (None: not caching). ``metrics`` is the row of the frame just stacked.
@@ -28,7 +30,8 @@ def repick(session: Session, ref: Reference, stacker: Stacker, settings: Pipelin
     Best: the most stars detected per px of FWHM (``Candidate.score``): both fall with defocus, bad seeing
     or haze, and their ratio rewards the sharp, deep frame whose stars register the others best; an
     unknown FWHM never wins. The margin keeps a session of equally good frames on its first reference (a
-    re-pick costs a second interpolation of the frames stacked so far).
+    re-pick costs a second interpolation of the frames stacked so far). ``deferred``: the frames of a two-pass
+    stack, which has no live stack or cache to move: their transforms and norms are composed instead.
 
     Everything stacked is moved onto the new reference's grid through ``to_new`` (old grid → new grid, the
     inverse of the best frame's transform onto the old reference; transforms compose):
@@ -66,7 +69,10 @@ def repick(session: Session, ref: Reference, stacker: Stacker, settings: Pipelin
     f = 1.0 / b.weight if stacker.weighting != "none" and b.weight > 0.0 else 1.0
     rescale_transparency = math.isfinite(b_transparency) and b_transparency > 0.0
     stack_shape = (*ref.stack_shape[:-2], *b.frame_shape)
-    stacker.regrid(to_new, shape=b.frame_shape, norm=(c, k), weight_scale=f)
+    if deferred is not None:
+        deferred.regrid(to_new, norm=(c, k), weight_scale=f)
+    else:
+        stacker.regrid(to_new, shape=b.frame_shape, norm=(c, k), weight_scale=f)
     new_id = ref.id + 1
     asterisms = build_reference(b.xy, max_stars=max(1, b.xy.shape[0]))
     new_ref = Reference(id=new_id, path=b.path, asterisms=asterisms,

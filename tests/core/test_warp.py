@@ -7,7 +7,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from astrod.core.warp import resample, warp, warp_bands
+from astrod.core.warp import resample, warp, warp_bands, warp_rows
 from astrod.model import Transform
 from tests import synth
 
@@ -227,3 +227,22 @@ def test_resample_refuses_what_it_cannot_do() -> None:
     singular = Transform.from_array(np.array([[1.0, 2.0, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 1.0]]))
     with pytest.raises(ValueError, match="not invertible"):
         resample(plane, singular, shape=(8, 8), interpolation="linear")
+
+
+def test_warp_rows_are_the_bands_bit_for_bit_and_fill_slices_of_a_bigger_band() -> None:
+    """warp_rows at a band's first row gives that band of warp_bands exactly, written into rows of a larger
+    (planes, rows, W) buffer; a slice that does not fit the output grid is refused."""
+    rng = np.random.default_rng(25)
+    rgb = rng.normal(100.0, 10.0, (3, 60, 50)).astype(np.float32)
+    t = Transform.similarity(dx=2.3, dy=-1.6, rotation_deg=-2.0)
+    bands = {row0: band.copy() for row0, band in warp_bands(rgb, t, shape=(64, 52), band_rows=16)}
+    big = np.full((3, 40, 52), -1.0, dtype=np.float32)
+    warp_rows(rgb, t, shape=(64, 52), row0=16, out=big[:, 4:20, :])
+    warp_rows(rgb, t, shape=(64, 52), row0=32, out=big[:, 20:36, :])
+    np.testing.assert_array_equal(big[:, 4:20], bands[16])
+    np.testing.assert_array_equal(big[:, 20:36], bands[32])
+    assert np.all(big[:, :4] == -1.0) and np.all(big[:, 36:] == -1.0)
+    with pytest.raises(ValueError, match="does not fit"):
+        warp_rows(rgb, t, shape=(64, 52), row0=60, out=big[:, 0:16, :])
+    with pytest.raises(ValueError, match="does not fit"):
+        warp_rows(rgb, t, shape=(64, 52), row0=0, out=big[0, 0:16, :])
