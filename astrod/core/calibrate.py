@@ -499,6 +499,49 @@ def apply(prepared: PreparedMasters, light: npt.NDArray[np.generic], *, light_ex
                              n_cosmic=n_cosmic)
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class CalibrationRecipe:
+    """How one frame was calibrated by `apply`: the prepared masters, the dark scale used and the gain, so
+    that rows of it can be calibrated again alike (`apply_rows`)."""
+
+    prepared: PreparedMasters
+    dark_scale: float
+    gain: float | None = None
+
+
+def apply_rows(recipe: CalibrationRecipe, light_rows: npt.NDArray[np.generic], *, first_row: int,
+               out: FloatArray | None = None) -> FloatArray:
+    """Rows ``first_row ..`` of a frame (``light_rows``, its raw pixels) calibrated as `apply` calibrated the
+    whole frame with ``recipe``, bit for bit, except bad pixels whose same-colour neighbours are not all among
+    the rows given (those within 2 rows of an edge of the slice that is not the frame's): they are left as
+    they are, so a caller wanting rows r0..r1 exactly passes 2 more rows each side. No cosmic-ray cleaning
+    (`apply` cleans a whole frame at once)."""
+    p = recipe.prepared
+    height, width = p.shape
+    rows = int(light_rows.shape[0]) if light_rows.ndim == 2 else -1
+    if light_rows.ndim != 2 or light_rows.shape[1] != width or not 0 <= first_row <= height - rows:
+        raise ValueError(f"rows {light_rows.shape} at row {first_row} do not fit a frame of {p.shape}")
+    if out is None:
+        out = np.empty((rows, width), dtype=np.float32)
+    elif out.shape != (rows, width) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {(rows, width)}")
+    part = slice(first_row, first_row + rows)
+    _fused(light_rows, _rows(p.offset, part), _rows(p.dark_current, part), float(recipe.dark_scale),
+           _rows(p.inverse_flat, part), out)
+    if p.release_rows is not None:
+        p.release_rows(part.start, part.stop)
+    if p.bad_index.size:
+        first, stop = first_row * width, (first_row + rows) * width
+        here = (p.bad_index >= first) & (p.bad_index < stop)
+        table = p.bad_neighbours[here]
+        whole = np.all((table < 0) | ((table >= first) & (table < stop)), axis=1)
+        table = table[whole]
+        _replace_bad(out, p.bad_index[here][whole] - first, np.where(table >= 0, table - first, -1))
+    if recipe.gain is not None:
+        out *= np.float32(recipe.gain)
+    return out
+
+
 def _rows(master: FloatArray | None, rows: slice) -> FloatArray | None:
     return None if master is None else master[rows]
 

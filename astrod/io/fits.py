@@ -20,7 +20,7 @@ import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +192,26 @@ def read_fits(path: str | os.PathLike[str], *, out: npt.NDArray[np.float32] | No
         raise
     except (OSError, ValueError, KeyError, EOFError, gzip.BadGzipFile, TypeError) as err:
         raise FrameReadError(f"{p}: corrupt FITS: {err}") from err
+
+
+def read_fits_rows(path: str | os.PathLike[str], row0: int, row1: int, *,
+                   out: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.float32]:
+    """Rows ``row0 .. row1`` (float32, physical values) of the 2-D image of an uncompressed FITS file,
+    read without the rest: what `read_fits` gives for those rows. ``out``: as in `read_fits`.
+    Raises FrameReadError (also for a file whose image cannot be read by rows: compressed, 3-D)."""
+    p = Path(path)
+    _check_readable(p)
+    try:
+        loc = _locate_image(p)
+    except (OSError, ValueError, KeyError, EOFError, TypeError) as err:
+        raise FrameReadError(f"{p}: corrupt FITS: {err}") from err
+    if loc is None or len(loc.shape) != 2 or loc.bitpix not in BITPIX_DTYPES:
+        raise FrameReadError(f"{p}: rows can be read only from an uncompressed 2-D FITS image")
+    height, width = loc.shape
+    if not 0 <= row0 < row1 <= height:
+        raise FrameReadError(f"{p}: rows [{row0}, {row1}) are outside the image's {height} rows")
+    part = replace(loc, data_offset=loc.data_offset + row0 * width * (abs(loc.bitpix) // 8), shape=(row1 - row0, width))
+    return _read_located(p, part, out)
 
 
 def _read_located(path: Path, loc: _ImageLocation, out: npt.NDArray[np.float32] | None,

@@ -101,6 +101,17 @@ def read_frame(path: str | os.PathLike[str], *, rename: Mapping[str, str] | None
     return Frame(meta=normalise(header, p, rename=rename, rules=rules), data=data, path=p)
 
 
+def read_frame_rows(path: str | os.PathLike[str], row0: int, row1: int, *,
+                    out: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.float32]:
+    """Rows ``row0 .. row1`` of a single-plane FITS frame's pixels (float32), as `read_frame` has them, read
+    without the rest. Raises FrameReadError, also for a frame that cannot be read by rows (camera raw,
+    pictures, compressed or multi-plane FITS): read it whole."""
+    p = Path(path)
+    if is_raw_name(p) or images.is_image_name(p):
+        raise FrameReadError(f"{p}: rows can be read only from FITS frames")
+    return fitsio.read_fits_rows(p, row0, row1, out=out)
+
+
 def _into(pixels: npt.NDArray[np.float32], out: npt.NDArray[np.float32] | None) -> npt.NDArray[np.float32]:
     """``pixels`` copied into ``out`` when it fits (see `read_frame`), else ``pixels`` itself."""
     if (out is not None and out.dtype == np.float32 and out.flags.c_contiguous and out.flags.writeable

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from astrod.core.calibrate import apply
+from astrod.core.calibrate import CalibrationRecipe, apply
 from astrod.errors import AstrodError, FrameRejected
 from astrod.io.fits import Header, is_fits_name, read_fits_header, write_fits
 from astrod.io.frames import read_frame
@@ -42,6 +42,7 @@ class CalibratedFrame:
     steps: tuple[str, ...]
     dark_scale: float
     cards: tuple[tuple[str, Any, str], ...]
+    recipe: CalibrationRecipe | None = None  # rows can be calibrated again alike (None after cosmic cleaning)
 
 
 def calibrate_frame(library: MasterLibrary, frame: Frame, *, match: MatchResult | None = None,
@@ -89,8 +90,9 @@ def calibrate_frame(library: MasterLibrary, frame: Frame, *, match: MatchResult 
         notes=done.steps + tuple(f"{c.role}: {c.reason}" for c in used)))
     cards = [(key, value, comment) for key, (value, comment) in built.cards.items()]
     cards += [("HISTORY", line, "") for line in built.history]
+    recipe = None if cosmic else CalibrationRecipe(prepared=prepared, dark_scale=done.dark_scale, gain=gain)
     return CalibratedFrame(data=done.data, meta=meta, match=result, steps=done.steps, dark_scale=done.dark_scale,
-                           cards=tuple(cards))
+                           cards=tuple(cards), recipe=recipe)
 
 
 def used_masters(result: MatchResult, *, bad_pixels: bool = True) -> tuple[MasterChoice, ...]:

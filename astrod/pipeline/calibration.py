@@ -45,7 +45,7 @@ def library_calibrator(library: MasterLibrary, *, require_complete: bool = False
         masters = tuple(choice.record.name for choice in used_masters(match, bad_pixels=bad_pixels))
         notes = tuple(f"missing master: {m}" for m in match.missing)
         return Calibrated(frame=Frame(meta=result.meta, data=result.data, path=frame.path), masters=masters,
-                          notes=notes)
+                          notes=notes, recipe=result.recipe)
 
     return calibrate
 

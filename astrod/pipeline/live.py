@@ -58,6 +58,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from astrod.core.calibrate import CalibrationRecipe
 from astrod.core.debayer import debayer, effective_pattern
 from astrod.core.quality import FrameQuality, measure_quality
 from astrod.core.quality_gates import FrameFigures, SessionStats, check_gates, flux_ratio
@@ -108,6 +109,7 @@ class Measured:
     pattern: str | None
     small: FloatArray | None
     timings: dict[str, float]
+    recipe: CalibrationRecipe | None = None
 
 
 class LiveStack:
@@ -120,14 +122,16 @@ class LiveStack:
     float32 ``.npy`` per stacked frame). ``reread`` (a path to its frame, read again from the file) makes the
     stack two-pass (`astrod.pipeline.twopass`, with a final rejection only): frames are registered as they
     come, and only `finalize` warps and integrates them, reading them again; nothing is cached, there is no
-    live stack to preview or checkpoint.
+    live stack to preview or checkpoint. ``read_rows(path, row0, row1, out)`` (a frame's raw rows, read into
+    ``out`` when it fits) lets it read only the rows each band needs.
 
     Concurrency: one thread at a time (`process`, `reject`, `save`, `preview` and `finalize` change or read
     the session state).
     """
 
     def __init__(self, settings: PipelineSettings, *, calibrator: Calibrator | None = None,
-                 cache_dir: Path | None = None, reread: Callable[[Path], Frame] | None = None) -> None:
+                 cache_dir: Path | None = None, reread: Callable[[Path], Frame] | None = None,
+                 read_rows: Callable[[Path, int, int, FloatArray], FloatArray] | None = None) -> None:
         if settings.transform not in MODEL_POINTS:
             raise ValueError(f"unknown registration model {settings.transform!r}")
         self.settings = settings
@@ -139,7 +143,7 @@ class LiveStack:
         self._warp_buffer: FloatArray | None = None
         self._extra: dict[str, Any] = {}
         self._reread = reread
-        self._deferred = (DeferredFrames(self._pixels_again, sub_band_rows=BAND_ROWS)
+        self._deferred = (DeferredFrames(self._pixels_again, sub_band_rows=BAND_ROWS, read_rows=read_rows)
                           if reread is not None and settings.final_rejection != "none" else None)
 
     # ------------------------------------------------------------------------------------------- figures
@@ -223,7 +227,7 @@ class LiveStack:
 
         t0 = time.perf_counter()
         try:
-            data, meta, masters, notes = self._calibrate(frame)
+            data, meta, masters, notes, recipe = self._calibrate(frame)
         except AstrodError as err:
             timings["calibrate"] = _ms(t0)
             return early(f"calibration failed: {one_line(err)}")
@@ -253,26 +257,25 @@ class LiveStack:
             small = _phase_image(data, cfa=pattern is not None)
         reason = "no stars detected" if quality.star_count == 0 or len(stars) == 0 else None
         return Measured(path=frame.path, meta=meta, data=data, stars=stars, quality=quality, reason=reason,
-                        masters=masters, notes=notes, pattern=pattern, small=small, timings=timings)
+                        masters=masters, notes=notes, pattern=pattern, small=small, timings=timings, recipe=recipe)
 
-    def _calibrate(self, frame: Frame) -> tuple[FloatArray, FrameMeta, tuple[str, ...], tuple[str, ...]]:
-        """The frame's calibrated pixels (float32), metadata, masters used and notes; raises `AstrodError`."""
+    def _calibrate(self, frame: Frame) -> tuple[FloatArray, FrameMeta, tuple[str, ...], tuple[str, ...],
+                                                CalibrationRecipe | None]:
+        """The frame's calibrated pixels (float32), metadata, masters used, notes and how it was calibrated;
+        raises `AstrodError`."""
         if self._calibrator is None:
-            return np.asarray(frame.data, dtype=np.float32), frame.meta, (), ()
+            return np.asarray(frame.data, dtype=np.float32), frame.meta, (), (), None
         out = self._calibrator(frame)
-        masters: tuple[str, ...] = ()
-        notes: tuple[str, ...] = ()
         if isinstance(out, Calibrated):
-            masters, notes = out.masters, out.notes
-            out = out.frame
-        return np.asarray(out.data, dtype=np.float32), out.meta, masters, notes
+            return np.asarray(out.frame.data, dtype=np.float32), out.frame.meta, out.masters, out.notes, out.recipe
+        return np.asarray(out.data, dtype=np.float32), out.meta, (), (), None
 
     def _pixels_again(self, path: Path) -> FloatArray:
         """A two-pass stack's frame read and calibrated again (and demosaiced), as `_measure` and `_stack` had
         it; raises `AstrodError`."""
         assert self._reread is not None
         frame = self._reread(path)
-        data, meta, _, _ = self._calibrate(frame)
+        data, meta, _, _, _ = self._calibrate(frame)
         if data.ndim == 2 and meta.bayer is not None:
             return debayer(data, pattern=effective_pattern(meta.bayer, meta.bayer_offset))
         return data
@@ -333,8 +336,12 @@ class LiveStack:
             return f"cannot warp: {one_line(err)}"
         scale = 1.0 / area_ratio(reg.transform, self._ref.frame_shape)
         offset = self._ref.background - measured.quality.background * scale
-        self._deferred.add(DeferredFrame(path=measured.path, transform=reg.transform, offset=offset, scale=scale,
-                                         weight=weight))
+        data = measured.data
+        assert data is not None
+        self._deferred.add(DeferredFrame(
+            path=measured.path, transform=reg.transform, offset=offset, scale=scale, weight=weight,
+            rows=data.ndim == 2 and (self._calibrator is None or measured.recipe is not None),
+            recipe=measured.recipe, pattern=measured.pattern, shape=(int(data.shape[-2]), int(data.shape[-1]))))
         metrics["weight"] = weight
         return None
 

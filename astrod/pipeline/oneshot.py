@@ -14,7 +14,7 @@ import structlog
 
 from astrod.errors import AstrodError
 from astrod.io.files import file_version, scratch_folder
-from astrod.io.frames import is_scratch, read_frame
+from astrod.io.frames import is_scratch, read_frame, read_frame_rows
 from astrod.io.headers import PathRule
 from astrod.library.progress import NoProgress, Progress
 from astrod.model import Frame
@@ -68,12 +68,17 @@ def stack_files(paths: Sequence[Path], settings: PipelineSettings, *, calibrator
             again.append(frame.data)
         return frame
 
+    def read_rows(path: Path, row0: int, row1: int, out: FloatArray) -> FloatArray:
+        if file_version(path) != versions.get(path):
+            raise AstrodError(f"{path}: changed or replaced while it was being stacked")
+        return read_frame_rows(path, row0, row1, out=out)
+
     with contextlib.ExitStack() as cleanup:
         cache = cache_dir
         if cache is None and settings.final_rejection != "none" and not two_pass:
             cache = cleanup.enter_context(scratch_folder("astrod-stack-"))
         stack = LiveStack(settings, calibrator=calibrator, cache_dir=None if two_pass else cache,
-                          reread=reread if two_pass else None)
+                          reread=reread if two_pass else None, read_rows=read_rows if two_pass else None)
         bar.start("stack", len(ordered))
         scratch = None  # one array every frame is read into (a calibrator may calibrate it in place)
         for path in ordered:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from astrod.config import Config
+from astrod.core.calibrate import CalibrationRecipe
 from astrod.core.quality_gates import GateThresholds
 from astrod.core.register import MODEL_POINTS
 from astrod.core.stack import Rejection, Weighting
@@ -82,6 +83,7 @@ class Calibrated:
     frame: Frame
     masters: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    recipe: CalibrationRecipe | None = None  # how, so that rows of the frame can be calibrated again alike
 
 
 Calibrator = Callable[[Frame], Frame | Calibrated]

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from astrod.core.calibrate import CalibrationRecipe, apply_rows
+from astrod.core.debayer import debayer
 from astrod.core.stack import StackResult, integrate_bands
 from astrod.core.warp import Interpolation, warp_rows
 from astrod.model import Transform
@@ -37,13 +39,19 @@ FloatArray = npt.NDArray[np.float32]
 @dataclass(frozen=True, slots=True)
 class DeferredFrame:
     """A frame stacked in pass one: where its pixels are, how they map onto the reference grid, and its
-    additive normalisation ``value * scale + offset`` and weight."""
+    additive normalisation ``value * scale + offset`` and weight. ``rows``: its rows can be read and
+    calibrated again by themselves (a FITS frame, with the ``recipe`` it was calibrated by, or uncalibrated);
+    ``pattern``: its CFA pattern when it is demosaiced; ``shape``: its own (H, W)."""
 
     path: Path
     transform: Transform
     offset: float
     scale: float
     weight: float
+    rows: bool = False
+    recipe: CalibrationRecipe | None = None
+    pattern: str | None = None
+    shape: tuple[int, int] = (0, 0)
 
 
 class DeferredFrames:
@@ -51,10 +59,12 @@ class DeferredFrames:
     ((H, W), or (3, H, W) for a demosaiced CFA frame) again, exactly as pass one had them; it may return the
     same reused buffer each time (the pixels are done with before it is called again)."""
 
-    def __init__(self, pixels_of: Callable[[Path], FloatArray], *, sub_band_rows: int) -> None:
+    def __init__(self, pixels_of: Callable[[Path], FloatArray], *, sub_band_rows: int,
+                 read_rows: Callable[[Path, int, int, FloatArray], FloatArray] | None = None) -> None:
         if sub_band_rows < 1:
             raise ValueError(f"sub_band_rows must be positive, got {sub_band_rows}")
         self._pixels_of = pixels_of
+        self._read_rows = read_rows
         self._sub = sub_band_rows
         self.frames: list[DeferredFrame] = []
 
@@ -86,13 +96,17 @@ class DeferredFrames:
         grid = (int(stack_shape[-2]), int(stack_shape[-1]))
         lead = tuple(stack_shape[:-2])
         buffer = np.empty(len(frames) * math.prod(lead) * rows * grid[1], dtype=np.float32)
+        scratch: list[FloatArray] = []  # the frame rows read, grown to the most asked for and reused
 
         def read_band(row0: int, row1: int) -> FloatArray:
             band = buffer[: len(frames) * math.prod(lead) * (row1 - row0) * grid[1]].reshape(
                 len(frames), *lead, row1 - row0, grid[1])
             for i, frame in enumerate(frames):
-                _warp_band(self._pixels_of(frame.path), frame.transform, grid, row0, band[i], self._sub,
-                           interpolation)
+                if frame.rows and self._read_rows is not None:
+                    _warp_band_from_rows(frame, self._read_rows, grid, row0, band[i], interpolation, scratch)
+                else:
+                    _warp_band(self._pixels_of(frame.path), frame.transform, grid, row0, band[i], self._sub,
+                               interpolation)
             return band
 
         planes = 1 if not lead else lead[0]
@@ -111,3 +125,48 @@ def _warp_band(pixels: FloatArray, transform: Transform, grid: tuple[int, int], 
     for first in range(0, rows, sub):
         warp_rows(pixels, transform, shape=grid, row0=row0 + first, out=out[..., first:min(rows, first + sub), :],
                   interpolation=interpolation)
+
+
+# rows beyond a band's source rows that the interpolation kernel reaches, plus one for rounding
+_KERNEL_REACH = {"linear": 2, "cubic": 3, "lanczos": 5}
+# rows more to read so the rows used are exact: bad pixels take neighbours 2 rows away, demosaicing 2 rows
+_CALIBRATION_REACH = 4
+
+
+def source_rows(transform: Transform, grid: tuple[int, int], row0: int, row1: int, height: int,
+                interpolation: Interpolation) -> tuple[int, int]:
+    """The rows of a frame of ``height`` rows that rows ``row0 .. row1`` of its warp onto ``grid`` depend on,
+    with the margins calibration and demosaicing need; an even first row (the CFA phase); empty (a, a) when
+    the band does not see the frame."""
+    corners = np.array([[-0.5, row0 - 0.5], [grid[1] - 0.5, row0 - 0.5], [-0.5, row1 - 0.5],
+                        [grid[1] - 0.5, row1 - 0.5]])
+    ys = transform.inverse().apply(corners)[:, 1]
+    reach = _KERNEL_REACH[interpolation] + _CALIBRATION_REACH
+    first = max(0, math.floor(float(ys.min())) - reach)
+    stop = min(height, math.ceil(float(ys.max())) + reach + 1)
+    first -= first % 2
+    return (first, stop) if stop > first else (0, 0)
+
+
+def _warp_band_from_rows(frame: DeferredFrame, read_rows: Callable[[Path, int, int, FloatArray], FloatArray],
+                         grid: tuple[int, int], row0: int, out: FloatArray, interpolation: Interpolation,
+                         scratch: list[FloatArray]) -> None:
+    """Rows ``row0 ..`` of the frame warped onto ``grid`` into ``out``, from only the rows of the frame they
+    need, read, calibrated and demosaiced again. The same values as the whole frame's warp up to OpenCV's
+    rounding of the shifted map (its coordinates are fixed-point, 1/32 px)."""
+    first, stop = source_rows(frame.transform, grid, row0, row0 + out.shape[-2], frame.shape[0], interpolation)
+    if stop <= first:
+        out.fill(np.nan)
+        return
+    size = (stop - first) * frame.shape[1]
+    if not scratch or scratch[0].size < size:
+        scratch[:] = [np.empty(size, dtype=np.float32)]
+    data = read_rows(frame.path, first, stop, scratch[0][:size].reshape(stop - first, frame.shape[1]))
+    if frame.recipe is not None:
+        data = apply_rows(frame.recipe, data, first_row=first, out=data)
+    pixels = debayer(data, pattern=frame.pattern) if frame.pattern is not None else data
+    # the slice's row 0 is the frame's row ``first``: frame → slice is a shift down by ``first``
+    shifted = Transform.from_array(frame.transform.as_array() @ np.array([[1.0, 0.0, 0.0], [0.0, 1.0, first],
+                                                                          [0.0, 0.0, 1.0]]))
+    warp_rows(pixels, shifted, shape=grid, row0=row0, out=out, interpolation=interpolation)
+

@@ -16,7 +16,9 @@ from astropy.io import fits
 from astropy.nddata import CCDData
 
 from astrod.core.calibrate import (
+    CalibrationRecipe,
     apply,
+    apply_rows,
     bad_pixel_map,
     calibrate,
     cfa_colour_map,
@@ -175,6 +177,36 @@ def test_prepared_masters_reused_with_output_buffer(mono: tuple[synth.Sensor, F3
     frame = np.ones((sensor.shape[0] + 1, sensor.shape[1]), np.float32)
     with pytest.raises(ValueError, match="share memory"):
         apply(prepared, frame[1:], light_exposure=60.0, out=frame[:-1])
+
+
+@pytest.mark.parametrize("cfa", [False, True], ids=["mono", "cfa"])
+def test_rows_calibrated_again_equal_the_whole_frame_where_their_bad_pixels_see_all_neighbours(
+        mono: tuple[synth.Sensor, F32, F32, F32], cfa: bool) -> None:
+    """apply_rows with the recipe apply used (optimised dark scale, gain) gives the whole frame's calibrated
+    rows bit for bit, in place too, for bad pixels anywhere in the slice whose neighbours are in it; a bad
+    pixel on a cut edge whose neighbour is outside is left raw-calibrated; a slice that does not fit fails."""
+    sensor, bias, dark, flat = mono
+    bad = np.zeros(sensor.shape, dtype=np.bool_)
+    bad[[30, 31, 32, 49, 50, 70], [20, 21, 40, 60, 61, 5]] = True
+    prepared = prepare(bias=bias, dark=dark, flat=flat, bad_pixels=bad, dark_mode="optimised",
+                       dark_exposure=300.0, bayer="RGGB" if cfa else None)
+    light = readonly(sensor.light(np.full(sensor.shape, 900.0, np.float32), exposure=120.0, temperature=-10.0,
+                                  seed=6))
+    whole = apply(prepared, light, light_exposure=120.0, gain=1.5)
+    recipe = CalibrationRecipe(prepared=prepared, dark_scale=whole.dark_scale, gain=1.5)
+    rows = apply_rows(recipe, light[26:54], first_row=26)
+    np.testing.assert_array_equal(rows, whole.data[26:54])
+    scratch = np.array(light[28:52], dtype=np.float32)
+    assert apply_rows(recipe, scratch, first_row=28, out=scratch) is scratch
+    reach = 2 if cfa else 1  # bad pixels within this many rows of a cut edge may miss a neighbour
+    np.testing.assert_array_equal(scratch[reach:-reach], whole.data[28 + reach:52 - reach])
+    edge = apply_rows(recipe, light[31:40], first_row=31)  # bad pixel (31, 21): its row-30 neighbours are cut
+    plain = apply_rows(CalibrationRecipe(prepare(bias=bias, dark=dark, flat=flat, dark_mode="optimised",
+                                                 dark_exposure=300.0, bayer="RGGB" if cfa else None),
+                                         dark_scale=whole.dark_scale, gain=1.5), light[31:40], first_row=31)
+    assert edge[0, 21] == plain[0, 21] != whole.data[31, 21]
+    with pytest.raises(ValueError, match="do not fit"):
+        apply_rows(recipe, light[120:], first_row=121)
 
 
 @pytest.mark.parametrize("dark_mode", ["exact", "scaled", "optimised"])

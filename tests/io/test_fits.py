@@ -19,8 +19,8 @@ from astropy.io import fits
 from astrod.core import convert
 from astrod.errors import FrameReadError
 from astrod.io import fits as fitsio
-from astrod.io.fits import read_fits, read_fits_header, write_fits
-from astrod.io.frames import read_frame, read_meta
+from astrod.io.fits import read_fits, read_fits_header, read_fits_rows, write_fits
+from astrod.io.frames import read_frame, read_frame_rows, read_meta
 
 
 def astropy_float(path: Path) -> np.ndarray:
@@ -46,6 +46,32 @@ def test_every_bitpix_reads_like_astropy(tmp_path: Path, dtype: str) -> None:
     assert got.dtype == np.float32 and got.shape == (37, 53)
     np.testing.assert_array_equal(got, astropy_float(path))
     assert header["NAXIS1"] == 53
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "int32", "float32"])
+def test_rows_read_alone_are_the_whole_image_s(tmp_path: Path, dtype: str) -> None:
+    """read_fits_rows (and read_frame_rows) give rows of what read_fits gives, from a primary or extension
+    image, into a buffer given; rows outside the image, a 3-D image and non-FITS frames are one-line errors."""
+    rng = np.random.default_rng(8)
+    data = (rng.integers(0, 60000, size=(41, 29)) if dtype[0] in "ui" else rng.normal(0, 1e3, (41, 29))).astype(dtype)
+    primary, extension = tmp_path / "p.fits", tmp_path / "e.fits"
+    fits.PrimaryHDU(data).writeto(primary)
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(data)]).writeto(extension)
+    for path in (primary, extension):
+        whole, _ = read_fits(path)
+        np.testing.assert_array_equal(read_fits_rows(path, 7, 30), whole[7:30])
+        out = np.empty(2 * 29, dtype=np.float32)
+        got = read_frame_rows(path, 39, 41, out=out)
+        assert np.shares_memory(got, out)
+        np.testing.assert_array_equal(got, whole[39:41])
+    with pytest.raises(FrameReadError, match=r"p\.fits: rows \[40, 42\) are outside the image's 41 rows"):
+        read_fits_rows(primary, 40, 42)
+    cube = tmp_path / "cube.fits"
+    fits.PrimaryHDU(np.zeros((3, 4, 5), np.float32)).writeto(cube)
+    with pytest.raises(FrameReadError, match="2-D FITS"):
+        read_fits_rows(cube, 0, 2)
+    with pytest.raises(FrameReadError, match="only from FITS"):
+        read_frame_rows(tmp_path / "x.tif", 0, 2)
 
 
 def test_bscale_is_applied(tmp_path: Path) -> None:
