@@ -49,12 +49,10 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
-from datetime import UTC
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -62,7 +60,7 @@ from astrod.core.calibrate import CalibrationRecipe
 from astrod.core.debayer import debayer, effective_pattern
 from astrod.core.quality import FrameQuality, measure_quality
 from astrod.core.quality_gates import FrameFigures, SessionStats, check_gates, flux_ratio
-from astrod.core.register import MODEL_POINTS, Registration, build_reference, find_transform, register, star_poor
+from astrod.core.register import MODEL_POINTS, Registration, build_reference, star_poor
 from astrod.core.stack import Stacker, fwhm_weight, integrate_bands, snr_weight
 from astrod.core.stars import StarList, detect_stars, estimate_background
 from astrod.core.stretch import auto_stretch, downsample
@@ -72,6 +70,7 @@ from astrod.io.files import ensure_folder
 from astrod.io.frame_cache import CachedFrameWriter, read_cached_rows, remove_cached_frames
 from astrod.model import Frame, FrameMeta, Transform
 from astrod.pipeline.outputs import StackProduct, product_header, stack_cards, write_outputs
+from astrod.pipeline.registration import phase_image, register_onto
 from astrod.pipeline.repick import area_ratio, one_line, repick
 from astrod.pipeline.settings import BAND_ROWS, Calibrated, Calibrator, Model, PipelineSettings
 from astrod.pipeline.state import (
@@ -90,7 +89,6 @@ __all__ = ["TABLE_COLUMNS", "Calibrated", "Calibrator", "FrameResult", "LiveStac
            "Model", "PipelineSettings", "StackProduct", "product_header", "write_outputs"]
 
 FloatArray = npt.NDArray[np.float32]
-_PHASE_MAX_PIXELS = 4_000_000  # the most pixels the image kept for phase correlation has (16 MB)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -254,7 +252,7 @@ class LiveStack:
         small = None
         if self._ref is None or star_poor(len(stars), min_matches=self.settings.min_matches):
             # the reference's copy for the phase-correlation fallback, or this star-poor frame's own
-            small = _phase_image(data, cfa=pattern is not None)
+            small = phase_image(data, cfa=pattern is not None)
         reason = "no stars detected" if quality.star_count == 0 or len(stars) == 0 else None
         return Measured(path=frame.path, meta=meta, data=data, stars=stars, quality=quality, reason=reason,
                         masters=masters, notes=notes, pattern=pattern, small=small, timings=timings, recipe=recipe)
@@ -399,31 +397,7 @@ class LiveStack:
         return check_gates(figures, self.session_stats(), self.settings.gates)
 
     def _register(self, stars: StarList, small: FloatArray | None, ref: Reference) -> Registration:
-        s = self.settings
-        try:
-            return find_transform(stars, ref.asterisms, model=s.transform, min_matches=s.min_matches,
-                                  match_radius_px=s.match_radius_px)
-        except RegistrationError:
-            if small is None or ref.small is None or small.shape != ref.small.shape \
-                    or not star_poor(len(stars), min_matches=s.min_matches):
-                raise
-        # Phase correlation of the (possibly 2×2-binned) images; the stars the frame has polish the shift.
-        # ``ref.small`` is the first reference's: after a re-pick the reference stars are taken back to its
-        # grid and the transform found onto it is carried on to the reference's by ``small_grid``.
-        f = max(1, ref.frame_shape[1] // ref.small.shape[1])
-        to_full = np.array([[f, 0.0, (f - 1) / 2], [0.0, f, (f - 1) / 2], [0.0, 0.0, 1.0]])
-        to_small = Transform.from_array(np.linalg.inv(to_full))
-        regridded = ref.small_grid != Transform.identity()
-        ref_xy = ref.small_grid.inverse().apply(ref.asterisms.xy) if regridded else ref.asterisms.xy
-        src = to_small.apply(stars.xy) if len(stars) else np.empty((0, 2))
-        found = register(src, to_small.apply(ref_xy), image=small, reference_image=ref.small,
-                         model=s.transform, min_matches=s.min_matches,
-                         match_radius_px=max(1.0, s.match_radius_px / f), downsample=2)
-        full = to_full @ found.transform.as_array() @ np.linalg.inv(to_full)
-        if regridded:
-            full = ref.small_grid.as_array() @ full
-        return replace(found, transform=Transform.from_array(full),
-                       residual_px=found.residual_px * f if math.isfinite(found.residual_px) else math.nan)
+        return register_onto(stars, small, ref, self.settings)
 
     def _set_reference(self, measured: Measured) -> None:
         assert measured.stars is not None and measured.data is not None and measured.quality is not None
@@ -435,7 +409,7 @@ class LiveStack:
             stack_shape = tuple(int(n) for n in data.shape)
         asterisms = build_reference(measured.stars, max_stars=self.settings.max_stars)
         flux = np.array(measured.stars.flux[: len(asterisms)], dtype=np.float64)
-        small = measured.small if measured.small is not None else _phase_image(data, cfa=measured.pattern is not None)
+        small = measured.small if measured.small is not None else phase_image(data, cfa=measured.pattern is not None)
         q = measured.quality
         self._ref = Reference(id=1, path="" if measured.path is None else str(measured.path), asterisms=asterisms,
                                flux=flux, small=small, frame_shape=frame_shape, stack_shape=stack_shape,
@@ -514,23 +488,7 @@ class LiveStack:
         s = self._session
         s.rows.append(result.row())
         if status == "stacked":
-            s.n_stacked += 1
-            meta = measured.meta
-            s.total_exposure += float(meta.exposure or 0.0)
-            for name in measured.masters:
-                if name not in s.masters:
-                    s.masters.append(name)
-            for note in measured.notes:
-                if note not in s.notes:
-                    s.notes.append(note)
-            if not s.first_meta:
-                s.first_meta = {k: getattr(meta, k) for k in ("object", "filter", "camera", "gain", "offset",
-                                                              "set_temperature", "exposure")}
-                s.first_meta["binning"] = list(meta.binning)
-            if meta.date_obs is not None:
-                stamp = meta.date_obs.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
-                s.date_first = stamp if s.date_first is None else min(s.date_first, stamp)
-                s.date_last = stamp if s.date_last is None else max(s.date_last, stamp)
+            s.count_stacked(measured.meta, masters=measured.masters, notes=measured.notes)
         else:
             s.n_rejected += 1
         return result
@@ -677,20 +635,3 @@ def _planes(measured: Measured) -> int:
 
 def _float_or_nan(value: object) -> float:
     return float(value) if isinstance(value, (int, float)) else math.nan
-
-
-def _phase_image(data: FloatArray, *, cfa: bool) -> FloatArray:
-    """The image kept for phase correlation: the (plane-averaged) frame, binned by the smallest even factor
-    that brings it under `_PHASE_MAX_PIXELS` when it is larger (to bound the memory the reference holds:
-    a 26 MP frame is kept 4×4-binned, 6.5 MB), and at least 2×2 when it is a CFA mosaic (superpixel
-    luminance). The shift it gives is polished by the frame's stars."""
-    lum: FloatArray = data if data.ndim == 2 else np.asarray(np.mean(data, axis=0, dtype=np.float32))
-    if not cfa and lum.size <= _PHASE_MAX_PIXELS:
-        return np.array(lum, dtype=np.float32, copy=True)
-    f = 2
-    while lum.size / (f * f) > _PHASE_MAX_PIXELS:
-        f += 2
-    h, w = lum.shape[0] // f * f, lum.shape[1] // f * f
-    return np.asarray(cv2.resize(lum[:h, :w], (w // f, h // f), interpolation=cv2.INTER_AREA), dtype=np.float32)
-
-

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +21,7 @@ from astrod.core.quality_gates import FrameFigures
 from astrod.core.register import ReferenceAsterisms, build_reference
 from astrod.core.stack import Stacker
 from astrod.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from astrod.model import Transform
+from astrod.model import FrameMeta, Transform
 
 FloatArray = npt.NDArray[np.float32]
 Metric = float | int | str | None
@@ -126,6 +127,22 @@ class Session:
     candidates: list[Candidate] = field(default_factory=list)  # stacked frames until the reference re-pick
     repicked: bool = False  # the re-pick is done (or was not needed): candidates are no longer kept
     stale_cache: list[str] = field(default_factory=list)  # cached files re-warped away, deleted at the next save
+
+    def count_stacked(self, meta: FrameMeta, *, masters: Sequence[str], notes: Sequence[str]) -> None:
+        """Count a frame just stacked: exposure, the masters and notes it brings, the session's first frame's
+        description and the span of observation times."""
+        self.n_stacked += 1
+        self.total_exposure += float(meta.exposure or 0.0)
+        self.masters.extend(name for name in dict.fromkeys(masters) if name not in self.masters)
+        self.notes.extend(note for note in dict.fromkeys(notes) if note not in self.notes)
+        if not self.first_meta:
+            self.first_meta = {k: getattr(meta, k) for k in ("object", "filter", "camera", "gain", "offset",
+                                                             "set_temperature", "exposure")}
+            self.first_meta["binning"] = list(meta.binning)
+        if meta.date_obs is not None:
+            stamp = meta.date_obs.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+            self.date_first = stamp if self.date_first is None else min(self.date_first, stamp)
+            self.date_last = stamp if self.date_last is None else max(self.date_last, stamp)
 
 
 

@@ -21,7 +21,7 @@ from astrod.core.register import Registration, register
 from astrod.errors import AstrodError, FrameRejected
 from astrod.io.checkpoint import load_checkpoint, save_checkpoint
 from astrod.model import Frame, FrameKind, FrameMeta, Transform
-from astrod.pipeline import live
+from astrod.pipeline import registration
 from astrod.pipeline.live import (
     TABLE_COLUMNS,
     Calibrated,
@@ -527,7 +527,7 @@ def test_star_poor_frame_is_registered_by_phase_correlation_after_the_repick(
         methods.append(found.method)
         return found
 
-    monkeypatch.setattr(live, "register", spy)
+    monkeypatch.setattr(registration, "register", spy)
     cat, settings = _star_poor(session)
     stack = _stacked(repick_frames[:5], settings)
     assert stack.reference_path == "f03.fits"
