@@ -143,15 +143,12 @@ def _winsorized_sigma(s: npt.NDArray[np.float64], a: int, b: int, med: float, si
     the quadratic in the current cell and, when the root is not in it, steps to the cell's edge and on. At
     most one step per sample; usually one or two.
     """
-    n = b - a
     p1[a] = 0.0
     p2[a] = 0.0
     for i in range(a, b):
         d = s[i] - med
         p1[i + 1] = p1[i] + d
         p2[i + 1] = p2[i] + d * d
-    k_var = 1.134 * 1.134 / (n - 1)
-    inv_n = 1.0 / n
     if not sigma > 0.0:
         return 0.0
     # the cell: samples s[i_lo:i_hi] inside, as the loop's first step clips them (counted without a branch)
@@ -162,6 +159,17 @@ def _winsorized_sigma(s: npt.NDArray[np.float64], a: int, b: int, med: float, si
     for i in range(a, b):
         i_lo += s[i] < lo
         i_hi -= s[i] > hi
+    return _winsorized_steps(s, a, b, med, sigma, i_lo, i_hi, p1, p2)
+
+
+@numba.njit(cache=True)
+def _winsorized_steps(s: npt.NDArray[np.float64], a: int, b: int, med: float, sigma: float, i_lo: int, i_hi: int,
+                      p1: npt.NDArray[np.float64], p2: npt.NDArray[np.float64]) -> float:  # pragma: no cover
+    """`_winsorized_sigma` from its first cell on: ``s[i_lo:i_hi]`` inside at ``sigma`` (> 0), ``p1``/``p2``
+    the prefix sums of ``s[a:b]`` about ``med``."""
+    n = b - a
+    k_var = 1.134 * 1.134 / (n - 1)
+    inv_n = 1.0 / n
     for _ in range(n + 2):
         n_lo = i_lo - a
         n_hi = b - i_hi
@@ -170,17 +178,19 @@ def _winsorized_sigma(s: npt.NDArray[np.float64], a: int, b: int, med: float, si
         big_a = 2.25 * ((n_lo + n_hi) - q * q * inv_n)
         big_b = -3.0 * q * s1 * inv_n
         big_c = max(0.0, (p2[i_hi] - p2[i_lo]) - s1 * s1 * inv_n)
-        f = math.sqrt(max(0.0, k_var * ((big_a * sigma + big_b) * sigma + big_c)))
-        if f == sigma:
+        # f(σ)² - σ²: the sign says which way the loop goes (no square root needed for that)
+        a2, b2, c2 = k_var * big_a - 1.0, k_var * big_b, k_var * big_c
+        g = (a2 * sigma + b2) * sigma + c2
+        if g == 0.0:
             return sigma
-        down = f < sigma
-        root = _root_toward(k_var * big_a - 1.0, k_var * big_b, k_var * big_c, sigma, down)
+        down = g < 0.0
+        root = _root_toward(a2, b2, c2, sigma, down)
         if down:
             if i_hi <= i_lo:
                 return max(root, 0.0)
             # the cell reaches down to where the widest samples inside leave it (ties leave together)
             reach = max(med - s[i_lo], s[i_hi - 1] - med)
-            if root >= reach / 1.5:
+            if root * 1.5 >= reach:
                 return root
             if not reach > 0.0:
                 return 0.0
@@ -196,7 +206,7 @@ def _winsorized_sigma(s: npt.NDArray[np.float64], a: int, b: int, med: float, si
                 reach = med - s[i_lo - 1]
             if i_hi < b:
                 reach = min(reach, s[i_hi] - med)
-            if root < reach / 1.5:
+            if root * 1.5 < reach:
                 return root
             sigma = reach / 1.5
             while i_lo > a and med - s[i_lo - 1] == reach:
@@ -365,6 +375,66 @@ def _sort_columns(s: npt.NDArray[np.float64], network: npt.NDArray[np.int64]) ->
             s[p1, j] = max(x0, x1)
 
 
+@numba.njit(cache=True)
+def _first_pass_lockstep(s: npt.NDArray[np.float64], full: npt.NDArray[np.bool_], m: int, n: int, method: int,
+                         kl: float, kh: float, w: npt.NDArray[np.float64], a: npt.NDArray[np.int64],
+                         b: npt.NDArray[np.int64]) -> None:  # pragma: no cover - compiled
+    """`_reject`'s first pass (median, σ, winsorized σ, trim) for the columns ``j < m`` of the sorted chunk ``s``
+    that are ``full`` (``n`` > 3 finite samples each), all at once: the sums that are chains of dependent
+    additions within one pixel run across the chunk's pixels instead (vector instructions, no waiting), in
+    the same order and so with the same roundings as `_reject`. ``a``/``b`` get (0, n) where the pass trims
+    nothing, which is `_reject`'s answer; elsewhere ``b`` gets -1: the pixel needs `_reject` itself.
+    ``w``: work space, (2·(n + 1) + 6) × `_CHUNK`."""
+    mid = n // 2
+    med, mean, ss, sig = w[0], w[1], w[2], w[3]
+    n_lo, n_hi = w[4], w[5]
+    p1 = w[6:6 + n + 1]
+    p2 = w[7 + n:8 + 2 * n]
+    for j in range(m):
+        med[j] = s[mid, j] if n % 2 else 0.5 * (s[mid - 1, j] + s[mid, j])
+        mean[j] = 0.0
+        ss[j] = 0.0
+    for i in range(n):
+        for j in range(m):
+            mean[j] += s[i, j]
+    for j in range(m):
+        mean[j] /= n
+    for i in range(n):
+        for j in range(m):
+            ss[j] += (s[i, j] - mean[j]) ** 2
+    for j in range(m):
+        sig[j] = math.sqrt(ss[j] / (n - 1))
+    if method == 2:
+        for j in range(m):
+            p1[0, j] = 0.0
+            p2[0, j] = 0.0
+            n_lo[j] = 0.0
+            n_hi[j] = 0.0
+        for i in range(n):
+            for j in range(m):
+                d = s[i, j] - med[j]
+                p1[i + 1, j] = p1[i, j] + d
+                p2[i + 1, j] = p2[i, j] + d * d
+                n_lo[j] += s[i, j] < med[j] - 1.5 * sig[j]
+                n_hi[j] += s[i, j] > med[j] + 1.5 * sig[j]
+        for j in range(m):
+            if full[j] and sig[j] > 0.0:
+                sig[j] = _winsorized_steps(s[:, j], 0, n, med[j], sig[j], int(n_lo[j]), n - int(n_hi[j]),
+                                           p1[:, j], p2[:, j])
+            elif full[j]:
+                sig[j] = 0.0
+    for j in range(m):
+        n_lo[j] = 0.0
+        n_hi[j] = 0.0
+    for i in range(n):
+        for j in range(m):
+            n_lo[j] += s[i, j] < med[j] - kl * sig[j]
+            n_hi[j] += s[i, j] > med[j] + kh * sig[j]
+    for j in range(m):
+        a[j] = 0
+        b[j] = n if (full[j] and n_lo[j] == 0.0 and n_hi[j] == 0.0) else -1
+
+
 @numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _integrate_band_network(band: FloatArray, weights: npt.NDArray[np.float64],
                             offsets: npt.NDArray[np.float64], scales: npt.NDArray[np.float64],
@@ -395,6 +465,8 @@ def _integrate_band_network(band: FloatArray, weights: npt.NDArray[np.float64],
         acc = np.empty(_CHUNK, dtype=np.float64)
         lo = np.empty(_CHUNK, dtype=np.float64)
         hi = np.empty(_CHUNK, dtype=np.float64)
+        full = np.empty(_CHUNK, dtype=np.bool_)
+        work = np.empty((2 * (n + 1) + 6, _CHUNK), dtype=np.float64)
         for c0 in range(0, cols, _CHUNK):
             m = min(_CHUNK, cols - c0)
             for j in range(m):
@@ -413,7 +485,16 @@ def _integrate_band_network(band: FloatArray, weights: npt.NDArray[np.float64],
                 for i in range(n):
                     s[i, j] = np.inf
             _sort_columns(s, network)
+            if (method == 1 or method == 2) and n > 3:
+                for j in range(m):
+                    full[j] = k[j] == n
+                _first_pass_lockstep(s, full, m, n, method, kl, kh, work, a, b)
+            else:
+                for j in range(m):
+                    b[j] = -1
             for j in range(m):
+                if b[j] >= 0:
+                    continue  # nothing to trim: kept whole
                 kj = k[j]
                 for i in range(kj):
                     col[i] = s[i, j]
