@@ -67,6 +67,7 @@ from astrod.core.stretch import auto_stretch, downsample
 from astrod.core.warp import check_grid, warp_bands
 from astrod.errors import AstrodError, RegistrationError
 from astrod.io.files import ensure_folder
+from astrod.io.fits import is_fits_name
 from astrod.io.frame_cache import CachedFrameWriter, read_cached_rows, remove_cached_frames
 from astrod.model import Frame, FrameMeta, Transform
 from astrod.pipeline.outputs import StackProduct, product_header, stack_cards, write_outputs
@@ -338,7 +339,8 @@ class LiveStack:
         assert data is not None
         self._deferred.add(DeferredFrame(
             path=measured.path, transform=reg.transform, offset=offset, scale=scale, weight=weight,
-            rows=data.ndim == 2 and (self._calibrator is None or measured.recipe is not None),
+            rows=data.ndim == 2 and (self._calibrator is None or measured.recipe is not None)
+            and is_fits_name(measured.path),
             recipe=measured.recipe, pattern=measured.pattern, shape=(int(data.shape[-2]), int(data.shape[-1]))))
         metrics["weight"] = weight
         return None

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from astrod.errors import AstrodError
+from astrod.errors import AstrodError, FrameReadError
 from astrod.io.files import file_version, scratch_folder
 from astrod.io.frames import is_scratch, read_frame, read_frame_rows
 from astrod.io.headers import PathRule
@@ -71,7 +71,15 @@ def stack_files(paths: Sequence[Path], settings: PipelineSettings, *, calibrator
     def read_rows(path: Path, row0: int, row1: int, out: FloatArray) -> FloatArray:
         if file_version(path) != versions.get(path):
             raise AstrodError(f"{path}: changed or replaced while it was being stacked")
-        return read_frame_rows(path, row0, row1, out=out)
+        try:
+            return read_frame_rows(path, row0, row1, out=out)
+        except FrameReadError:
+            # not a frame that can be read by rows (compressed FITS, raw, picture): read whole, keep the rows
+            whole = reread(path).data
+            if whole.ndim != 2:
+                raise
+            out[...] = whole[row0:row1]
+            return out
 
     with contextlib.ExitStack() as cleanup:
         cache = cache_dir

@@ -3,6 +3,7 @@ frame cache, which it stands in for in ``astrod stack``."""
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
@@ -127,3 +128,19 @@ def test_rows_read_and_calibrated_again_match_the_whole_frames(calibrated_night:
     sky = float(np.nanmedian(live.image))
     np.testing.assert_allclose(two.image, live.image, rtol=0, atol=1e-6 * sky, equal_nan=True)
     np.testing.assert_array_equal(np.asarray(two.count), np.asarray(live.count))
+
+
+def test_frames_that_cannot_be_read_by_rows_are_read_whole_in_pass_two(tmp_path: Path) -> None:
+    """Gzipped FITS frames cannot be read a band of rows at a time: pass two reads them whole and keeps the
+    rows it needs, and the stack is the cached one's."""
+    paths = []
+    for path in _session_files(tmp_path, seed=74):
+        packed = path.with_name(path.name + ".gz")
+        packed.write_bytes(gzip.compress(path.read_bytes()))
+        paths.append(packed)
+    settings = PipelineSettings(final_rejection="sigma", reference_repick_after=0,
+                                final_memory_bytes=5 * 320 * 4 * 64)
+    two = stack_files(paths, settings)
+    live = stack_files(paths, settings, two_pass=False)
+    assert two.header["NCOMBINE"][0] == 5
+    np.testing.assert_array_equal(two.image, live.image)
