@@ -376,6 +376,30 @@ def _sort_columns(s: npt.NDArray[np.float64], network: npt.NDArray[np.int64]) ->
 
 
 @numba.njit(cache=True)
+def _load_chunk(band: FloatArray, r: int, c0: int, m: int, scales: npt.NDArray[np.float64],
+                offsets: npt.NDArray[np.float64], v: npt.NDArray[np.float64], s: npt.NDArray[np.float64],
+                k: npt.NDArray[np.int64]) -> None:  # pragma: no cover - compiled
+    """Row ``r``'s ``m`` pixels from column ``c0`` normalised into ``v`` (frame order, NaN: none) and ``s`` (to be
+    sorted, +inf: none, and beyond ``m``: padding the network leaves in place); ``k`` their finite counts."""
+    n = band.shape[0]
+    for j in range(m):
+        k[j] = 0
+    for i in range(n):
+        sc = scales[i]
+        of = offsets[i]
+        for j in range(m):
+            x = band[i, r, c0 + j]
+            fin = math.isfinite(x)
+            y = np.float64(x) * sc + of
+            v[i, j] = y if fin else np.nan
+            s[i, j] = y if fin else np.inf
+            k[j] += 1 if fin else 0
+    for j in range(m, _CHUNK):
+        for i in range(n):
+            s[i, j] = np.inf
+
+
+@numba.njit(cache=True)
 def _first_pass_lockstep(s: npt.NDArray[np.float64], full: npt.NDArray[np.bool_], m: int, n: int, method: int,
                          kl: float, kh: float, w: npt.NDArray[np.float64], a: npt.NDArray[np.int64],
                          b: npt.NDArray[np.int64]) -> None:  # pragma: no cover - compiled
@@ -469,21 +493,7 @@ def _integrate_band_network(band: FloatArray, weights: npt.NDArray[np.float64],
         work = np.empty((2 * (n + 1) + 6, _CHUNK), dtype=np.float64)
         for c0 in range(0, cols, _CHUNK):
             m = min(_CHUNK, cols - c0)
-            for j in range(m):
-                k[j] = 0
-            for i in range(n):
-                sc = scales[i]
-                of = offsets[i]
-                for j in range(m):
-                    x = band[i, r, c0 + j]
-                    fin = math.isfinite(x)
-                    y = np.float64(x) * sc + of
-                    v[i, j] = y if fin else np.nan
-                    s[i, j] = y if fin else np.inf
-                    k[j] += 1 if fin else 0
-            for j in range(m, _CHUNK):  # the tail of the last chunk: padding the network leaves in place
-                for i in range(n):
-                    s[i, j] = np.inf
+            _load_chunk(band, r, c0, m, scales, offsets, v, s, k)
             _sort_columns(s, network)
             if (method == 1 or method == 2) and n > 3:
                 for j in range(m):

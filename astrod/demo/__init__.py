@@ -114,6 +114,7 @@ def run_demo(*, workdir: Path | None = None, clean: bool = False, interval: floa
     from astrod.service.daemon import Daemon
     from astrod.service.feeder import Feeder
     from astrod.service.logging import configure_logging
+    from astrod.service.preload import start_kernel_preload
 
     root = ensure_folder(workdir) if workdir is not None else new_folder("astrod-demo-")
     configure_logging(level="warning")
@@ -122,6 +123,7 @@ def run_demo(*, workdir: Path | None = None, clean: bool = False, interval: floa
     steps = _feed_plan(night, root, interval=interval)
     print(f"  feeding {len(night.calibration)} calibration frames, then {len(night.lights)} lights of 2 targets in "
           f"2 filters (and 1 broken frame), one every {interval:g} s")
+    start_kernel_preload()
     daemon = Daemon(demo_config(root), env={})
     feeder = Feeder(steps, on_fed=lambda s: print(f"  + {s.target.relative_to(root)}", flush=True))
     phase = {"closing": False, "last": 0.0}

@@ -87,6 +87,35 @@ def mark_warm(*, seconds: float) -> Path:
     return stamp
 
 
+def load_cached_kernels() -> tuple[int, int]:
+    """Load into this process every signature numba's cache holds, valid, for astrod's kernels: the loading a
+    first frame would otherwise wait for (up to ~1 s at 26 MP), done ahead. A signature whose cached code is
+    stale is left to be compiled at its first call, as without this. Returns (loaded, failed).
+
+    Reads numba's cache index through its private API (numba 0.59–0.68): anything unexpected there only
+    means nothing is loaded ahead."""
+    loaded = failed = 0
+    for dispatcher in kernel_dispatchers().values():
+        try:
+            index = dispatcher._cache._cache_file._load_index()  # {} when the source changed since
+            magic = dispatcher.targetctx.codegen().magic_tuple()
+        except Exception:  # numba internals: a change of theirs costs the head start only
+            failed += 1
+            continue
+        for key in list(index):
+            sig = key[0]
+            if key[1] != magic or sig in dispatcher.overloads:
+                continue
+            before = sum(dispatcher.stats.cache_misses.values())
+            try:
+                dispatcher.compile(sig)
+            except Exception:  # as above
+                failed += 1
+                continue
+            loaded += sum(dispatcher.stats.cache_misses.values()) == before
+    return loaded, failed
+
+
 def compile_counts() -> tuple[int, int]:
     """(signatures loaded from the cache, signatures compiled) by astrod's kernels in this process so far."""
     hits = misses = 0

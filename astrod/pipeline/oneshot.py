@@ -35,6 +35,39 @@ def order_frames(paths: Sequence[Path], reference: Path | None) -> list[Path]:
     return ordered
 
 
+class _ReadAgain:
+    """Pass two of a two-pass stack: frames read again, whole or by rows, each refused if its file changed
+    since pass one read it (``versions``)."""
+
+    def __init__(self, *, rename: Mapping[str, str] | None, rules: tuple[PathRule, ...]) -> None:
+        self.versions: dict[Path, tuple[int, int]] = {}
+        self._rename, self._rules = rename, rules
+        self._buffer: FloatArray | None = None  # the one array whole frames are read into
+
+    def _check(self, path: Path) -> None:
+        if file_version(path) != self.versions.get(path):
+            raise AstrodError(f"{path}: changed or replaced while it was being stacked")
+
+    def frame(self, path: Path) -> Frame:
+        self._check(path)
+        frame = read_frame(path, rename=self._rename, rules=self._rules, out=self._buffer)
+        if self._buffer is None and is_scratch(frame.data):
+            self._buffer = frame.data
+        return frame
+
+    def rows(self, path: Path, row0: int, row1: int, out: FloatArray) -> FloatArray:
+        self._check(path)
+        try:
+            return read_frame_rows(path, row0, row1, out=out)
+        except FrameReadError:
+            # not a frame that can be read by rows (compressed FITS, raw, picture): read whole, keep the rows
+            whole = self.frame(path).data
+            if whole.ndim != 2:
+                raise
+            out[...] = whole[row0:row1]
+            return out
+
+
 def stack_files(paths: Sequence[Path], settings: PipelineSettings, *, calibrator: Calibrator | None = None,
                 reference: Path | None = None, cache_dir: Path | None = None,
                 rename: Mapping[str, str] | None = None, rules: Iterable[PathRule] = (),
@@ -57,43 +90,20 @@ def stack_files(paths: Sequence[Path], settings: PipelineSettings, *, calibrator
     if reference is not None:
         settings = replace(settings, reference_repick_after=0)
     two_pass = two_pass and settings.final_rejection != "none"
-    versions: dict[Path, tuple[int, int]] = {}
-    again: list[FloatArray] = []  # the one buffer pass two reads every frame into
-
-    def reread(path: Path) -> Frame:
-        if file_version(path) != versions.get(path):
-            raise AstrodError(f"{path}: changed or replaced while it was being stacked")
-        frame = read_frame(path, rename=rename, rules=rule_list, out=again[0] if again else None)
-        if not again and is_scratch(frame.data):
-            again.append(frame.data)
-        return frame
-
-    def read_rows(path: Path, row0: int, row1: int, out: FloatArray) -> FloatArray:
-        if file_version(path) != versions.get(path):
-            raise AstrodError(f"{path}: changed or replaced while it was being stacked")
-        try:
-            return read_frame_rows(path, row0, row1, out=out)
-        except FrameReadError:
-            # not a frame that can be read by rows (compressed FITS, raw, picture): read whole, keep the rows
-            whole = reread(path).data
-            if whole.ndim != 2:
-                raise
-            out[...] = whole[row0:row1]
-            return out
-
+    again = _ReadAgain(rename=rename, rules=rule_list)
     with contextlib.ExitStack() as cleanup:
         cache = cache_dir
         if cache is None and settings.final_rejection != "none" and not two_pass:
             cache = cleanup.enter_context(scratch_folder("astrod-stack-"))
         stack = LiveStack(settings, calibrator=calibrator, cache_dir=None if two_pass else cache,
-                          reread=reread if two_pass else None, read_rows=read_rows if two_pass else None)
+                          reread=again.frame if two_pass else None, read_rows=again.rows if two_pass else None)
         bar.start("stack", len(ordered))
         scratch = None  # one array every frame is read into (a calibrator may calibrate it in place)
         for path in ordered:
             t0 = time.perf_counter()
             try:
                 frame = read_frame(path, rename=rename, rules=rule_list, out=scratch)
-                versions[path] = file_version(path)
+                again.versions[path] = file_version(path)
             except (AstrodError, OSError) as err:
                 result = stack.reject(path, " ".join(str(err).split()))
             else:

@@ -16,6 +16,7 @@ from astrod.errors import ConfigError
 from astrod.io.config_file import load_config
 from astrod.io.state_lock import StateLocked
 from astrod.service.daemon import RESTART, Daemon, StoppedBeforeStart
+from astrod.service.preload import start_kernel_preload
 
 log = structlog.get_logger()
 
@@ -24,6 +25,7 @@ def run_daemon(config: Config, *, config_path: Path | None = None) -> int:
     """``astrod run``: the daemon until SIGTERM; started again in this process when it found its journal
     damaged (the new start rebuilds it). Another daemon on the same state folder: one line and exit 1."""
     rebuild = False
+    start_kernel_preload()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

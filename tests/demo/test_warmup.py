@@ -77,6 +77,25 @@ def test_after_warmup_a_stack_compiles_nothing(warm_cache: tuple[Path, subproces
     assert NOTICE not in text
 
 
+@pytest.mark.slow
+def test_cached_kernels_load_ahead_of_the_first_frame(warm_cache: tuple[Path, subprocess.CompletedProcess[str]]
+                                                      ) -> None:
+    """After the warm-up a fresh process loads every cached kernel signature ahead (what the daemon's start
+    does on a background thread) without compiling one; with an empty cache it loads nothing and fails
+    nothing."""
+    cache, first = warm_cache
+    assert first.returncode == 0, first.stderr
+    probe = ("from astrod.io.kernel_cache import compile_counts, load_cached_kernels; "
+             "print(*load_cached_kernels(), *compile_counts())")
+    for folder, expect_loaded in ((cache, True), (cache.parent / "empty-numba-cache", False)):
+        env = {**os.environ, "NUMBA_CACHE_DIR": str(folder)}
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300,
+                             check=True)
+        loaded, failed, hits, misses = map(int, out.stdout.split())
+        assert failed == 0 and misses == 0
+        assert (loaded > 20 and hits == loaded) if expect_loaded else (loaded == 0 and hits == 0)
+
+
 def test_a_cold_cache_is_announced_once(tmp_path: Path) -> None:
     """With an empty cache, `astrod stack` says once, as a log event, that the kernels will compile (and how
     long that takes), after its arguments are checked; `astrod inspect`, which stacks nothing, does not."""
