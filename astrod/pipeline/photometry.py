@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from astrod.config import Config
 from astrod.core.photometry import (
     measure_apertures,
     pick_comparisons,
@@ -46,7 +47,8 @@ CSV_COLUMNS = ("frame", "jd_utc_mid", "bjd_tdb", "airmass", "rel_flux", "rel_flu
                "flags", "x", "y", "flux", "flux_err", "sky", "fwhm", "comparisons")
 DEFAULT_SATURATION = 0.95 * 65535.0  # a 16-bit camera's, less its bias: unless the header or config says
 STATE_VERSION = 1
-Locate = Callable[[float, float], tuple[float, float]]  # RA, Dec (degrees) -> 0-based x, y on the first reference
+# (first reference's path, RA, Dec in degrees) -> its 0-based x, y there, None when unknown (no WCS)
+Locate = Callable[[str, float, float], tuple[float, float] | None]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.+-]{0,63}$")
 
@@ -223,8 +225,9 @@ class PhotometrySeries:
         for t in st.targets:
             if t.x is not None and t.y is not None:
                 first.append((t.x - 1.0, t.y - 1.0))
-            elif self._locate is not None and t.ra is not None and t.dec is not None:
-                first.append(self._locate(t.ra, t.dec))
+            elif (t.ra is not None and t.dec is not None and self._locate is not None
+                  and (where := self._locate("" if frame.path is None else str(frame.path), t.ra, t.dec))):
+                first.append(where)
             else:
                 self.notes.append(f"target {t.name}: given by RA/Dec and no plate solution: not measured")
                 continue
@@ -315,8 +318,8 @@ class PhotometrySeries:
         arrays = _arrays(self._records)
         flux, err, usable = arrays["flux"], arrays["err"], ~(arrays["sat"] | arrays["clip"])
         comps, comps_err, comps_use = flux[:, nt:], err[:, nt:], usable[:, nt:]
-        keep = weed_comparisons(comps, comps_err, comps_use)
-        keep &= _best(keep, comps, self.settings.max_comparisons)
+        stay = weed_comparisons(comps, comps_err, comps_use)
+        keep = stay & _best(stay, self.settings.max_comparisons)
         weights = np.nanmedian(np.where(comps_use, comps, np.nan), axis=0) if len(self._records) else np.ones(0)
         rel, rel_err = relative_flux(flux[:, i], err[:, i], comps[:, keep], comps_err[:, keep],
                                      comps_use[:, keep], np.nan_to_num(weights[keep], nan=0.0))
@@ -327,7 +330,7 @@ class PhotometrySeries:
         for f, rec in enumerate(self._records):
             flags = [name for name, on in (("saturated", arrays["sat"][f, i]), ("clipped", arrays["clip"][f, i]),
                                            ("no_comparisons", not keep.any())) if on]
-            rows.append({"frame": rec["frame"], "jd_utc_mid": _num(rec["jd"][i], 6), "bjd_tdb": _num(rec["bjd"][i], 6),
+            rows.append({"frame": rec["frame"], "jd_utc_mid": _num(rec["jd"][i], 7), "bjd_tdb": _num(rec["bjd"][i], 7),
                          "airmass": _num(rec["airmass"][i], 4), "rel_flux": _num(rel[f], 7),
                          "rel_flux_err": _num(rel_err[f], 7), "mag_diff": _num(mag[f], 5),
                          "mag_err": _num(mag_err[f], 5), "flags": ";".join(flags),
@@ -335,32 +338,32 @@ class PhotometrySeries:
                          "flux": _num(flux[f, i], 1), "flux_err": _num(err[f, i], 1), "sky": _num(rec["sky"][i], 1),
                          "fwhm": _num(rec["fwhm"], 2), "comparisons": int(keep.sum())})
         names = self._comparison_names(keep)
-        return LightCurve(target=target, rows=rows, comment=self._comment(target, names, keep), comparisons=names)
+        return LightCurve(target=target, rows=rows, comment=self._comment(target, names, int((~stay).sum())),
+                          comparisons=names)
 
     def _comparison_names(self, keep: npt.NDArray[np.bool_]) -> tuple[str, ...]:
         assert self._setup is not None
         xy = np.asarray(self._setup["xy"], dtype=np.float64)[self._setup["n_targets"]:]
         return tuple(f"C{j + 1}@{x + 1:.1f},{y + 1:.1f}" for j, (x, y) in enumerate(xy) if keep[j])
 
-    def _comment(self, target: str, names: Sequence[str], keep: npt.NDArray[np.bool_]) -> str:
+    def _comment(self, target: str, names: Sequence[str], dropped: int) -> str:
         s = self._setup
         assert s is not None
         i = s["targets"].index(target)
         x, y = s["xy"][i]
         how = "given" if s["user_comparisons"] else "automatic"
-        dropped = int(keep.size - keep.sum())
         a_in, a_out = s["annulus"]
         return (f"# target {target} at {x + 1:.2f},{y + 1:.2f} (1-based, on {s['reference'] or 'the first frame'}); "
                 f"aperture r={s['radius']:.2f} px ({self.settings.aperture_fwhm:g} x FWHM {s['fwhm']:.2f} px), "
-                f"sky annulus {a_in:.2f}-{a_out:.2f} px; {how} comparisons ({len(names)}, {dropped} candidates "
-                f"dropped): {' '.join(names) or 'none'}")
+                f"sky annulus {a_in:.2f}-{a_out:.2f} px; {how} comparisons ({len(names)} of "
+                f"{len(s['xy']) - s['n_targets']} candidates, {dropped} dropped: saturated, clipped or scattering): "
+                f"{' '.join(names) or 'none'}")
 
 
-def _best(keep: npt.NDArray[np.bool_], comps: F64, count: int) -> npt.NDArray[np.bool_]:
+def _best(keep: npt.NDArray[np.bool_], count: int) -> npt.NDArray[np.bool_]:
     """The first ``count`` of the kept comparisons (candidates come closest in brightness first)."""
     out = np.zeros_like(keep)
     out[np.flatnonzero(keep)[:count]] = True
-    del comps
     return out
 
 
@@ -384,3 +387,16 @@ def _num(value: Any, digits: int) -> float | None:
         return None
     v = float(value)
     return round(v, digits) if math.isfinite(v) else None
+
+
+def settings_from_config(config: Config) -> PhotometrySettings:
+    """The photometry settings of ``[photometry]`` and ``[site]``."""
+    p, site = config.photometry, config.site
+    targets = tuple(Target(t.name, x=t.x, y=t.y, ra=t.ra, dec=t.dec) for t in p.targets)
+    where = None
+    if site.latitude is not None and site.longitude is not None:
+        where = Site(site.latitude, site.longitude, site.elevation)
+    return PhotometrySettings(targets=targets, aperture_fwhm=p.aperture_fwhm,
+                              annulus_fwhm=(p.annulus_inner_fwhm, p.annulus_outer_fwhm),
+                              max_comparisons=p.max_comparisons, gain=p.gain, read_noise=p.read_noise,
+                              saturation=p.saturation, site=where, diameter_m=p.telescope_diameter_m)
