@@ -59,7 +59,7 @@ class TransitSequence:
     def aperture_fraction(self, radius: float) -> float:
         """The share of a star's flux within ``radius`` px of its centre (the Moffat profile's)."""
         alpha = self.fwhm / (2.0 * math.sqrt(2.0 ** (1.0 / self.beta) - 1.0))
-        return 1.0 - (1.0 + (radius / alpha) ** 2) ** (1.0 - self.beta)
+        return float(1.0 - (1.0 + (radius / alpha) ** 2) ** (1.0 - self.beta))
 
 
 def transit_shape(n: int, *, ingress: tuple[int, int], egress: tuple[int, int]) -> F64:
@@ -95,7 +95,7 @@ def make_transit_sequence(*, seed: Seed, n_frames: int = 60, width: int = 384, h
     margin = 0.15 * min(width, height)
     step_x, step_y = (width - 2 * margin) / max(1, side - 1), (height - 2 * margin) / max(1, side - 1)
     centre = side * side // 2
-    cells = [cells[centre]] + [c for k, c in enumerate(cells) if k != centre][:n_comparisons]
+    cells = [cells[centre], *[c for k, c in enumerate(cells) if k != centre][:n_comparisons]]
     xy = np.array([(margin + c * step_x, margin + r * step_y) for c, r in cells], dtype=np.float64)
     xy[1:] += g.uniform(-0.25, 0.25, (len(cells) - 1, 2)) * np.array([step_x, step_y])
     bright = np.concatenate([[target_flux], target_flux * np.exp(g.uniform(math.log(0.4), math.log(2.5),
