@@ -38,8 +38,11 @@ from astrod.core.photometry import (
     scintillation,
     weed_comparisons,
 )
+from astrod.errors import AstrodError
+from astrod.io.fits import read_fits_header
 from astrod.pipeline.photometry_times import Site, point_times
 from astrod.pipeline.settings import StackedFrame
+from astrod.pipeline.solving import wcs_from_cards
 
 F64 = npt.NDArray[np.float64]
 
@@ -358,6 +361,18 @@ class PhotometrySeries:
                 f"sky annulus {a_in:.2f}-{a_out:.2f} px; {how} comparisons ({len(names)} of "
                 f"{len(s['xy']) - s['n_targets']} candidates, {dropped} dropped: saturated, clipped or scattering): "
                 f"{' '.join(names) or 'none'}")
+
+
+def header_locate(path: str, ra: float, dec: float) -> tuple[float, float] | None:
+    """The 0-based pixel position of RA/Dec on a frame by the WCS in its header (None without one)."""
+    try:
+        wcs = wcs_from_cards(read_fits_header(path))
+    except (AstrodError, OSError, ValueError):
+        return None
+    if not wcs.has_celestial:
+        return None
+    x, y = wcs.world_to_pixel_values(ra, dec)
+    return float(x), float(y)
 
 
 def _best(keep: npt.NDArray[np.bool_], count: int) -> npt.NDArray[np.bool_]:

@@ -17,7 +17,6 @@ from astrod.config import Config, report_config_error
 from astrod.errors import AstrodError, ConfigError
 from astrod.io.config_file import load_config
 from astrod.io.files import ensure_folder, scratch_folder
-from astrod.io.fits import read_fits_header
 from astrod.io.frames import expand_frame_paths
 from astrod.io.headers import rules_from_config
 from astrod.io.lightcurves import write_lightcurve, write_plot
@@ -31,12 +30,12 @@ from astrod.pipeline.photometry import (
     PhotometrySeries,
     PhotometrySettings,
     Target,
+    header_locate,
     parse_coords,
     settings_from_config,
 )
 from astrod.pipeline.photometry_plot import plot_png
 from astrod.pipeline.photometry_times import Site
-from astrod.pipeline.solving import wcs_from_cards
 
 EXIT_NOTHING = 1
 EXIT_UNUSABLE = 2
@@ -90,18 +89,6 @@ def _xy(text: str) -> tuple[float, float]:
     except ValueError as err:
         raise ValueError(f"comparison {text!r}: expected X,Y") from err
     return x, y
-
-
-def header_locate(path: str, ra: float, dec: float) -> tuple[float, float] | None:
-    """The 0-based pixel position of RA/Dec on a frame by the WCS in its header (None without one)."""
-    try:
-        wcs = wcs_from_cards(read_fits_header(path))
-    except (AstrodError, OSError, ValueError):
-        return None
-    if not wcs.has_celestial:
-        return None
-    x, y = wcs.world_to_pixel_values(ra, dec)
-    return float(x), float(y)
 
 
 def output_paths(output: Path, names: list[str], suffix: str) -> dict[str, Path]:
