@@ -13,7 +13,7 @@ import pytest
 
 from astrod.io.lightcurves import read_lightcurve
 from tests import synth
-from tests.service.daemon_harness import H, W, DaemonProcess, Observatory, lights
+from tests.service.daemon_harness import DaemonProcess, H, Observatory, W, lights
 
 
 def _rows(obs: Observatory) -> int:
