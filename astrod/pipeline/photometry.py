@@ -194,9 +194,7 @@ class PhotometrySeries:
         gain = self._gain(frame)
         meta = frame.meta
         coords = self._coords()
-        times = [point_times(meta.date_obs, meta.exposure, ra=c[0], dec=c[1], site=self.settings.site)
-                 if c is not None else point_times(meta.date_obs, meta.exposure, ra=None, dec=None, site=None)
-                 for c in coords]
+        times = point_times(meta.date_obs, meta.exposure, coords=coords, site=self.settings.site)
         scint = 0.0
         if self.settings.diameter_m > 0 and times and math.isfinite(times[0].airmass) and meta.exposure:
             scint = scintillation(diameter_m=self.settings.diameter_m, airmass=times[0].airmass,
