@@ -221,28 +221,39 @@ def relative_flux(target: F64, target_err: F64, comps: F64, comps_err: F64, use:
     return np.asarray(rel, dtype=np.float64), np.asarray(rel_err, dtype=np.float64)
 
 
-def weed_comparisons(comps: F64, comps_err: F64, use: BoolArray, *, max_ratio: float = 2.5,
-                     min_frames: int = 5, keep: int = 2) -> BoolArray:
-    """Which comparisons (C,) stay in the ensemble: those never unusable (saturated, clipped) in a frame, and
-    not scattering against the others' ensemble by more than ``max_ratio`` times what their errors predict
-    (a variable star, a star on a bad column, a faint neighbour's changing blend). The worst is dropped
-    first and the others judged again; at least ``keep`` stay; with fewer than ``min_frames`` frames only
-    the unusable go."""
+def weed_comparisons(comps: F64, comps_err: F64, use: BoolArray, *, saturated: BoolArray | None = None,
+                     max_ratio: float = 2.5, max_missing: float = 0.1, min_frames: int = 5,
+                     keep: int = 2) -> BoolArray:
+    """Which comparisons (C,) stay in the ensemble: never ``saturated`` (F, C) in a frame, usable (``use``:
+    not saturated, clipped or off the frame) in all but ``max_missing`` of the frames (a star the drift takes
+    to the edge late in the night leaves those frames only), and not scattering against the others' ensemble
+    by more than ``max_ratio`` times what their errors predict (a variable star, a star on a bad column, a
+    faint neighbour's changing blend), judged on the frames where all of them are usable. The worst is
+    dropped first and the others judged again; at least ``keep`` stay; with fewer than ``min_frames`` frames
+    only the saturated and unusable go."""
     n_frames, n_comp = comps.shape
     good: BoolArray = np.ones(n_comp, dtype=bool)
-    if n_frames:
-        good = np.asarray(use.all(axis=0) & np.isfinite(comps).all(axis=0), dtype=bool)
+    if n_frames == 0:
+        return good
+    usable = use & np.isfinite(comps)
+    good = np.asarray(usable.mean(axis=0) >= 1.0 - max_missing, dtype=bool)
+    if saturated is not None:
+        good &= ~saturated.any(axis=0)
     if n_frames < min_frames:
         return good
     while int(good.sum()) > keep:
+        frames = usable[:, good].all(axis=1)
+        if int(frames.sum()) < min_frames:
+            break
+        c_all, e_all = comps[frames], comps_err[frames]
         ratios = np.full(n_comp, -np.inf)
         for c in np.flatnonzero(good):  # per comparison, not per pixel: ten or twenty of them
             others = good.copy()
             others[c] = False
-            rest = comps[:, others].sum(axis=1)
-            rest_var = (comps_err[:, others] ** 2).sum(axis=1)
-            r = comps[:, c] / rest
-            predicted = np.abs(r) * np.sqrt((comps_err[:, c] / comps[:, c]) ** 2 + rest_var / rest ** 2)
+            rest = c_all[:, others].sum(axis=1)
+            rest_var = (e_all[:, others] ** 2).sum(axis=1)
+            r = c_all[:, c] / rest
+            predicted = np.abs(r) * np.sqrt((e_all[:, c] / c_all[:, c]) ** 2 + rest_var / rest ** 2)
             norm = np.median(r)
             spread = float(np.std(r / norm, ddof=1))
             expected = float(np.sqrt(np.mean((predicted / norm) ** 2)))

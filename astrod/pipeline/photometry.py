@@ -319,7 +319,7 @@ class PhotometrySeries:
         arrays = _arrays(self._records)
         flux, err, usable = arrays["flux"], arrays["err"], ~(arrays["sat"] | arrays["clip"])
         comps, comps_err, comps_use = flux[:, nt:], err[:, nt:], usable[:, nt:]
-        stay = weed_comparisons(comps, comps_err, comps_use)
+        stay = weed_comparisons(comps, comps_err, comps_use, saturated=arrays["sat"][:, nt:])
         keep = stay & _best(stay, self.settings.max_comparisons)
         weights = np.nanmedian(np.where(comps_use, comps, np.nan), axis=0) if len(self._records) else np.ones(0)
         rel, rel_err = relative_flux(flux[:, i], err[:, i], comps[:, keep], comps_err[:, keep],
@@ -330,7 +330,8 @@ class PhotometrySeries:
         rows = []
         for f, rec in enumerate(self._records):
             flags = [name for name, on in (("saturated", arrays["sat"][f, i]), ("clipped", arrays["clip"][f, i]),
-                                           ("no_comparisons", not keep.any())) if on]
+                                           ("no_comparisons", not (keep & comps_use[f]).any()),
+                                           ("comparison_missing", (keep & ~comps_use[f]).any())) if on]
             rows.append({"frame": rec["frame"], "jd_utc_mid": _num(rec["jd"][i], 7), "bjd_tdb": _num(rec["bjd"][i], 7),
                          "airmass": _num(rec["airmass"][i], 4), "rel_flux": _num(rel[f], 7),
                          "rel_flux_err": _num(rel_err[f], 7), "mag_diff": _num(mag[f], 5),

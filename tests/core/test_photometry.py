@@ -90,18 +90,28 @@ def test_relative_flux_stays_continuous_when_a_comparison_is_missing() -> None:
     assert rel_err[0] == pytest.approx(0.5 * math.sqrt(200.0) / 400.0)
 
 
-def test_a_variable_or_saturated_comparison_is_weeded() -> None:
-    """Of five steady comparisons with 1 % noise, one varying by 10 % and one saturated once go; with fewer
-    frames than needed only the saturated one goes."""
+def test_a_variable_saturated_or_often_missing_comparison_is_weeded() -> None:
+    """Of seven comparisons with 1 % noise, one varying by 10 %, one saturated once and one off the frame in
+    a fifth of the frames go; one off the frame in a single frame stays (that frame is left out of the scatter);
+    with fewer frames than needed for the scatter only the saturated one goes (over the first ten frames the
+    others are all usable in nine of ten at least)."""
     rng = np.random.default_rng(2)
-    comps = 1000.0 * (1.0 + 0.01 * rng.standard_normal((30, 6)))
+    comps = 1000.0 * (1.0 + 0.01 * rng.standard_normal((30, 7)))
     comps[:, 2] *= 1.0 + 0.1 * np.sin(np.arange(30))
     err = np.full_like(comps, 10.0)
     use = np.ones_like(comps, dtype=bool)
+    saturated = np.zeros_like(use)
+    saturated[7, 4] = True
     use[7, 4] = False
-    assert weed_comparisons(comps, err, use).tolist() == [True, True, False, True, False, True]
-    assert weed_comparisons(comps[:3], err[:3], use[:3]).tolist() == [True] * 6
-    assert weed_comparisons(comps[:10], err[:10], use[:10], min_frames=20).tolist() == [True] * 4 + [False, True]
+    use[24:, 5] = False
+    comps[24:, 5] = np.nan
+    use[3, 6] = False
+    comps[3, 6] = np.nan
+    kept = weed_comparisons(comps, err, use, saturated=saturated)
+    assert kept.tolist() == [True, True, False, True, False, False, True]
+    assert weed_comparisons(comps[:3], err[:3], use[:3], saturated=saturated[:3]).tolist() == [True] * 7
+    assert weed_comparisons(comps[:10], err[:10], use[:10], saturated=saturated[:10], min_frames=20).tolist() == [
+        True, True, True, True, False, True, True]
 
 
 def test_scintillation_follows_youngs_formula() -> None:

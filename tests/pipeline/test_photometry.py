@@ -76,10 +76,11 @@ def _predicted_noise(seq: TransitSequence, curve: LightCurve) -> float:
 def test_a_synthetic_transit_is_recovered_with_the_noise_the_ccd_equation_predicts(transit) -> None:
     """Depth 1 % under drift, clouds and rising airmass: the fitted depth is within 10 % of the truth, the
     residual scatter within 20 % of the CCD equation's prediction from the truth, and rel_flux_err agrees with
-    that scatter (ratio 0.7-1.5). The target's aperture follows it through the drift (x, y within 0.1 px)."""
+    that scatter (ratio 0.7-1.5). The target's aperture follows it through the drift (x, y within 0.1 px) and is
+    never flagged (a comparison the drift takes to the edge in the last frames may be)."""
     seq, _series, curve = transit
     rel, err = _column(curve, "rel_flux"), _column(curve, "rel_flux_err")
-    assert np.isfinite(rel).all() and all(r["flags"] == "" for r in curve.rows)
+    assert np.isfinite(rel).all() and {r["flags"] for r in curve.rows} <= {"", "comparison_missing"}
     design = np.column_stack([np.ones_like(rel), -seq.shape])
     c0, c1 = np.linalg.lstsq(design, rel, rcond=None)[0]
     depth = c1 / c0
