@@ -222,13 +222,14 @@ class PhotometrySeries:
         saturation = st.saturation if st.saturation > 0 else (0.95 * white if white else DEFAULT_SATURATION)
         names: list[str] = []
         first: list[tuple[float, float]] = []
-        to_ref = frame.to_first.inverse()  # the first frame is the first reference: identity, but say so
+        to_ref = frame.to_first.inverse()  # identity for the first reference; another frame if that one failed
         for t in st.targets:
             if t.x is not None and t.y is not None:
                 first.append((t.x - 1.0, t.y - 1.0))
             elif (t.ra is not None and t.dec is not None and self._locate is not None
                   and (where := self._locate("" if frame.path is None else str(frame.path), t.ra, t.dec))):
-                first.append(where)
+                mapped = frame.to_first.apply([where])[0]  # the frame's pixels onto the first reference's
+                first.append((float(mapped[0]), float(mapped[1])))
             else:
                 self.notes.append(f"target {t.name}: given by RA/Dec and no plate solution: not measured")
                 continue
@@ -253,19 +254,21 @@ class PhotometrySeries:
     def _candidates(self, frame: StackedFrame, data: npt.NDArray[np.float32], targets_xy: F64, target_flux: float,
                     *, radius: float, annulus: tuple[float, float], gain: float, saturation: float,
                     fwhm: float) -> F64:
-        """Twice ``max_comparisons`` comparison candidates among the first frame's stars, by our aperture."""
-        stars = frame.stars
-        xy = stars.xy
+        """Twice ``max_comparisons`` comparison candidates among the frame's stars, by our aperture, on the
+        first reference's pixels (``targets_xy`` are; the frame is the first reference unless measuring that
+        one failed)."""
+        xy = frame.stars.xy
         m = measure_apertures(data, xy, radius=radius, annulus=annulus, gain=gain, saturation=saturation)
         h, w = data.shape
         # room for the annulus and for a drift of a fifth of the frame over the night
         edge = annulus[1] + 0.05 * min(h, w)
-        idx = pick_comparisons(xy, m.flux, m.peak, targets_xy=targets_xy, target_flux=target_flux, shape=(h, w),
+        idx = pick_comparisons(xy, m.flux, m.peak, targets_xy=frame.to_first.inverse().apply(targets_xy),
+                               target_flux=target_flux, shape=(h, w),
                                isolation_px=annulus[1] + 2.0 * fwhm, edge_px=edge, saturation=saturation,
                                count=2 * self.settings.max_comparisons)
         if idx.size == 0:
             self.notes.append("no comparison star found (similar brightness, isolated, unsaturated)")
-        return np.asarray(xy[idx], dtype=np.float64).reshape(-1, 2)
+        return np.asarray(frame.to_first.apply(xy[idx]), dtype=np.float64).reshape(-1, 2)
 
     def _gain(self, frame: StackedFrame) -> float:
         if self.settings.gain > 0:

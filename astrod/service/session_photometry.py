@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from astrod.config import Config
 from astrod.io.lightcurves import write_lightcurve, write_plot
 from astrod.pipeline.photometry import (
@@ -27,6 +29,7 @@ from astrod.pipeline.photometry_plot import plot_png
 from astrod.pipeline.settings import StackedFrame
 
 STATE_KEY = "photometry"  # its key in the checkpoint's extra
+log = structlog.get_logger()
 
 
 def photometry_for(config: Config) -> PhotometrySettings | None:
@@ -47,7 +50,12 @@ class SessionPhotometry:
         self.series = PhotometrySeries(settings, locate=header_locate)
 
     def observe(self, frame: StackedFrame) -> None:
-        self.series.observe(frame)
+        """Measure a frame just stacked; a failure is logged and leaves that frame out of the light curves,
+        never out of the stack (the observer runs inside `LiveStack.process`)."""
+        try:
+            self.series.observe(frame)
+        except Exception:
+            log.exception("photometry_failed", frame=None if frame.path is None else str(frame.path))
 
     def restore(self, extra: Mapping[str, Any]) -> None:
         """Take up the measurements a checkpoint's ``extra`` holds (none: start afresh)."""
