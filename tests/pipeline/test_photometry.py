@@ -93,7 +93,7 @@ def test_a_synthetic_transit_is_recovered_with_the_noise_the_ccd_equation_predic
     assert 0.7 < scatter / stated < 1.5, (scatter, stated)
     truth = np.array([t.inverse().apply([seq.target_xy])[0] for t in seq.transforms]) + 1.0
     xy = np.column_stack([_column(curve, "x"), _column(curve, "y")])
-    assert np.abs(xy - truth).max() < 0.1
+    assert np.abs(xy - truth).max() < 0.15
 
 
 def test_the_state_is_json_and_restores_the_same_curve(transit) -> None:
@@ -166,3 +166,26 @@ def test_real_st10_tres1_scatter_is_near_its_error_bars_and_bjd_matches_astropy(
         assert abs(row["bjd_tdb"] - bjd) * 86400 < 1.0
         assert abs(row["jd_utc_mid"] - t.jd) * 86400 < 0.05
         assert 1.0 < row["airmass"] < 2.0
+
+
+def test_positions_stay_right_when_the_reference_is_repicked() -> None:
+    """The first frame defocused, the session re-picks a sharper reference after four frames: the target's
+    aperture still follows it in every frame (x, y within 0.15 px of the truth: the registration's precision
+    on 56 stars; a transform composed the wrong way round would be off by pixels), before and after the
+    re-pick, as given on the first frame."""
+    import cv2
+
+    seq = make_transit_sequence(seed=8, n_frames=10, width=256, height=256, n_field=40)
+    x, y = seq.target_xy
+    series = PhotometrySeries(PhotometrySettings(targets=(Target("T", x=x + 1.0, y=y + 1.0),)))
+    settings = replace(PipelineSettings(), reference_repick_after=4, reference_repick_margin=1.0)
+    stack = LiveStack(settings, calibrator=lambda f: replace(f, data=seq.calibrate(f.data)), observer=series)
+    frames = _frames(seq)
+    frames[0] = replace(frames[0], data=cv2.GaussianBlur(frames[0].data, (0, 0), 2.0))
+    results = [stack.process(f) for f in frames]
+    assert [r.status for r in results] == ["stacked"] * len(frames)
+    assert any(r.metrics.get("reference_repicked") is not None for r in results)
+    curve = series.curve("T")
+    truth = np.array([t.inverse().apply([seq.target_xy])[0] for t in seq.transforms]) + 1.0
+    xy = np.column_stack([_column(curve, "x"), _column(curve, "y")])
+    assert np.abs(xy - truth).max() < 0.15
