@@ -27,14 +27,16 @@ def plot_png(curve: LightCurve, *, width_px: int = 900, height_px: int = 450) ->
     if good.any():
         norm = float(np.median(rel[good]))
         t0 = math.floor(float(np.min(t[good])))
-        ax.errorbar(t[good] - t0, rel[good] / norm, yerr=err[good] / norm, fmt="o", ms=3, lw=0.8, capsize=0)
+        x, y, e = t[good] - t0, rel[good] / norm, err[good] / norm
+        ax.vlines(x, y - e, y + e, lw=0.8, alpha=0.6)  # one collection, not one line per error bar
+        ax.plot(x, y, "o", ms=3)
         ax.set_xlabel(f"{'BJD_TDB' if use_bjd else 'JD (UTC, mid-exposure)'} - {t0}")
     else:
         ax.text(0.5, 0.5, "no point measured yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_ylabel("relative flux (median = 1)")
     ax.set_title(f"{curve.target}: {len(rows)} frames, {len(curve.comparisons)} comparison stars", fontsize=10)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.09, right=0.98, top=0.92, bottom=0.12)  # fixed: tight_layout costs 100+ ms
     out = io.BytesIO()
     fig.savefig(out, format="png")
     return out.getvalue()
