@@ -5,7 +5,9 @@ calibrated, unwarped pixels, at the targets' and comparison stars' positions on 
 frame carried onto the frame through the inverse of its registration transform. What it keeps per frame is
 small (fluxes, errors, sky, flags of twenty-odd stars, the times): the light curve is computed from all of it
 whenever it is asked for (`PhotometrySeries.curve`), so the comparison ensemble is judged on every frame so far
-(a comparison saturated in one frame, or scattering against the others, leaves every row, not only later ones).
+(a comparison saturated in one frame, unusable in over a tenth of them, or scattering against the others leaves
+every row, not only later ones; one missing from a few frames, at the edge or off it, leaves those rows only,
+flagged ``comparison_missing``, and the ensemble stays continuous: `astrod.core.photometry.relative_flux`).
 
 Set up on the first frame (the session's first reference):
 * aperture radius ``aperture_fwhm`` × that frame's FWHM, sky annulus ``annulus_fwhm`` × FWHM (at least 2 px
@@ -322,7 +324,9 @@ class PhotometrySeries:
         arrays = _arrays(self._records)
         flux, err, usable = arrays["flux"], arrays["err"], ~(arrays["sat"] | arrays["clip"])
         comps, comps_err, comps_use = flux[:, nt:], err[:, nt:], usable[:, nt:]
-        stay = weed_comparisons(comps, comps_err, comps_use, saturated=arrays["sat"][:, nt:])
+        # the user's own comparisons leave only when saturated or mostly unusable, not for their scatter
+        stay = weed_comparisons(comps, comps_err, comps_use, saturated=arrays["sat"][:, nt:],
+                                max_ratio=math.inf if s["user_comparisons"] else 2.5)
         keep = stay & _best(stay, self.settings.max_comparisons)
         weights = np.nanmedian(np.where(comps_use, comps, np.nan), axis=0) if len(self._records) else np.ones(0)
         rel, rel_err = relative_flux(flux[:, i], err[:, i], comps[:, keep], comps_err[:, keep],
