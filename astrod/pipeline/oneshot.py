@@ -49,8 +49,7 @@ def stack_files(paths: Sequence[Path], settings: PipelineSettings, *, calibrator
     `AstrodError` if one of them changed in between; ``two_pass=False`` stacks them live instead and caches
     the registered frames in ``cache_dir`` (default: a temporary folder, removed afterwards). Raises
     `AstrodError` when no frame could be stacked. A ``reference`` given is the user's choice: the session
-    does not re-pick its reference by quality. ``observer`` sees each frame stacked, calibrated and unwarped
-    (`LiveStack`).
+    does not re-pick its reference by quality. ``observer`` sees the stacked frames unwarped (`LiveStack`).
     """
     log = structlog.get_logger()
     ordered = order_frames(paths, reference)
@@ -87,9 +86,8 @@ def stack_files(paths: Sequence[Path], settings: PipelineSettings, *, calibrator
         cache = cache_dir
         if cache is None and settings.final_rejection != "none" and not two_pass:
             cache = cleanup.enter_context(scratch_folder("astrod-stack-"))
-        stack = LiveStack(settings, calibrator=calibrator, cache_dir=None if two_pass else cache,
-                          reread=reread if two_pass else None, read_rows=read_rows if two_pass else None,
-                          observer=observer)
+        stack = LiveStack(settings, calibrator=calibrator, cache_dir=None if two_pass else cache, observer=observer,
+                          reread=reread if two_pass else None, read_rows=read_rows if two_pass else None)
         bar.start("stack", len(ordered))
         scratch = None  # one array every frame is read into (a calibrator may calibrate it in place)
         for path in ordered:
