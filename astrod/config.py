@@ -220,6 +220,35 @@ class SolveConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PhotometryTargetConfig:
+    name: str = _opt("", "target name (its files: lightcurve_<name>.csv and .png)")
+    x: float | None = _opt(None, "x on the session's first reference frame, 1-based as ds9 and FITS count")
+    y: float | None = _opt(None, "y on the session's first reference frame, 1-based")
+    ra: float | None = _opt(None, "right ascension, degrees (for BJD_TDB and airmass; the position too when x/y "
+                                  "are not given, from the plate solution)", min=0, max=360)
+    dec: float | None = _opt(None, "declination, degrees", min=-90, max=90)
+
+
+@dataclass(frozen=True, slots=True)
+class PhotometryConfig:
+    targets: tuple[PhotometryTargetConfig, ...] = _opt((), "stars whose light curve each session measures "
+                                                           "([[photometry.targets]] tables)")
+    aperture_fwhm: float = _opt(1.5, "aperture radius, in FWHM of the session's first reference frame", min=0.3,
+                                max=10)
+    annulus_inner_fwhm: float = _opt(4.0, "sky annulus inner radius, FWHM (at least 2 px beyond the aperture)",
+                                     min=0.5, max=50)
+    annulus_outer_fwhm: float = _opt(7.0, "sky annulus outer radius, FWHM", min=1.0, max=100)
+    max_comparisons: int = _opt(10, "comparison stars in the automatic ensemble", min=1, max=100)
+    gain: float = _opt(0.0, "camera gain for the errors, e-/ADU; 0: the frame's EGAIN, else 1", min=0.0, max=1000)
+    read_noise: float = _opt(0.0, "read noise, e- (the sky annulus's measured noise counts when larger)", min=0.0,
+                             max=1000)
+    saturation: float = _opt(0.0, "ADU at which a calibrated pixel counts as saturated; 0: 95 % of 65535",
+                             min=0.0, max=1e9)
+    telescope_diameter_m: float = _opt(0.0, "telescope aperture for the scintillation noise term (needs [site]); "
+                                            "0: left out", min=0.0, max=50)
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = _opt("info", "log level", choices=("debug", "info", "warning", "error"))
     format: str = _opt("auto", "auto: JSON under systemd or when not on a terminal, else coloured",
@@ -241,6 +270,7 @@ class Config:
     indi: IndiConfig = field(default_factory=IndiConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     solve: SolveConfig = field(default_factory=SolveConfig)
+    photometry: PhotometryConfig = field(default_factory=PhotometryConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def state_dir(self, env: Mapping[str, str] | None = None) -> Path:
@@ -412,7 +442,24 @@ def _check_cross_fields(config: Config, builder: _Builder) -> Config:
         builder.problem("output.formats", "a format is listed twice")
     if (config.site.latitude is None) != (config.site.longitude is None):
         builder.problem("site", "latitude and longitude go together")
+    _check_photometry(config.photometry, builder)
     return config
+
+
+def _check_photometry(p: PhotometryConfig, builder: _Builder) -> None:
+    if p.annulus_outer_fwhm <= p.annulus_inner_fwhm:
+        builder.problem("photometry.annulus_outer_fwhm", "must be larger than annulus_inner_fwhm")
+    names = [t.name for t in p.targets]
+    for i, t in enumerate(p.targets):
+        key = f"photometry.targets[{i}]"
+        if not t.name:
+            builder.problem(f"{key}.name", "missing")
+        elif names.count(t.name) > 1:
+            builder.problem(f"{key}.name", f"{t.name!r} is given twice")
+        if (t.x is None) != (t.y is None) or (t.ra is None) != (t.dec is None):
+            builder.problem(key, "x goes with y, ra with dec")
+        elif t.x is None and t.ra is None:
+            builder.problem(key, "give x and y, or ra and dec")
 
 
 def report_config_error(err: ConfigError, *, prefix: str = "config error: ", stream: TextIO | None = None) -> int:

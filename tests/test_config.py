@@ -179,3 +179,28 @@ def test_output_formats_are_checked(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as info:
             parse_config(f"[output]\n{text}", base=tmp_path)
         assert info.value.problems == [problem]
+
+
+def test_photometry_targets_are_checked(tmp_path: Path) -> None:
+    """[[photometry.targets]] load as tables; a target without a name, with x but no y, with neither a
+    position nor coordinates, a name given twice, and an annulus that ends before it starts are one problem
+    each."""
+    good = parse_config('[[photometry.targets]]\nname = "TrES-1"\nx = 571.6\ny = 346.0\nra = 286.04\ndec = 36.63\n',
+                        base=tmp_path)
+    (target,) = good.photometry.targets
+    assert (target.name, target.x, target.y, target.ra, target.dec) == ("TrES-1", 571.6, 346.0, 286.04, 36.63)
+    text = ('[photometry]\nannulus_inner_fwhm = 5.0\nannulus_outer_fwhm = 4.0\n'
+            '[[photometry.targets]]\nx = 1.0\ny = 2.0\n'
+            '[[photometry.targets]]\nname = "A"\nx = 1.0\n'
+            '[[photometry.targets]]\nname = "B"\n'
+            '[[photometry.targets]]\nname = "B"\nra = 10.0\ndec = 20.0\n')
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, base=tmp_path)
+    assert err.value.problems == [
+        "photometry.annulus_outer_fwhm: must be larger than annulus_inner_fwhm",
+        "photometry.targets[0].name: missing",
+        "photometry.targets[1]: x goes with y, ra with dec",
+        "photometry.targets[2].name: 'B' is given twice",
+        "photometry.targets[2]: give x and y, or ra and dec",
+        "photometry.targets[3].name: 'B' is given twice",
+    ]

@@ -73,7 +73,15 @@ from astrod.model import Frame, FrameMeta, Transform
 from astrod.pipeline.outputs import StackProduct, product_header, stack_cards, write_outputs
 from astrod.pipeline.registration import phase_image, register_onto
 from astrod.pipeline.repick import area_ratio, one_line, repick
-from astrod.pipeline.settings import BAND_ROWS, Calibrated, Calibrator, Model, PipelineSettings
+from astrod.pipeline.settings import (
+    BAND_ROWS,
+    Calibrated,
+    Calibrator,
+    FrameObserver,
+    Model,
+    PipelineSettings,
+    StackedFrame,
+)
 from astrod.pipeline.state import (
     TABLE_COLUMNS,
     Candidate,
@@ -130,11 +138,13 @@ class LiveStack:
 
     def __init__(self, settings: PipelineSettings, *, calibrator: Calibrator | None = None,
                  cache_dir: Path | None = None, reread: Callable[[Path], Frame] | None = None,
-                 read_rows: Callable[[Path, int, int, FloatArray], FloatArray] | None = None) -> None:
+                 read_rows: Callable[[Path, int, int, FloatArray], FloatArray] | None = None,
+                 observer: FrameObserver | None = None) -> None:
         if settings.transform not in MODEL_POINTS:
             raise ValueError(f"unknown registration model {settings.transform!r}")
         self.settings = settings
         self._calibrator = calibrator
+        self._observer = observer  # sees each frame stacked, unwarped (photometry)
         self._cache_dir = None if cache_dir is None else Path(cache_dir)
         self._stacker: Stacker | None = None
         self._ref: Reference | None = None
@@ -209,6 +219,7 @@ class LiveStack:
         if reason is not None:
             return self._record(measured, "rejected", reason, metrics, timings)
         self._session.accepted.append(FrameFigures(q, transparency))
+        self._observe(measured, reg, timings)
         self._consider_repick(measured, reg, weight, metrics, timings)
         return self._record(measured, "stacked", None, metrics, timings)
 
@@ -278,6 +289,18 @@ class LiveStack:
         if data.ndim == 2 and meta.bayer is not None:
             return debayer(data, pattern=effective_pattern(meta.bayer, meta.bayer_offset))
         return data
+
+    def _observe(self, measured: Measured, reg: Registration, timings: dict[str, float]) -> None:
+        """Hand the stacked frame to the observer, with its transform onto the first reference's pixels."""
+        if self._observer is None:
+            return
+        assert self._ref is not None and measured.data is not None
+        assert measured.stars is not None and measured.quality is not None
+        t0 = time.perf_counter()
+        to_first = reg.transform.compose(self._ref.small_grid.inverse())
+        self._observer(StackedFrame(path=measured.path, meta=measured.meta, data=measured.data, stars=measured.stars,
+                                    quality=measured.quality, to_first=to_first, pattern=measured.pattern))
+        timings["observe"] = _ms(t0)
 
     def _stack(self, measured: Measured, reg: Registration, weight: float, metrics: dict[str, Metric],
                timings: dict[str, float]) -> str | None:
@@ -586,10 +609,10 @@ class LiveStack:
 
     @classmethod
     def load(cls, path: Path, settings: PipelineSettings, *, calibrator: Calibrator | None = None,
-             cache_dir: Path | None = None) -> LiveStack:
+             cache_dir: Path | None = None, observer: FrameObserver | None = None) -> LiveStack:
         """A stack restored from `save`: adding the same frames next gives what an uninterrupted run gives
         (bit for bit), given the same ``settings``."""
-        stack = cls(settings, calibrator=calibrator, cache_dir=cache_dir)
+        stack = cls(settings, calibrator=calibrator, cache_dir=cache_dir, observer=observer)
         restored = load_state(path)
         stack._stacker, stack._ref = restored.stacker, restored.reference
         stack._session, stack._extra = restored.session, restored.extra

@@ -19,6 +19,7 @@ from astrod.io.headers import PathRule
 from astrod.library.progress import NoProgress, Progress
 from astrod.model import Frame
 from astrod.pipeline.live import Calibrator, FrameResult, LiveStack, PipelineSettings, StackProduct
+from astrod.pipeline.settings import FrameObserver
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -72,7 +73,7 @@ def stack_files(paths: Sequence[Path], settings: PipelineSettings, *, calibrator
                 reference: Path | None = None, cache_dir: Path | None = None,
                 rename: Mapping[str, str] | None = None, rules: Iterable[PathRule] = (),
                 progress: Progress | None = None, on_result: Callable[[FrameResult], None] | None = None,
-                two_pass: bool = True) -> StackProduct:
+                two_pass: bool = True, observer: FrameObserver | None = None) -> StackProduct:
     """Stack light frames, the ``reference`` (if given) first, the others in the order given.
 
     Unreadable files and calibration frames are rejected with their reason in the frames table. With
@@ -81,7 +82,7 @@ def stack_files(paths: Sequence[Path], settings: PipelineSettings, *, calibrator
     `AstrodError` if one of them changed in between; ``two_pass=False`` stacks them live instead and caches
     the registered frames in ``cache_dir`` (default: a temporary folder, removed afterwards). Raises
     `AstrodError` when no frame could be stacked. A ``reference`` given is the user's choice: the session
-    does not re-pick its reference by quality.
+    does not re-pick its reference by quality. ``observer`` sees the stacked frames unwarped (`LiveStack`).
     """
     log = structlog.get_logger()
     ordered = order_frames(paths, reference)
@@ -95,7 +96,7 @@ def stack_files(paths: Sequence[Path], settings: PipelineSettings, *, calibrator
         cache = cache_dir
         if cache is None and settings.final_rejection != "none" and not two_pass:
             cache = cleanup.enter_context(scratch_folder("astrod-stack-"))
-        stack = LiveStack(settings, calibrator=calibrator, cache_dir=None if two_pass else cache,
+        stack = LiveStack(settings, calibrator=calibrator, cache_dir=None if two_pass else cache, observer=observer,
                           reread=again.frame if two_pass else None, read_rows=again.rows if two_pass else None)
         bar.start("stack", len(ordered))
         scratch = None  # one array every frame is read into (a calibrator may calibrate it in place)

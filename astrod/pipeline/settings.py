@@ -1,19 +1,25 @@
 """What the per-frame pipeline is configured with (`PipelineSettings`, from ``[stack]`` and ``[quality]``) and
-what a calibrator hands it (`Calibrated`)."""
+what a calibrator hands it (`Calibrated`), and what an observer of stacked frames sees (`StackedFrame`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
 
 from astrod.config import Config
 from astrod.core.calibrate import CalibrationRecipe
+from astrod.core.quality import FrameQuality
 from astrod.core.quality_gates import GateThresholds
 from astrod.core.register import MODEL_POINTS
 from astrod.core.stack import Rejection, Weighting
+from astrod.core.stars import StarList
 from astrod.core.warp import Interpolation
-from astrod.model import Frame
+from astrod.model import Frame, FrameMeta, Transform
 
 Model = Literal["similarity", "affine", "homography"]
 BAND_ROWS = 128  # rows warped and accumulated at a time: 3.2 MB of a 26 MP mono frame
@@ -87,3 +93,22 @@ class Calibrated:
 
 
 Calibrator = Callable[[Frame], Frame | Calibrated]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StackedFrame:
+    """A frame just stacked, as `LiveStack`'s observer sees it: the calibrated, unwarped pixels (valid only
+    during the call: they live in a reused buffer), its metadata, its stars and quality figures, and
+    ``to_first``: its pixels onto the session's first reference frame (the reference at the time composed
+    with the re-pick's grid change, so positions given on that first frame stay valid after a re-pick)."""
+
+    path: Path | None
+    meta: FrameMeta
+    data: npt.NDArray[np.float32]
+    stars: StarList
+    quality: FrameQuality
+    to_first: Transform
+    pattern: str | None
+
+
+FrameObserver = Callable[[StackedFrame], None]

@@ -54,7 +54,7 @@ from astrod.service.queue_thread import QueueThread
 from astrod.service.recovery import open_journal
 from astrod.service.reference_solver import reference_solver
 from astrod.service.reload import compare
-from astrod.service.sessions import QueuedFrame, SessionPaths, SessionWorker
+from astrod.service.sessions import QueuedFrame, SessionPaths, SessionWorker, photometry_for
 from astrod.service.status import (
     StatusProgress,
     closed_sessions,
@@ -551,7 +551,7 @@ class Daemon:
             session_id=sid, label=label, key=key, pointing=pointing,
             paths=SessionPaths(output=output, state=self.paths.session_state(sid)), journal=self.journal,
             settings=self._pipeline_settings(), calibrator=self._calibrator(),
-            checkpoint_every=self.config.session.checkpoint_every,
+            checkpoint_every=self.config.session.checkpoint_every, photometry=photometry_for(self.config),
             checkpoint_seconds=self.config.session.checkpoint_seconds, output_formats=self.config.output.formats,
             preview_every_frames=self.config.stack.preview_every_frames,
             preview_every_seconds=self.config.stack.preview_every_seconds,

@@ -35,10 +35,15 @@ from astrod.model import Frame
 from astrod.pipeline.ingest import ReadOptions
 from astrod.pipeline.live import TABLE_COLUMNS, Calibrator, LiveStack, PipelineSettings
 from astrod.pipeline.outputs import FRAMES, SESSION, write_preview, write_session_outputs
+from astrod.pipeline.photometry import PhotometrySettings
 from astrod.pipeline.sessions import Pointing, SessionKey, plausible_date
+from astrod.pipeline.settings import FrameObserver
 from astrod.pipeline.solving import SolveResult, product_wcs_cards, stack_with_wcs
 from astrod.service.queue_thread import QueueThread
 from astrod.service.reference_solver import ReferenceSolver, SolveRequest
+from astrod.service.session_photometry import SessionPhotometry, photometry_for
+
+__all__ = ["QueuedFrame", "SessionPaths", "SessionWorker", "photometry_for"]
 
 log = structlog.get_logger()
 
@@ -129,7 +134,7 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
                  on_progress: Callable[[dict[str, Any] | None], None] = lambda _: None,
                  on_problem: ProblemSink = lambda _key, _text: None,
                  on_state_error: Callable[[BaseException], bool] = lambda _err: False,
-                 solver: ReferenceSolver | None = None,
+                 solver: ReferenceSolver | None = None, photometry: PhotometrySettings | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.id = session_id
         self.label = label
@@ -159,6 +164,8 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
         self._solver = solver
         self._solve_asked: SolveRequest | None = None
         self._solution: tuple[str, SolveResult] | None = None
+        # light curves of the configured targets, measured on each stacked frame (`SessionPhotometry`)
+        self._phot = None if photometry is None else SessionPhotometry(photometry, paths.output)
         super().__init__(name=f"astrod-session-{session_id}")
         self._state_lock = threading.Lock()  # _pending and closing: the status thread reads them
         self._pending: list[tuple[Path, str, str | None, dict[str, Any]]] = []
@@ -171,7 +178,7 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
         self._last_preview = time.monotonic()
         self._previewed = False  # the first stacked frame shows at once, not after preview_every_frames
         self._preview_owed = False  # a preview failed to write: it is written again when its retry is due
-        self._retries = {"checkpoint": _Retry(), "preview": _Retry(), "close": _Retry()}
+        self._retries = {"checkpoint": _Retry(), "preview": _Retry(), "close": _Retry(), "lightcurve": _Retry()}
         self._close_why: str | None = None
         self.stats = SessionStats()
         self.closing = False
@@ -187,7 +194,7 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
         if record is not None and record.checkpoint:
             try:
                 live = LiveStack.load(Path(record.checkpoint), self._settings, calibrator=self._calibrator,
-                                      cache_dir=self.paths.cache)
+                                      cache_dir=self.paths.cache, observer=self._observer)
             except Exception as err:  # missing, truncated, garbled, of another version: stack again from sources
                 problem = str(err).splitlines()[0]
             else:
@@ -198,6 +205,9 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
                                           last_metrics=stats.get("last_metrics", {}),
                                           rejections=stats.get("rejections", {}))
                 self._log.info("session_restored", checkpoint=record.checkpoint, stacked=self.stats.stacked)
+                if self._phot is not None:  # its rows are the checkpoint's frames: later ones are measured again
+                    self._phot.restore(live.extra)
+                    self._attempt("lightcurve", self._phot.write_curves)
                 return live
         elif record is not None and self._journal.files(session=self.id, status=["stacked", "rejected"]):
             problem = "its checkpoint is not recorded"
@@ -209,7 +219,12 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
             self._on_problem(f"{self.id}:restack",
                              f"{self.label}: checkpoint unusable ({problem}); stacking its {n} frames again "
                              "from their files")
-        return LiveStack(self._settings, calibrator=self._calibrator, cache_dir=self.paths.cache)
+        return LiveStack(self._settings, calibrator=self._calibrator, cache_dir=self.paths.cache,
+                         observer=self._observer)
+
+    @property
+    def _observer(self) -> FrameObserver | None:
+        return None if self._phot is None else self._phot.observe
 
     def enqueue(self, path: Path, arrival: int) -> None:
         with self._count_lock:
@@ -349,6 +364,8 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
             self._since_preview += 1
             self._preview_owed = self._preview_owed or self._preview_due()
             self._ask_solve()
+            if self._phot is not None:
+                self._attempt("lightcurve", self._phot.write_curves)
         else:
             self._log.warning("frame_rejected", frame=str(item.path), reason=reason)
         if self._preview_owed and time.monotonic() >= self._retries["preview"].due:
@@ -435,7 +452,9 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
         target = self.paths.checkpoint(seq)
         info = self._stats_info()
         # the session's identity rides along, so that a lost journal can be rebuilt from the checkpoints
-        self._live.save(target, extra={"session": {"id": self.id, "key": self.key.record(self.pointing), "info": info}})
+        extra = {"session": {"id": self.id, "key": self.key.record(self.pointing), "info": info},
+                 **(self._phot.extra() if self._phot is not None else {})}
+        self._live.save(target, extra=extra)
         self._journal.commit_checkpoint(self.id, checkpoint=target, seq=seq, frames=self._pending, info=info)
         old = self.paths.checkpoint(self._seq)
         self._seq = seq
@@ -455,6 +474,8 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
             return
         linear, stretched = self._live.preview()
         write_preview(self.paths.output, linear=linear, stretched=stretched, wcs=self._wcs_cards(linear.shape))
+        if self._phot is not None:
+            self._phot.write_plots()
         self._previewed = True
         self._preview_owed = False
         self._since_preview = 0
@@ -509,7 +530,10 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
         held = self._take_all()  # what is queued now goes behind the session's frames
         with self._count_lock:
             self._finished += sum(isinstance(h, QueuedFrame) for h in held)
-        self._live = LiveStack(self._settings, calibrator=self._calibrator, cache_dir=self.paths.cache)
+        if self._phot is not None:
+            self._phot.reset()
+        self._live = LiveStack(self._settings, calibrator=self._calibrator, cache_dir=self.paths.cache,
+                               observer=self._observer)
         remove_folder(self.paths.cache)
         self.stats = SessionStats()
         with self._state_lock:
@@ -556,6 +580,8 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
         }
         if self._live.n_stacked > 0:
             self._write_preview()
+            if self._phot is not None:
+                self._phot.write_curves()
             self._on_progress({"what": f"final stack of {self.label}", "done": 0, "total": 1})
             try:
                 product = self._live.finalize()

@@ -274,3 +274,54 @@ def test_last_frame_figures_do_not_wrap_in_two_columns(browser: Browser, tmp_pat
         assert "2.46 px" in texts and "eccentricity" in texts, texts
         for cell in card["cells"]:
             assert cell["height"] <= 2 * cell["line"] + 1, (card["id"], cell)
+
+
+CURVE = """const c = document.querySelector(`[data-session='${arguments[0]}']`);
+const img = c && c.querySelector('img.curve[data-target="T"]');
+const link = c && [...c.querySelectorAll('.curve-box a')].find((a) => a.textContent === '(CSV)');
+return img && img.complete && img.naturalWidth > 0 && link ? [img.getAttribute('src'), img.naturalWidth,
+  link.getAttribute('href')] : null;"""
+
+
+def test_dashboard_shows_each_targets_light_curve(browser: Browser, tmp_path: Path) -> None:
+    """A session whose output folder has lightcurve_T.png and .csv shows the plot (loaded, naturalWidth > 0)
+    with a working link to the CSV; when the plot is rewritten (a new frame), the page loads the new one."""
+    from astrod.io.lightcurves import write_lightcurve, write_plot
+    from astrod.pipeline.photometry import CSV_COLUMNS, LightCurve
+    from astrod.pipeline.photometry_plot import plot_png
+    from astrod.service.web import WebServer
+    from tests.service.test_web import make_config
+
+    out = tmp_path / "obs" / "stacks" / "2026-11-21" / "M_31" / "L"
+    out.mkdir(parents=True)
+
+    def write(n: int) -> None:
+        rows = [{"frame": f"f{i}.fits", "jd_utc_mid": 2461000.5 + i / 1440, "bjd_tdb": 2461000.501 + i / 1440,
+                 "rel_flux": 1.0 - 0.01 * (10 <= i < 20), "rel_flux_err": 0.002} for i in range(n)]
+        curve = LightCurve(target="T", rows=rows, comment="# target T", comparisons=("C1@1,1", "C2@2,2"))
+        write_lightcurve(out / "lightcurve_T.csv", curve.comment, rows, CSV_COLUMNS)
+        write_plot(out / "lightcurve_T.png", plot_png(curve))
+
+    write(12)
+    session = {"id": "2026-11-21_1", "label": "M 31/L", "target": "M 31", "filter": "L", "night": "2026-11-21",
+               "stacked": 12, "rejected": 0, "total_exposure_s": 720.0, "queue": 0, "last_frame": {},
+               "rejections": {}, "output": str(out), "closing": False}
+    status = {"running": True, "pid": 1, "version": "test", "sessions": [session], "closed_sessions": [],
+              "library": {"path": "lib", "masters": {}}, "errors": [], "files": {}, "status_line": "one session"}
+    server = WebServer(make_config(tmp_path / "obs"), status=lambda: status, frames=lambda sid: [], port=0)
+    server.start()
+    try:
+        browser.resize(1280, 1000)
+        browser.get(f"http://127.0.0.1:{server.port}/")
+        src1, width, csv_href = browser.until(CURVE, session["id"], message="the light curve")
+        assert width > 0 and csv_href.endswith("/lightcurve_T.csv")
+        code, _, body = request(server.port, "GET", csv_href)
+        assert code == 200 and body.startswith(b"# target T\nframe,jd_utc_mid")
+        time.sleep(0.05)
+        write(30)
+        src2, _, _ = browser.until(CURVE.replace("&& link ?", "&& link && img.getAttribute('src') !== arguments[1] ?"),
+                                   session["id"], src1, timeout=30, message="the new light curve")
+        assert src2 != src1
+        browser.screenshot(tmp_path / "lightcurve.png")
+    finally:
+        server.stop()

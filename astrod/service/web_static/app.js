@@ -158,7 +158,7 @@
 
   // ------------------------------------------------------------------ session cards
   function makeCard(s) {
-    const card = { frameCount: -1, previewVersion: null };
+    const card = { frameCount: -1, previewVersion: null, curveVersions: {} };
     card.title = el("h3");
     card.badge = el("span", { class: "badge" });
     card.img = el("img", { alt: "live stack preview" });
@@ -169,6 +169,7 @@
     card.last = el("div", { class: "last" });
     card.chips = el("div", { class: "chips" });
     card.links = el("div", { class: "links" });
+    card.curves = el("div", { class: "curves" });
     card.plotBoxes = PLOTS.map(() => el("div", { class: "plot-box" }));
     card.closeBtn = el("button", { type: "button", class: "close-btn", text: "close…",
       title: "close this session now (needs the web token)" });
@@ -178,8 +179,35 @@
       el("div", { class: "card-body" }, el("div", {}, card.previewLink, card.caption),
         el("div", {}, card.stats, card.last, card.chips)),
       el("div", { class: "plots" }, ...card.plotBoxes),
+      card.curves,
       card.links);
     return card;
+  }
+
+  // The light curves the session writes (lightcurve_<target>.png beside its .csv), each reloaded when its
+  // file changes.
+  function updateCurves(card, files) {
+    const names = Object.keys(files).filter((n) => /^lightcurve_.+\.png$/.test(n)).sort();
+    if (names.join("/") !== Object.keys(card.curveVersions).sort().join("/")) {
+      card.curveVersions = {};
+      card.curves.replaceChildren(...names.map((name) => {
+        const target = name.slice("lightcurve_".length, -".png".length);
+        const img = el("img", { alt: `light curve of ${target}`, class: "curve", "data-target": target });
+        const csv = files[`lightcurve_${target}.csv`];
+        return el("figure", { class: "curve-box" }, el("a", { href: files[name].url, target: "_blank", rel: "noopener" }, img),
+          el("figcaption", { class: "muted small" }, `light curve of ${target} `,
+            csv ? el("a", { href: csv.url, text: "(CSV)" }) : ""));
+      }));
+      for (const name of names) card.curveVersions[name] = null;
+    }
+    for (const name of names) {
+      const version = String(files[name].mtime_ns);
+      if (version === card.curveVersions[name]) continue;
+      card.curveVersions[name] = version;
+      const target = name.slice("lightcurve_".length, -".png".length);
+      const img = card.curves.querySelector(`img[data-target="${CSS.escape(target)}"]`);
+      if (img) img.src = `${files[name].url}?v=${encodeURIComponent(version)}`;
+    }
   }
 
   function stat(box, label, value, cls) {
@@ -236,6 +264,7 @@
       el("span", { class: "chip bad", title: `rejected: ${why}`, text: `${why.includes("/") ? baseName(why) : why}: ${count}` })));
 
     card.links.replaceChildren(...["preview.jpg", "preview.fits"].map((n) => fileLink(files, n)).filter(Boolean));
+    updateCurves(card, files);
 
     const count = (s.stacked || 0) + (s.rejected || 0);
     if (count !== card.frameCount) {
