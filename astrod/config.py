@@ -115,6 +115,18 @@ class OutputConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FinishConfig:
+    colour: bool = _opt(True, "colour stacks: neutral sky background and white balance from the stars' median colour, "
+                              "in the previews and the finished picture (stack.fits stays uncalibrated)")
+    background: bool = _opt(True, "remove the sky gradient from the finished picture (the model removed is kept as "
+                                  "background.fits)")
+    background_mesh: int = _opt(16, "sky model: boxes across the longer side of the (binned) picture", min=2, max=64)
+    crop_coverage: float = _opt(0.8, "crop the finished picture to the area covered by at least this share of the "
+                                     "frames (0: no crop)", min=0.0, max=1.0)
+    report: bool = _opt(True, "write report.html (picture, numbers, per-frame plots) beside the finished picture")
+
+
+@dataclass(frozen=True, slots=True)
 class QualityConfig:
     margin_sigma: float = _opt(5.0, "a frame is rejected only when a figure is this many robust standard deviations "
                                     "(the session's spread and the frame's own uncertainty) worse than the "
@@ -234,6 +246,7 @@ class Config:
     library: LibraryConfig = field(default_factory=LibraryConfig)
     stack: StackConfig = field(default_factory=StackConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    finish: FinishConfig = field(default_factory=FinishConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
     site: SiteConfig = field(default_factory=SiteConfig)

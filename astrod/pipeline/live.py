@@ -57,6 +57,7 @@ import numpy as np
 import numpy.typing as npt
 
 from astrod.core.calibrate import CalibrationRecipe
+from astrod.core.colour import ColourBalance, apply_colour, colour_balance
 from astrod.core.debayer import debayer, effective_pattern
 from astrod.core.quality import FrameQuality, measure_quality
 from astrod.core.quality_gates import FrameFigures, SessionStats, check_gates, flux_ratio
@@ -144,6 +145,7 @@ class LiveStack:
         self._reread = reread
         self._deferred = (DeferredFrames(self._pixels_again, sub_band_rows=BAND_ROWS, read_rows=read_rows)
                           if reread is not None and settings.final_rejection != "none" else None)
+        self.preview_balance: ColourBalance | None = None  # the colour factors of the last preview
 
     # ------------------------------------------------------------------------------------------- figures
 
@@ -499,13 +501,20 @@ class LiveStack:
 
     def preview(self, *, max_size: int = 1600) -> tuple[FloatArray, npt.NDArray[np.uint8]]:
         """The current stack reduced so its longer side is at most ``max_size`` px: linear float32, and
-        auto-stretched uint8 ((H, W) grey or (H, W, 3) RGB)."""
+        auto-stretched uint8 ((H, W) grey or (H, W, 3) RGB), colour-calibrated (`astrod.core.colour`) when
+        the stack has colour and ``settings.finish.colour``; the factors used are then ``preview_balance``."""
         if self._stacker is None or self._ref is None:
             raise AstrodError("no frame has been stacked yet: there is no preview")
         mean = self._stacker.state()["mean"]
         h, w = self._ref.frame_shape
         factor = max(1, math.ceil(max(h, w) / max(1, max_size)))
         small = downsample(np.asarray(mean, dtype=np.float32), factor)
+        self.preview_balance = None
+        if small.ndim == 3 and small.shape[0] == 3 and self.settings.finish.colour:
+            # the picture people look at is colour-calibrated; the linear preview stays as stacked (its
+            # header names the factors)
+            self.preview_balance = colour_balance(small)
+            return small, auto_stretch(apply_colour(small, self.preview_balance), downsample_factor=1)
         return small, auto_stretch(small, downsample_factor=1)
 
     def finalize(self, *, last: bool = False) -> StackProduct:

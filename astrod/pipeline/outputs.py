@@ -154,7 +154,8 @@ def write_preview(folder: Path, *, linear: npt.NDArray[np.float32], stretched: n
                   wcs: Mapping[str, Card] | None = None) -> None:
     """The auto-stretched JPEG people look at and the linear FITS they can process further (both atomic; the
     FITS first, so that whoever sees a new JPEG finds its FITS beside it). ``wcs``: the preview's WCS cards
-    once the session's reference is solved (`astrod.pipeline.solving.product_wcs_cards`)."""
+    once the session's reference is solved (`astrod.pipeline.solving.product_wcs_cards`), and the colour
+    factors of the JPEG (`astrod.core.colour.ColourBalance.cards`)."""
     write_fits(folder / PREVIEW_FITS, np.asarray(linear, dtype=np.float32),
                {"IMAGETYP": ("Preview", "live stack preview, may be downsampled"), **(wcs or {})})
     write_image(folder / PREVIEW_JPEG, stretched)

@@ -454,7 +454,9 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
             self._preview_owed = False
             return
         linear, stretched = self._live.preview()
-        write_preview(self.paths.output, linear=linear, stretched=stretched, wcs=self._wcs_cards(linear.shape))
+        balance = self._live.preview_balance
+        cards = {**(self._wcs_cards(linear.shape) or {}), **(balance.cards() if balance is not None else {})}
+        write_preview(self.paths.output, linear=linear, stretched=stretched, wcs=cards)
         self._previewed = True
         self._preview_owed = False
         self._since_preview = 0
