@@ -80,7 +80,7 @@ def colour_balance(image: npt.NDArray[np.floating], *, max_pixels: int = 2_000_0
     h, w = image.shape[-2:]
     factor = max(1, math.ceil(math.sqrt(h * w / max(1, max_pixels))))
     small = downsample(image, factor) if factor > 1 else np.array(image, dtype=np.float32)
-    lum = np.mean(small, axis=0, dtype=np.float32)
+    lum: FloatArray = np.asarray(np.mean(small, axis=0, dtype=np.float32))
     finite = np.isfinite(lum)
     if np.count_nonzero(finite) < 100:
         return ColourBalance.identity()
