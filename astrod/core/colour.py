@@ -24,10 +24,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
+from astrod.core.background import background_mask, clipped_median
 from astrod.core.stars import detect_stars
 from astrod.core.stretch import downsample
 
@@ -85,7 +85,7 @@ def colour_balance(image: npt.NDArray[np.floating], *, max_pixels: int = 2_000_0
     if np.count_nonzero(finite) < 100:
         return ColourBalance.identity()
     sky_mask = background_mask(lum, mask_sigma=mask_sigma, grow=mask_grow)
-    bg = tuple(_clipped_median(small[c][sky_mask]) for c in range(3))
+    bg = tuple(clipped_median(small[c][sky_mask]) for c in range(3))
     if not all(math.isfinite(b) for b in bg):
         return ColourBalance.identity()
     ratio, n = (1.0, 1.0, 1.0), 0
@@ -117,43 +117,6 @@ def apply_colour(image: npt.NDArray[np.floating], balance: ColourBalance, *,
             np.multiply(band, g, out=target[c, r0:r0 + _BAND_ROWS])
             target[c, r0:r0 + _BAND_ROWS] += o
     return target
-
-
-def background_mask(lum: FloatArray, *, mask_sigma: float = 3.0, grow: int = 2) -> npt.NDArray[np.bool_]:
-    """True on background samples of a (H, W) luminance: finite, and not within ``grow`` px of a pixel more
-    than ``mask_sigma`` robust σ above the sky (stars, bright nebulae)."""
-    finite = np.isfinite(lum)
-    values = lum[finite]
-    med = float(np.median(values))
-    # the noise from differences of neighbours: a gradient or a nebula does not widen it
-    diff = np.diff(lum, axis=1)
-    diff = diff[np.isfinite(diff)]
-    sigma = _MAD * float(np.median(np.abs(diff - np.median(diff)))) / math.sqrt(2.0) if diff.size else 0.0
-    if not sigma > 0:
-        sigma = _MAD * float(np.median(np.abs(values - med)))
-    bright = np.where(finite, lum, np.float32(med)) > med + mask_sigma * sigma
-    if grow > 0:
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
-        bright = cv2.dilate(bright.astype(np.uint8), kernel).astype(bool)
-    mask: npt.NDArray[np.bool_] = finite & ~bright
-    return mask
-
-
-def _clipped_median(values: FloatArray, *, kappa: float = 3.0, iterations: int = 5) -> float:
-    """σ-clipped median (σ from the MAD) of a sample; NaN for an empty one."""
-    v = values[np.isfinite(values)].astype(np.float64)
-    if v.size == 0:
-        return math.nan
-    for _ in range(iterations):
-        med = float(np.median(v))
-        sigma = _MAD * float(np.median(np.abs(v - med)))
-        if sigma <= 0:
-            break
-        keep = np.abs(v - med) <= kappa * sigma
-        if keep.all():
-            break
-        v = v[keep]
-    return float(np.median(v))
 
 
 def _star_ratio(small: FloatArray, lum: FloatArray, bg: tuple[float, ...], *, factor: int, min_snr: float,
