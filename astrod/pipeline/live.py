@@ -488,6 +488,8 @@ class LiveStack:
                 metrics: dict[str, Metric], timings: Mapping[str, float]) -> FrameResult:
         for stage, ms in timings.items():
             metrics[f"ms_{stage}"] = round(ms, 3)
+        if measured.meta.date_obs is not None:  # the report plots the figures against observation time
+            metrics["date_obs"] = measured.meta.date_obs.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
         result = FrameResult(path=measured.path, status=status, reason=reason, metrics=metrics)
         s = self._session
         s.rows.append(result.row())

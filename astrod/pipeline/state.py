@@ -28,7 +28,7 @@ Metric = float | int | str | None
 
 TABLE_COLUMNS = ("path", "status", "reason", "dx", "dy", "rotation_deg", "scale", "residual_px", "stars", "fwhm",
                  "fwhm_err", "eccentricity", "eccentricity_err", "shape_stars", "background", "noise",
-                 "transparency", "weight")
+                 "transparency", "weight", "date_obs")
 # The figures the quality gates judge a frame by, per accepted frame, as the checkpoint stores them.
 _ACCEPTED_COLUMNS = ("fwhm", "fwhm_err", "eccentricity", "eccentricity_err", "shape_stars", "star_count",
                      "background", "noise", "hfr", "transparency")
