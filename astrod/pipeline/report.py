@@ -58,28 +58,31 @@ def plot_png(rows: Sequence[Mapping[str, Any]], *, width_in: float = 10.0) -> by
     import matplotlib
 
     matplotlib.use("Agg", force=False)
-    from matplotlib.dates import DateFormatter
     from matplotlib.figure import Figure
 
     timed = [(t, r) for r in rows if (t := _when(r.get("date_obs"))) is not None]
     if not timed or not any(_number(r.get(k)) is not None for _, r in timed for k, _ in PLOTS):
         return None
     timed.sort(key=lambda tr: tr[0])
-    fig = Figure(figsize=(width_in, 2.0 * len(PLOTS)), dpi=80, layout="constrained")
+    start = timed[0][0]
+    # minutes since the first frame: plain numbers tick far faster than matplotlib's date axis
+    minutes = [((t - start).total_seconds() / 60.0, r) for t, r in timed]
+    fig = Figure(figsize=(width_in, 1.6 * len(PLOTS) + 0.6), dpi=80)
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.97, bottom=0.08, hspace=0.12)
     axes = fig.subplots(len(PLOTS), 1, sharex=True)
     for ax, (key, label) in zip(axes, PLOTS, strict=True):
         for status, style in (("stacked", {"color": "#1f77b4", "marker": "o", "markersize": 4}),
                               ("rejected", {"color": "#d62728", "marker": "x", "markersize": 7})):
-            points = [(t, v) for t, r in timed if r.get("status") == status
+            points = [(m, v) for m, r in minutes if r.get("status") == status
                       and (v := _number(r.get(key))) is not None]
             if points:
                 ax.plot([p[0] for p in points], [p[1] for p in points], linestyle="none",
                         label=status, **style)
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
+        ax.margins(x=0.04, y=0.15)
     axes[0].legend(loc="upper right", fontsize="small")
-    axes[-1].set_xlabel("DATE-OBS (UTC)")
-    axes[-1].xaxis.set_major_formatter(DateFormatter("%H:%M"))  # type: ignore[no-untyped-call]
+    axes[-1].set_xlabel(f"minutes since the first frame (DATE-OBS {start:%Y-%m-%d %H:%M:%S} UTC)")
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
