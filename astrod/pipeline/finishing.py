@@ -151,10 +151,10 @@ def finished_header(product: StackProduct, plan: FinishPlan) -> tuple[dict[str, 
 
 
 def write_finished(product: StackProduct, plan: FinishPlan, folder: Path, *,
-                   formats: tuple[str, ...] = ("fits", "jpg"), in_place: bool = False,
+                   formats: tuple[str, ...] = ("fits", "jpg"), in_place: bool = False, name: str = FINAL_NAME,
                    ) -> tuple[list[Path], npt.NDArray[np.uint8]]:
     """Finish the stack (`apply_finish`; ``in_place``: its image becomes the finished picture) and write
-    ``final.<suffix>`` per ``formats``, and ``background.fits`` when a sky model was removed. Returns the
+    ``<name>.<suffix>`` per ``formats``, and ``background.fits`` when a sky model was removed. Returns the
     files written and the stretched picture at most `REPORT_SIDE` px on its longer side (for the report)."""
     image = apply_finish(product.image, plan, in_place=in_place)
     cards, history = finished_header(product, plan)
@@ -164,7 +164,7 @@ def write_finished(product: StackProduct, plan: FinishPlan, folder: Path, *,
     small = downsample(image, max(1, math.ceil(max(image.shape[-2:]) / REPORT_SIDE)))
     params = stretch_parameters(small)
     for fmt in formats:
-        path = folder / f"{FINAL_NAME}{FORMAT_SUFFIXES[fmt]}"
+        path = folder / f"{name}{FORMAT_SUFFIXES[fmt]}"
         if fmt == "fits":
             write_fits(path, np.ascontiguousarray(image), product_header(finished))
         elif fmt == "xisf":
@@ -180,7 +180,8 @@ def write_finished(product: StackProduct, plan: FinishPlan, folder: Path, *,
             write_image(path, picture8)
         written.append(path)
     if plan.background is not None:
-        written.append(write_background(plan, folder / BACKGROUND))
+        written.append(write_background(plan, folder / (BACKGROUND if name == FINAL_NAME
+                                                        else f"{name}-{BACKGROUND}")))
     return written, apply_stretch(small, params).astype(np.uint8, copy=False)
 
 
@@ -191,7 +192,7 @@ def finish_session(product: StackProduct, settings: FinishSettings, folder: Path
     pixels once they are written) and ``report.html`` (when ``settings.report``). Returns the files written."""
     plan = plan_finish(product, settings, frames=frames)
     product = dataclasses.replace(product, header={**product.header, **plan.cards()})
-    written = write_session_outputs(product, folder, formats=formats)
+    written = write_session_outputs(product, folder, formats=formats, colour=settings.colour)
     final_formats = tuple(dict.fromkeys(("fits", *formats)))  # final.fits whatever the stack's formats
     finished, picture = write_finished(product, plan, folder, formats=final_formats, in_place=True)
     written += finished

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from astrod.core.stretch import auto_stretch
+from astrod.core.colour import apply_colour, colour_balance
+from astrod.core.stretch import auto_stretch, downsample
 from astrod.io.fits import FITS_EXTENSIONS, Header, write_fits
 from astrod.io.images import write_tiff16, write_xisf
 from astrod.io.previews import write_frames_table
@@ -131,11 +132,17 @@ def write_stack(product: StackProduct, path: Path) -> Path:
     return path
 
 
-def stretched_picture(product: StackProduct, *, max_size: int = 0) -> npt.NDArray[np.uint8]:
-    """The auto-stretched 8-bit picture of the stack, the longer side at most ``max_size`` px (0: full size)."""
+def stretched_picture(product: StackProduct, *, max_size: int = 0, colour: bool = True) -> npt.NDArray[np.uint8]:
+    """The auto-stretched 8-bit picture of the stack, the longer side at most ``max_size`` px (0: full size);
+    a colour stack colour-calibrated first (``colour``; `astrod.core.colour`, factors from a binned copy)."""
     h, w = product.image.shape[-2:]
     factor = max(1, math.ceil(max(h, w) / max_size)) if max_size > 0 else 1
-    return auto_stretch(product.image, downsample_factor=factor)
+    image = product.image
+    if colour and image.ndim == 3 and image.shape[0] == 3:
+        balance = colour_balance(image)
+        small = downsample(image, factor) if factor > 1 else image
+        return auto_stretch(apply_colour(small, balance), downsample_factor=1)
+    return auto_stretch(image, downsample_factor=factor)
 
 
 def write_outputs(product: StackProduct, *, stack_path: Path, preview_path: Path | None = None,
@@ -162,16 +169,16 @@ def write_preview(folder: Path, *, linear: npt.NDArray[np.float32], stretched: n
 
 
 def write_session_outputs(product: StackProduct, folder: Path, *,
-                          formats: tuple[str, ...] = ("fits", "jpg")) -> list[Path]:
+                          formats: tuple[str, ...] = ("fits", "jpg"), colour: bool = True) -> list[Path]:
     """The final products in ``formats`` (``[output] formats``: the linear stack as fits/tiff/xisf with its
-    provenance, the auto-stretched picture as png/jpg, each ``stack.<suffix>``) and the frames table; returns
-    the products written."""
+    provenance, the auto-stretched picture as png/jpg, colour-calibrated when ``colour``, each
+    ``stack.<suffix>``) and the frames table; returns the products written."""
     written: list[Path] = []
     picture: npt.NDArray[np.uint8] | None = None
     for fmt in formats:
         path = folder / f"{STACK_NAME}{FORMAT_SUFFIXES[fmt]}"
         if fmt in ("png", "jpg"):
-            picture = stretched_picture(product) if picture is None else picture
+            picture = stretched_picture(product, colour=colour) if picture is None else picture
             write_image(path, picture)
         else:
             write_stack(product, path)

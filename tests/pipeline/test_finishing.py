@@ -149,3 +149,21 @@ def test_real_seestar_frames_are_finished_neutral(shared_data: Path, tmp_path: P
     assert spread <= 0.02
     np.testing.assert_allclose(ratio, 1.0, atol=0.03)
     assert n >= 20
+
+
+def test_astrod_stack_finish_writes_the_finished_picture_beside(tmp_path: Path) -> None:
+    """``astrod stack --finish`` writes OUT.final.fits and .jpg (the config's formats) and the removed sky model
+    beside the stack, whose header names the crop; the stack itself stays uncropped."""
+    from tests.pipeline.conftest import run_cli
+
+    session = synth.make_session(n_frames=4, width=200, height=160, seed=8, n_stars=60, max_shift=6.0,
+                                 max_rotation_deg=0.3, gradient=(0.1, 0.0))
+    paths = session.write(tmp_path / "lights")
+    out = tmp_path / "out" / "m31.fits"
+    assert run_cli("stack", *paths, "-o", out, "--method", "mean", "--finish") == 0
+    assert {p.name for p in out.parent.iterdir()} >= {"m31.fits", "m31.final.fits", "m31.final.jpg",
+                                                      "m31.final-background.fits"}
+    stack, final = _pixels(out), _pixels(out.parent / "m31.final.fits")
+    assert stack.shape == (160, 200) and final.shape[0] < 160 and final.shape[1] < 200
+    head = read_fits_header(out)
+    assert head["FINCROP"] == read_fits_header(out.parent / "m31.final.fits")["FINCROP"]
