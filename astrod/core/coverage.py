@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 (half-open)
 
 
-def coverage_box(count: npt.NDArray[np.integer], *, frames: int, share: float = 0.8, max_side: int = 1024) -> Box:
+def coverage_box(count: npt.NDArray[np.integer], *, frames: int, share: float = 0.8, max_side: int = 1024,
+                 close: int = 3) -> Box:
     """The crop (y0, y1, x0, x1) of a (H, W) or (planes, H, W) per-pixel frame count inside which every pixel
-    counts at least ``ceil(share · frames)`` frames (every plane). ``share`` 0: the whole frame. Raises
-    ValueError when no pixel is covered that well."""
+    counts at least ``ceil(share · frames)`` frames (every plane), once gaps up to ``2·close`` blocks wide
+    inside the covered area are closed (rejected samples, not missing frames). ``share`` 0: the whole frame.
+    Raises ValueError when no pixel is covered that well."""
     h, w = count.shape[-2:]
     if share <= 0 or frames <= 0:
         return (0, h, 0, w)
@@ -32,7 +35,17 @@ def coverage_box(count: npt.NDArray[np.integer], *, frames: int, share: float = 
     f = max(1, math.ceil(max(h, w) / max_side))
     bh, bw = h // f, w // f
     blocks = plane[: bh * f, : bw * f].reshape(bh, f, bw, f).min(axis=(1, 3)) if f > 1 else plane
-    bad = (blocks < need).astype(np.int64)
+    good = (blocks >= need).astype(np.uint8)
+    if close > 0:
+        # the count is of samples used: rejected ones (a satellite trail, cosmic rays, hot pixels) leave thin
+        # lines and specks of lower count inside the covered area, which a closing fills; the
+        # edges of the coverage (straight, from frame borders) stay where they are; outside the frame counts as
+        # uncovered (a pad), so an uncovered band along the frame's edge is no gap to close
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * close + 1, 2 * close + 1))
+        pad = close + 1
+        padded = cv2.copyMakeBorder(good, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+        good = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, kernel)[pad:-pad, pad:-pad]
+    bad = (good == 0).astype(np.int64)
     if bad.all():
         raise ValueError(f"no pixel is covered by {need} of {frames} frames")
     y0, y1, x0, x1 = _peel(bad)

@@ -54,3 +54,18 @@ def test_no_share_is_no_crop_and_nothing_covered_raises() -> None:
     assert coverage_box(count, frames=5, share=0.0) == (0, 10, 0, 20)
     with pytest.raises(ValueError, match="no pixel is covered by 4 of 5 frames"):
         coverage_box(count, frames=5, share=0.8)
+
+
+def test_rejection_holes_and_trails_inside_do_not_shrink_the_box() -> None:
+    """Samples rejected inside the covered area (cosmic-ray specks, a satellite trail from edge to edge) lower
+    the count there, but the box stays the covered area: they are not missing frames."""
+    h, w = 300, 400
+    count = np.zeros((h, w), np.uint16)
+    count[10:290, 20:380] = 10
+    rng = np.random.default_rng(4)
+    count[rng.integers(10, 290, 300), rng.integers(20, 380, 300)] = 6
+    yy, xx = np.mgrid[0:h, 0:w]
+    count[(np.abs(yy - 0.6 * xx - 20) < 3) & (count > 0)] = 7  # a 6 px wide diagonal trail, 3 rejections
+    y0, y1, x0, x1 = coverage_box(count, frames=10, share=0.8)
+    # a speck on the covered area's very edge, or where the trail leaves it, can cost a few rows or columns
+    assert 10 <= y0 <= 14 and 286 <= y1 <= 290 and 20 <= x0 <= 24 and 376 <= x1 <= 380
