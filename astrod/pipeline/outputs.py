@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from astrod.core.colour import apply_colour, colour_balance
-from astrod.core.stretch import auto_stretch, downsample
+from astrod.core.stretch import apply_stretch, auto_stretch, downsample, stretch_parameters
 from astrod.io.fits import FITS_EXTENSIONS, Header, write_fits
 from astrod.io.images import write_tiff16, write_xisf
 from astrod.io.previews import write_frames_table
@@ -141,7 +141,13 @@ def stretched_picture(product: StackProduct, *, max_size: int = 0, colour: bool 
     if colour and image.ndim == 3 and image.shape[0] == 3:
         balance = colour_balance(image)
         small = downsample(image, factor) if factor > 1 else image
-        return auto_stretch(apply_colour(small, balance), downsample_factor=1)
+        # the stretch from a binned calibrated copy; the picture calibrated band by band (no full-size copy)
+        params = stretch_parameters(apply_colour(downsample(small, max(1, math.ceil(max(h, w) / factor / 2048))),
+                                                 balance))
+        out = np.empty((*small.shape[-2:], 3), dtype=np.uint8)
+        for r0 in range(0, small.shape[-2], 256):
+            out[r0:r0 + 256] = apply_stretch(apply_colour(small[:, r0:r0 + 256], balance), params)
+        return out
     return auto_stretch(image, downsample_factor=factor)
 
 
