@@ -44,7 +44,7 @@ def neutral_figures(image: F32) -> tuple[float, tuple[float, float], int]:
     return float(np.ptp(bg) / np.mean(bg)), ratio, int(ok.sum())
 
 
-def bayer_stack(folder: Path, n: int = 5) -> StackProduct:
+def bayer_stack(folder: Path, n: int = 5) -> tuple[StackProduct, LiveStack]:
     """A synthetic Bayer (RGGB) session with the sensor's colour cast (QE R 0.75, G 1, B 0.6: a green sky and
     yellow-green stars), a sky gradient of about 10 %, dithered frames; written as FITS lights, read back and
     stacked without calibration."""
@@ -57,13 +57,31 @@ def bayer_stack(folder: Path, n: int = 5) -> StackProduct:
     for path in session.write(folder, object="M 27"):
         result = live.process(read_frame(path))
         assert result.status == "stacked", result.reason
-    return live.finalize()
+    return live.finalize(), live
 
 
 @pytest.fixture(scope="module")
-def bayer_product(tmp_path_factory: pytest.TempPathFactory) -> StackProduct:
+def bayer_session(tmp_path_factory: pytest.TempPathFactory) -> tuple[StackProduct, LiveStack]:
     """`bayer_stack`, made once for this module's tests (each takes its own copy of the pixels)."""
     return bayer_stack(tmp_path_factory.mktemp("bayer") / "lights")
+
+
+@pytest.fixture
+def bayer_product(bayer_session: tuple[StackProduct, LiveStack]) -> StackProduct:
+    return bayer_session[0]
+
+
+def test_the_live_preview_of_a_colour_session_is_neutral(bayer_session: tuple[StackProduct, LiveStack]) -> None:
+    """The preview JPEG's picture is colour-calibrated as it is made: its sky is grey (channel medians of the
+    8-bit picture within 2 levels), while the linear preview keeps the cast; the factors are kept for its
+    header."""
+    _, live = bayer_session
+    linear, picture = live.preview(max_size=200)
+    medians = np.median(picture.reshape(-1, 3), axis=0)
+    assert np.ptp(medians) <= 2
+    raw = np.median(linear.reshape(3, -1), axis=1)
+    assert np.ptp(raw) / raw.mean() > 0.1
+    assert live.preview_balance is not None and live.preview_balance.cards()["CBGAIN3"][0] > 1.3
 
 
 def test_synthetic_bayer_session_is_finished_neutral(bayer_product: StackProduct, tmp_path: Path) -> None:
