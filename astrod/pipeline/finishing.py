@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import structlog
 
 from astrod.core.background import BackgroundModel, fit_background, render_background, subtract_background
 from astrod.core.colour import ColourBalance, apply_colour, colour_balance
@@ -49,6 +50,7 @@ from astrod.pipeline.report import REPORT, report_html
 from astrod.pipeline.settings import FinishSettings
 
 FloatArray = npt.NDArray[np.float32]
+log = structlog.get_logger()
 
 FINAL_NAME = "final"
 BACKGROUND = "background.fits"
@@ -190,7 +192,12 @@ def finish_session(product: StackProduct, settings: FinishSettings, folder: Path
     """A closed session's products: the stack (``stack.<suffix>`` per ``formats``, its header naming the
     finishing factors, and the frames table), the finished picture (`write_finished`, made in the stack's own
     pixels once they are written) and ``report.html`` (when ``settings.report``). Returns the files written."""
-    plan = plan_finish(product, settings, frames=frames)
+    try:
+        plan = plan_finish(product, settings, frames=frames)
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as err:
+        # a picture the kernels cannot finish must not keep the session from closing: the stack is written
+        log.error("finish_failed", folder=str(folder), error=str(err).splitlines()[0] if str(err) else repr(err))
+        return write_session_outputs(product, folder, formats=formats, colour=settings.colour)
     product = dataclasses.replace(product, header={**product.header, **plan.cards()})
     written = write_session_outputs(product, folder, formats=formats, colour=settings.colour)
     final_formats = tuple(dict.fromkeys(("fits", *formats)))  # final.fits whatever the stack's formats

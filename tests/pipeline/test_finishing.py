@@ -185,3 +185,19 @@ def test_astrod_stack_finish_writes_the_finished_picture_beside(tmp_path: Path) 
     assert stack.shape == (160, 200) and final.shape[0] < 160 and final.shape[1] < 200
     head = read_fits_header(out)
     assert head["FINCROP"] == read_fits_header(out.parent / "m31.final.fits")["FINCROP"]
+
+
+def test_a_stack_that_cannot_be_finished_still_gets_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the finishing kernels fail on a picture, the session's stack and frames table are still written
+    (the close must not be retried for ever) and no finished product pretends to exist."""
+    import astrod.pipeline.finishing as finishing
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise np.linalg.LinAlgError("SVD did not converge")
+
+    monkeypatch.setattr(finishing, "fit_background", broken)
+    image = np.full((40, 60), 100.0, np.float32)
+    product = StackProduct(image=image, header={"CREATOR": ("astrod", "")}, rows=[])
+    written = finish_session(product, FinishSettings(), tmp_path, frames=3, formats=("fits",), summary=SUMMARY)
+    assert [p.name for p in written] == ["stack.fits"]
+    assert (tmp_path / "frames.csv").is_file() and not (tmp_path / "final.fits").exists()
