@@ -57,21 +57,21 @@ import numpy as np
 import numpy.typing as npt
 
 from astrod.core.calibrate import CalibrationRecipe
-from astrod.core.colour import ColourBalance, apply_colour, colour_balance
+from astrod.core.colour import ColourBalance
 from astrod.core.debayer import debayer, effective_pattern
 from astrod.core.quality import FrameQuality, measure_quality
 from astrod.core.quality_gates import FrameFigures, SessionStats, check_gates, flux_ratio
 from astrod.core.register import MODEL_POINTS, Registration, build_reference, star_poor
 from astrod.core.stack import Stacker, fwhm_weight, integrate_bands, snr_weight
 from astrod.core.stars import StarList, detect_stars, estimate_background
-from astrod.core.stretch import auto_stretch, downsample
+from astrod.core.stretch import downsample
 from astrod.core.warp import check_grid, warp_bands
 from astrod.errors import AstrodError, RegistrationError
 from astrod.io.files import ensure_folder
 from astrod.io.fits import is_fits_name
 from astrod.io.frame_cache import CachedFrameWriter, read_cached_rows, remove_cached_frames
 from astrod.model import Frame, FrameMeta, Transform
-from astrod.pipeline.outputs import StackProduct, product_header, stack_cards, write_outputs
+from astrod.pipeline.outputs import StackProduct, preview_picture, product_header, stack_cards, write_outputs
 from astrod.pipeline.registration import phase_image, register_onto
 from astrod.pipeline.repick import area_ratio, one_line, repick
 from astrod.pipeline.settings import BAND_ROWS, Calibrated, Calibrator, Model, PipelineSettings
@@ -84,6 +84,7 @@ from astrod.pipeline.state import (
     Session,
     load_state,
     save_state,
+    utc_stamp,
 )
 from astrod.pipeline.twopass import DeferredFrame, DeferredFrames
 
@@ -488,8 +489,7 @@ class LiveStack:
                 metrics: dict[str, Metric], timings: Mapping[str, float]) -> FrameResult:
         for stage, ms in timings.items():
             metrics[f"ms_{stage}"] = round(ms, 3)
-        if measured.meta.date_obs is not None:  # the report plots the figures against observation time
-            metrics["date_obs"] = measured.meta.date_obs.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+        metrics["date_obs"] = utc_stamp(measured.meta.date_obs)  # the report plots figures against it
         result = FrameResult(path=measured.path, status=status, reason=reason, metrics=metrics)
         s = self._session
         s.rows.append(result.row())
@@ -503,21 +503,15 @@ class LiveStack:
 
     def preview(self, *, max_size: int = 1600) -> tuple[FloatArray, npt.NDArray[np.uint8]]:
         """The current stack reduced so its longer side is at most ``max_size`` px: linear float32, and
-        auto-stretched uint8 ((H, W) grey or (H, W, 3) RGB), colour-calibrated (`astrod.core.colour`) when
-        the stack has colour and ``settings.finish.colour``; the factors used are then ``preview_balance``."""
+        auto-stretched uint8 ((H, W) grey or (H, W, 3) RGB, colour calibrated with ``preview_balance``)."""
         if self._stacker is None or self._ref is None:
             raise AstrodError("no frame has been stacked yet: there is no preview")
         mean = self._stacker.state()["mean"]
         h, w = self._ref.frame_shape
         factor = max(1, math.ceil(max(h, w) / max(1, max_size)))
         small = downsample(np.asarray(mean, dtype=np.float32), factor)
-        self.preview_balance = None
-        if small.ndim == 3 and small.shape[0] == 3 and self.settings.finish.colour:
-            # the picture people look at is colour-calibrated; the linear preview stays as stacked (its
-            # header names the factors)
-            self.preview_balance = colour_balance(small, max_pixels=600_000)  # ~0.3 s at 1600 px, not 1 s
-            return small, auto_stretch(apply_colour(small, self.preview_balance), downsample_factor=1)
-        return small, auto_stretch(small, downsample_factor=1)
+        picture, self.preview_balance = preview_picture(small, colour=self.settings.finish.colour)
+        return small, picture
 
     def finalize(self, *, last: bool = False) -> StackProduct:
         """The stack with its provenance: the live stack, or the full re-integration of the cached frames.

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from astrod.core.colour import apply_colour, colour_balance
+from astrod.core.colour import ColourBalance, apply_colour, colour_balance
 from astrod.core.stretch import apply_stretch, auto_stretch, downsample, stretch_parameters
 from astrod.io.fits import FITS_EXTENSIONS, Header, write_fits
 from astrod.io.images import write_tiff16, write_xisf
@@ -149,6 +149,16 @@ def stretched_picture(product: StackProduct, *, max_size: int = 0, colour: bool 
             out[r0:r0 + 256] = apply_stretch(apply_colour(small[:, r0:r0 + 256], balance), params)
         return out
     return auto_stretch(image, downsample_factor=factor)
+
+
+def preview_picture(small: FloatArray, *, colour: bool = True) -> tuple[npt.NDArray[np.uint8], ColourBalance | None]:
+    """The auto-stretched picture of a (reduced) preview and the colour factors it was calibrated with: a colour
+    image colour-calibrated first when ``colour`` (factors from a copy of at most 0.6 MP per plane: ~0.1-0.3 s
+    at 1600 px), else None. The linear preview itself stays as stacked (its header names the factors)."""
+    if colour and small.ndim == 3 and small.shape[0] == 3:
+        balance = colour_balance(small, max_pixels=600_000)
+        return auto_stretch(apply_colour(small, balance), downsample_factor=1), balance
+    return auto_stretch(small, downsample_factor=1), None
 
 
 def write_outputs(product: StackProduct, *, stack_path: Path, preview_path: Path | None = None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +33,11 @@ TABLE_COLUMNS = ("path", "status", "reason", "dx", "dy", "rotation_deg", "scale"
 _ACCEPTED_COLUMNS = ("fwhm", "fwhm_err", "eccentricity", "eccentricity_err", "shape_stars", "star_count",
                      "background", "noise", "hfr", "transparency")
 STATE_FORMAT = 1
+
+
+def utc_stamp(when: datetime | None) -> str | None:
+    """A time as the frames table writes it: UTC, ISO 8601 to the millisecond (None stays None)."""
+    return None if when is None else when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
 
 
 @dataclass(frozen=True, slots=True)
