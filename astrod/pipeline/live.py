@@ -639,6 +639,5 @@ def _planes(measured: Measured) -> int:
     return 1 if measured.data is None or measured.data.ndim == 2 else int(measured.data.shape[0])
 
 
-
 def _float_or_nan(value: object) -> float:
     return float(value) if isinstance(value, (int, float)) else math.nan

@@ -144,8 +144,8 @@ class Session:
             self.first_meta = {k: getattr(meta, k) for k in ("object", "filter", "camera", "gain", "offset",
                                                              "set_temperature", "exposure")}
             self.first_meta["binning"] = list(meta.binning)
-        if meta.date_obs is not None:
-            stamp = meta.date_obs.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+        stamp = utc_stamp(meta.date_obs)
+        if stamp is not None:
             self.date_first = stamp if self.date_first is None else min(self.date_first, stamp)
             self.date_last = stamp if self.date_last is None else max(self.date_last, stamp)
 
