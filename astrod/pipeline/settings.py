@@ -3,7 +3,7 @@ what a calibrator hands it (`Calibrated`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,13 +23,16 @@ BAND_ROWS = 128  # rows warped and accumulated at a time: 3.2 MB of a 26 MP mono
 class FinishSettings:
     """What makes the finished picture (``[finish]``): colour calibration (also of the previews), gradient
     removal with a mesh of ``background_mesh`` boxes across the longer side, the crop to the area at least
-    ``crop_coverage`` of the frames cover (0: none), and the report page."""
+    ``crop_coverage`` of the frames cover (0: none), the report page, and the composites of a target's filters
+    (``[composite]``: the kinds made, extra filter names)."""
 
     colour: bool = True
     background: bool = True
     background_mesh: int = 16
     crop_coverage: float = 0.8
     report: bool = True
+    composite_kinds: tuple[str, ...] = ("lrgb", "rgb", "sho", "hoo")
+    composite_names: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +83,8 @@ class PipelineSettings:
                    preview_every_frames=s.preview_every_frames, preview_every_seconds=s.preview_every_seconds,
                    finish=FinishSettings(colour=f.colour, background=f.background,
                                          background_mesh=f.background_mesh, crop_coverage=f.crop_coverage,
-                                         report=f.report))
+                                         report=f.report, composite_kinds=config.composite.kinds,
+                                         composite_names=dict(config.composite.names)))
 
     @property
     def min_matches(self) -> int:

@@ -32,6 +32,7 @@ from astrod.io.frames import is_scratch, read_frame
 from astrod.io.journal import Journal
 from astrod.io.previews import write_frames_table
 from astrod.model import Frame
+from astrod.pipeline.composite import update_composites
 from astrod.pipeline.finishing import finish_session
 from astrod.pipeline.ingest import ReadOptions
 from astrod.pipeline.live import TABLE_COLUMNS, Calibrator, LiveStack, PipelineSettings
@@ -574,6 +575,10 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
             written = finish_session(product, self._settings.finish, self.paths.output, frames=self.stats.stacked,
                                      formats=self._output_formats, summary=summary)
             summary["products"] = [p.name for p in written]
+            # the target's other filters of the night: its composites are made again with this stack
+            composites = update_composites(self.paths.output.parent, self._settings.finish,
+                                           formats=self._output_formats)
+            summary["composites"] = [p.name for p in composites]
             summary["timings_ms"]["finalize"] = round((time.perf_counter() - started) * 1e3, 1)
         else:  # no stack, but the frames table and the summary say what became of every frame
             write_frames_table(self.paths.output / FRAMES, rows, TABLE_COLUMNS)
