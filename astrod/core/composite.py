@@ -3,13 +3,12 @@
 * **RGB**: the R, G and B stacks as planes, then colour-calibrated like a one-shot-colour stack
   (`astrod.core.colour`: the sky neutral, the median star white) — each filter's throughput and exposure
   cancel out.
-* **LRGB**: that RGB, its brightness replaced by L (the usual luminance layering, done linearly): above the
-  sky, every pixel's colour ratios are the RGB's and its brightness is L's, L first scaled onto the RGB's
-  luminance by the median ratio of bright pixels.
+* **LRGB**: that RGB, its brightness replaced by L (the usual luminance layering, done linearly): every
+  pixel keeps the RGB's colour ratios and takes L's brightness, L first mapped onto the RGB's luminance.
 * **SHO** (Hubble palette: SII red, Ha green, OIII blue) and **HOO** (Ha red, OIII green and blue): each
   narrowband plane above its sky, scaled so its bright end (the 99.9th percentile) is 1, over a small pedestal.
 
-All linear, float32, NaN where a plane has no data. Which kinds are made depends on the channels present
+All linear, float32, NaN wherever one of the filters has no data. Which kinds are made depends on the channels present
 (`kinds_for`)."""
 
 from __future__ import annotations
@@ -61,28 +60,33 @@ def compose(kind: str, planes: dict[str, FloatArray]) -> FloatArray:
     if kind in ("rgb", "lrgb"):
         rgb = np.stack([planes["R"], planes["G"], planes["B"]]).astype(np.float32)
         rgb = apply_colour(rgb, colour_balance(rgb), out=rgb)
-        return rgb if kind == "rgb" else luminance_layer(planes["L"], rgb)
-    order = ("SII", "Ha", "OIII") if kind == "sho" else ("Ha", "OIII", "OIII")
-    scaled = {c: _unit(planes[c]) for c in set(order)}
-    return np.stack([scaled[c] for c in order]).astype(np.float32)
+        cube = rgb if kind == "rgb" else luminance_layer(planes["L"], rgb)
+    else:
+        order = ("SII", "Ha", "OIII") if kind == "sho" else ("Ha", "OIII", "OIII")
+        scaled = {c: _unit(planes[c]) for c in set(order)}
+        cube = np.stack([scaled[c] for c in order]).astype(np.float32)
+    # only where every filter has data: a pixel some planes lack would take a false colour
+    uncovered = np.zeros(cube.shape[1:], dtype=bool)
+    for c in KINDS[kind]:
+        uncovered |= ~np.isfinite(planes[c])
+    cube[:, uncovered] = np.nan
+    return cube
 
 
 def luminance_layer(lum: FloatArray, rgb: FloatArray) -> FloatArray:
-    """``rgb`` (3, H, W, colour-calibrated) with its brightness above the sky replaced by ``lum``'s."""
-    sky = np.asarray([_sky(p) for p in rgb], dtype=np.float32)[:, None, None]
-    above = np.maximum(rgb - sky, 0.0)
-    y = above.mean(axis=0)
-    l_above = np.maximum(lum - np.float32(_sky(lum)), 0.0)
-    bright = y > np.nanpercentile(y, 99.0) * 0.1
-    ratio = float(np.nanmedian(y[bright] / np.maximum(l_above[bright], 1e-12))) if bright.any() else 1.0
-    target = l_above * np.float32(ratio)
+    """``rgb`` (3, H, W, colour-calibrated) with its brightness replaced by ``lum``'s: every pixel is scaled by
+    L / Y, Y being the RGB's luminance (the channels' mean, sky included: positive and smooth, so the sky's
+    noise does not become colour), L first mapped affinely onto Y (its sky onto Y's sky, its bright pixels onto
+    Y's by their median ratio)."""
+    y = rgb.mean(axis=0)
+    y_sky, l_sky = _sky(y), _sky(lum)
+    y_above, l_above = y - np.float32(y_sky), lum - np.float32(l_sky)
+    bright = l_above > np.nanpercentile(l_above, 99.0) * 0.2
+    ratio = float(np.nanmedian(y_above[bright] / l_above[bright])) if bright.any() else 1.0
+    target = l_above * np.float32(ratio) + np.float32(y_sky)
     with np.errstate(invalid="ignore", divide="ignore"):
-        gain = np.where(y > 0, target / np.maximum(y, 1e-12), 1.0).astype(np.float32)
-    out = above * gain[None] + sky
-    # where RGB has no colour to give (the sky), the pixel is grey at L's brightness
-    flat = y <= 0
-    out[:, flat] = (target[flat] + sky.reshape(3, 1))
-    return np.asarray(out, dtype=np.float32)
+        gain = np.where(y > 0, target / y, 1.0).astype(np.float32)
+    return np.asarray(rgb * gain[None], dtype=np.float32)
 
 
 def _sky(plane: FloatArray) -> float:

@@ -48,6 +48,9 @@ def test_rgb_and_lrgb_are_neutral_and_narrowband_is_scaled() -> None:
     assert np.ptp(sky) / sky.mean() < 0.02
     lrgb = compose("lrgb", planes)
     assert lrgb.shape == (3, 120, 160) and np.isfinite(lrgb).all()
+    sky = np.median(lrgb.reshape(3, -1), axis=1)
+    assert np.ptp(sky) / sky.mean() < 0.02  # no colour from the sky's noise
+    assert np.corrcoef(lrgb.mean(axis=0).ravel(), planes["L"].ravel())[0, 1] > 0.99  # L's brightness
     hoo = compose("hoo", planes)
     np.testing.assert_array_equal(hoo[1], hoo[2])
     sho = compose("sho", planes)
