@@ -19,6 +19,7 @@ from astrod.io.kernel_cache import notice_if_cold
 from astrod.library.commands import format_cell, table_lines
 from astrod.library.commands import register as register_library
 from astrod.pipeline.commands import register as register_stack
+from astrod.pipeline.project_commands import register as register_project
 from astrod.service.capture_commands import register as register_capture
 from astrod.service.solve_commands import register as register_solve
 
@@ -365,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     # command groups that live beside the code they drive
     register_library(sub)
     register_stack(sub)
+    register_project(sub)
     register_capture(sub)
     register_solve(sub)
     return parser

@@ -37,6 +37,7 @@ from astrod.pipeline.finishing import finish_session
 from astrod.pipeline.ingest import ReadOptions
 from astrod.pipeline.live import TABLE_COLUMNS, Calibrator, LiveStack, PipelineSettings
 from astrod.pipeline.outputs import FRAMES, SESSION, write_preview
+from astrod.pipeline.project import update_project
 from astrod.pipeline.sessions import Pointing, SessionKey, plausible_date
 from astrod.pipeline.solving import SolveResult, product_wcs_cards, stack_with_wcs
 from astrod.service.queue_thread import QueueThread
@@ -579,6 +580,8 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
             composites = update_composites(self.paths.output.parent, self._settings.finish,
                                            formats=self._output_formats)
             summary["composites"] = [p.name for p in composites]
+            project = update_project(self.paths.output, self._settings.finish, formats=self._output_formats)
+            summary["project"] = [str(p) for p in project]
             summary["timings_ms"]["finalize"] = round((time.perf_counter() - started) * 1e3, 1)
         else:  # no stack, but the frames table and the summary say what became of every frame
             write_frames_table(self.paths.output / FRAMES, rows, TABLE_COLUMNS)
