@@ -8,6 +8,9 @@ moved onto the first's (one additive offset per stack, from the luminance), weig
 that of the total exposure), and integrated with `astrod.core.integrate.integrate_bands`: κσ rejection when there
 are at least three nights, a plain weighted mean otherwise. The provenance lists every night with its exposure and
 weight; EXPTOTAL and NCOMBINE (frames) are the sums.
+
+Memory: every night's registered stack is held while the project is integrated (104 MB per night at 26 MP mono,
+312 MB colour); a project of many nights of a large sensor wants the nights read band by band instead (not done).
 """
 
 from __future__ import annotations
