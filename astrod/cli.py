@@ -20,6 +20,7 @@ from astrod.library.commands import format_cell, table_lines
 from astrod.library.commands import register as register_library
 from astrod.pipeline.commands import register as register_stack
 from astrod.pipeline.photometry_commands import register as register_photometry
+from astrod.pipeline.project_commands import register as register_project
 from astrod.service.capture_commands import register as register_capture
 from astrod.service.solve_commands import register as register_solve
 
@@ -367,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_library(sub)
     register_stack(sub)
     register_photometry(sub)
+    register_project(sub)
     register_capture(sub)
     register_solve(sub)
     return parser

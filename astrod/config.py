@@ -115,6 +115,32 @@ class OutputConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FinishConfig:
+    colour: bool = _opt(True, "colour stacks: neutral sky background and white balance from the stars' median colour, "
+                              "in the previews and the finished picture (stack.fits stays uncalibrated)")
+    background: bool = _opt(True, "remove the sky gradient from the finished picture (the model removed is kept as "
+                                  "background.fits)")
+    background_mesh: int = _opt(16, "sky model: boxes across the longer side of the (binned) picture", min=2, max=64)
+    crop_coverage: float = _opt(0.8, "crop the finished picture to the area covered by at least this share of the "
+                                     "frames (0: no crop)", min=0.0, max=1.0)
+    report: bool = _opt(True, "write report.html (picture, numbers, per-frame plots) beside the finished picture")
+
+
+COMPOSITE_KINDS = ("lrgb", "rgb", "sho", "hoo")
+COMPOSITE_CHANNELS = ("L", "R", "G", "B", "Ha", "OIII", "SII")
+
+
+@dataclass(frozen=True, slots=True)
+class CompositeConfig:
+    kinds: tuple[str, ...] = _opt(COMPOSITE_KINDS, "colour composites of a target whose night has stacks in their "
+                                                   "filters, written as <target>/composite_<kind>.*, rebuilt when "
+                                                   "another filter's session closes (empty: none; LRGB replaces "
+                                                   "RGB when there is an L stack)", choices=COMPOSITE_KINDS)
+    names: Mapping[str, str] = _opt({}, "filter names (as in FILTER) -> channel (L, R, G, B, Ha, OIII, SII), beyond "
+                                        "the usual spellings, e.g. {'Baader Ha 7nm'='Ha'}")
+
+
+@dataclass(frozen=True, slots=True)
 class QualityConfig:
     margin_sigma: float = _opt(5.0, "a frame is rejected only when a figure is this many robust standard deviations "
                                     "(the session's spread and the frame's own uncertainty) worse than the "
@@ -263,6 +289,8 @@ class Config:
     library: LibraryConfig = field(default_factory=LibraryConfig)
     stack: StackConfig = field(default_factory=StackConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    finish: FinishConfig = field(default_factory=FinishConfig)
+    composite: CompositeConfig = field(default_factory=CompositeConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
     site: SiteConfig = field(default_factory=SiteConfig)
@@ -440,6 +468,9 @@ def _check_cross_fields(config: Config, builder: _Builder) -> Config:
         builder.problem("output.formats", "empty: name at least one of " + ", ".join(OUTPUT_FORMATS))
     elif len(set(config.output.formats)) != len(config.output.formats):
         builder.problem("output.formats", "a format is listed twice")
+    for name, channel in config.composite.names.items():
+        if channel not in COMPOSITE_CHANNELS:
+            builder.problem(f"composite.names.{name}", f"{channel!r} is not one of {', '.join(COMPOSITE_CHANNELS)}")
     if (config.site.latitude is None) != (config.site.longitude is None):
         builder.problem("site", "latitude and longitude go together")
     _check_photometry(config.photometry, builder)

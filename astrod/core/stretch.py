@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import cv2
 import numpy as np
@@ -96,14 +97,19 @@ def stretch_parameters(image: npt.NDArray[np.floating], *, linked: bool = True, 
 _STRETCH_ROWS = 256  # rows stretched at a time: a full-size picture needs no full-size float temporaries
 
 
-def apply_stretch(image: npt.NDArray[np.floating], params: StretchParameters) -> npt.NDArray[np.uint8]:
-    """Apply ``params`` to a (H, W) or (planes, H, W) image: uint8 (H, W) or (H, W, planes), RGB order."""
+def apply_stretch(image: npt.NDArray[np.floating], params: StretchParameters, *,
+                  bits: int = 8) -> npt.NDArray[np.uint8 | np.uint16]:
+    """Apply ``params`` to a (H, W) or (planes, H, W) image: uint8 (``bits`` 16: uint16) (H, W) or
+    (H, W, planes), RGB order."""
     planes = [image] if image.ndim == 2 else list(image)
     if len(planes) != len(params.midtones):
         raise ValueError(f"image has {len(planes)} planes, the stretch {len(params.midtones)}")
     span = params.high - params.low
     height, width = planes[0].shape
-    out = np.empty((height, width, len(planes)), dtype=np.uint8)
+    if bits not in (8, 16):
+        raise ValueError(f"a stretched picture has 8 or 16 bits, not {bits}")
+    dtype, top = (np.uint8, 255.0) if bits == 8 else (np.uint16, 65535.0)
+    out = np.empty((height, width, len(planes)), dtype=dtype)
     for i, (p, c0, m) in enumerate(zip(planes, params.shadows, params.midtones, strict=True)):
         # fold the [low, high] normalisation and the shadows clip into one affine step
         a = 1.0 / (span * (1.0 - c0)) if c0 < 1.0 else 0.0
@@ -118,9 +124,9 @@ def apply_stretch(image: npt.NDArray[np.floating], params: StretchParameters) ->
             denom -= np.float32(m)
             x *= np.float32(m - 1.0)
             x /= denom
-            x *= 255.0
+            x *= np.float32(top)
             x += 0.5
-            out[r0:r0 + _STRETCH_ROWS, :, i] = x.astype(np.uint8)
+            out[r0:r0 + _STRETCH_ROWS, :, i] = x.astype(dtype)
     return out[:, :, 0] if image.ndim == 2 else out
 
 
@@ -136,7 +142,7 @@ def auto_stretch(image: npt.NDArray[np.floating], *, downsample_factor: int = 2,
     small = np.asarray(image, dtype=np.float32) if downsample_factor == 1 else downsample(image, downsample_factor)
     params = stretch_parameters(small, linked=linked, shadows_clip=shadows_clip,
                                 target_background=target_background)
-    return apply_stretch(small, params)
+    return cast(npt.NDArray[np.uint8], apply_stretch(small, params))
 
 
 def _sample(plane: npt.NDArray[np.floating], max_samples: int) -> npt.NDArray[np.float32]:

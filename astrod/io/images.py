@@ -350,6 +350,21 @@ def write_tiff16(path: str | os.PathLike[str], image: FloatArray, *, software: s
     return sc
 
 
+def write_picture_tiff16(path: str | os.PathLike[str], picture: npt.NDArray[np.uint16], *, software: str = "",
+                         description: str = "") -> Path:
+    """Write a stretched 16-bit picture, uint16 (H, W) grey or (H, W, 3) RGB, as an uncompressed TIFF. Atomic."""
+    import tifffile
+
+    if picture.dtype != np.uint16 or picture.ndim not in (2, 3) or (picture.ndim == 3 and picture.shape[2] != 3):
+        raise ValueError(f"a 16-bit picture must be uint16 (H, W) or (H, W, 3), got {picture.dtype}{picture.shape}")
+    target = Path(path)
+    with atomic_path(target) as tmp:
+        tifffile.imwrite(tmp, np.ascontiguousarray(picture), photometric="rgb" if picture.ndim == 3 else "minisblack",
+                         compression=None, description=description or None, software=software or None,
+                         metadata=None)
+    return target
+
+
 def write_xisf(path: str | os.PathLike[str], image: FloatArray, cards: Mapping[str, Card],
                history: Iterable[str] = (), *, creator: str = "astrod") -> Path:
     """Write a float32 (H, W) or (3, H, W) R, G, B image as XISF with ``cards`` (keyword -> (value, comment))

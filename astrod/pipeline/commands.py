@@ -22,6 +22,7 @@ from astrod.io.kernel_cache import notice_if_cold
 from astrod.library.masters import MasterLibrary
 from astrod.library.progress import progress_for
 from astrod.pipeline.calibration import library_calibrator
+from astrod.pipeline.finishing import plan_finish, write_finished
 from astrod.pipeline.live import Calibrator, PipelineSettings, write_outputs
 from astrod.pipeline.oneshot import stack_files
 from astrod.pipeline.outputs import stack_writer
@@ -52,6 +53,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="rejection threshold in sigma (default: the config's, 3)")
     p.add_argument("--preview", metavar="OUT.png", help="auto-stretched preview, PNG or JPEG by suffix")
     p.add_argument("--frames-table", metavar="OUT.csv", help="per-frame table (CSV)")
+    p.add_argument("--finish", action="store_true",
+                   help="also write the finished picture beside OUT: OUT-stem.final.fits (cropped, gradient removed, "
+                        "colour calibrated) and .jpg/.tif per [output] formats, OUT-stem.final-background.fits "
+                        "([finish] options)")
     p.add_argument("--config", metavar="FILE", help="config file ([stack], [quality], [headers], [library])")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="scratch folder for registered frames (default: a temporary folder beside OUT)")
@@ -132,9 +137,17 @@ def cmd_stack(args: argparse.Namespace) -> int:
     finally:
         if library is not None:
             library.close()
+    stacked = int(product.header["NCOMBINE"][0])
+    plan = plan_finish(product, settings.finish, frames=stacked) if args.finish else None
+    if plan is not None:  # the stack's header names the factors its finished picture used
+        product = replace(product, header={**product.header, **plan.cards()})
     write_outputs(product, stack_path=output, preview_path=Path(args.preview) if args.preview else None,
                   table_path=Path(args.frames_table) if args.frames_table else None)
-    stacked = int(product.header["NCOMBINE"][0])
+    if plan is not None:
+        formats = tuple(dict.fromkeys(("fits", *config.output.formats)))
+        written, _ = write_finished(product, plan, output.parent, formats=formats, in_place=True,
+                                    name=f"{output.stem}.final")
+        print("finished: " + ", ".join(p.name for p in written))
     rejected = int(product.header["NREJECT"][0])
     exposure = product.header.get("EXPTOTAL")
     print(f"stacked {stacked} of {stacked + rejected} frames ({product.header['STACKMTH'][0]}, "

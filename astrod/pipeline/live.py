@@ -57,20 +57,21 @@ import numpy as np
 import numpy.typing as npt
 
 from astrod.core.calibrate import CalibrationRecipe
+from astrod.core.colour import ColourBalance
 from astrod.core.debayer import debayer, effective_pattern
 from astrod.core.quality import FrameQuality, measure_quality
 from astrod.core.quality_gates import FrameFigures, SessionStats, check_gates, flux_ratio
 from astrod.core.register import MODEL_POINTS, Registration, build_reference, star_poor
 from astrod.core.stack import Stacker, fwhm_weight, integrate_bands, snr_weight
 from astrod.core.stars import StarList, detect_stars, estimate_background
-from astrod.core.stretch import auto_stretch, downsample
+from astrod.core.stretch import downsample
 from astrod.core.warp import check_grid, warp_bands
 from astrod.errors import AstrodError, RegistrationError
 from astrod.io.files import ensure_folder
 from astrod.io.fits import is_fits_name
 from astrod.io.frame_cache import CachedFrameWriter, read_cached_rows, remove_cached_frames
 from astrod.model import Frame, FrameMeta, Transform
-from astrod.pipeline.outputs import StackProduct, product_header, stack_cards, write_outputs
+from astrod.pipeline.outputs import StackProduct, preview_picture, product_header, stack_cards, write_outputs
 from astrod.pipeline.registration import phase_image, register_onto
 from astrod.pipeline.repick import area_ratio, one_line, repick
 from astrod.pipeline.settings import (
@@ -91,6 +92,7 @@ from astrod.pipeline.state import (
     Session,
     load_state,
     save_state,
+    utc_stamp,
 )
 from astrod.pipeline.twopass import DeferredFrame, DeferredFrames
 
@@ -154,6 +156,7 @@ class LiveStack:
         self._reread = reread
         self._deferred = (DeferredFrames(self._pixels_again, sub_band_rows=BAND_ROWS, read_rows=read_rows)
                           if reread is not None and settings.final_rejection != "none" else None)
+        self.preview_balance: ColourBalance | None = None  # the colour factors of the last preview
 
     # ------------------------------------------------------------------------------------------- figures
 
@@ -509,6 +512,7 @@ class LiveStack:
                 metrics: dict[str, Metric], timings: Mapping[str, float]) -> FrameResult:
         for stage, ms in timings.items():
             metrics[f"ms_{stage}"] = round(ms, 3)
+        metrics["date_obs"] = utc_stamp(measured.meta.date_obs)  # the report plots figures against it
         result = FrameResult(path=measured.path, status=status, reason=reason, metrics=metrics)
         s = self._session
         s.rows.append(result.row())
@@ -522,14 +526,15 @@ class LiveStack:
 
     def preview(self, *, max_size: int = 1600) -> tuple[FloatArray, npt.NDArray[np.uint8]]:
         """The current stack reduced so its longer side is at most ``max_size`` px: linear float32, and
-        auto-stretched uint8 ((H, W) grey or (H, W, 3) RGB)."""
+        auto-stretched uint8 ((H, W) grey or (H, W, 3) RGB, colour calibrated with ``preview_balance``)."""
         if self._stacker is None or self._ref is None:
             raise AstrodError("no frame has been stacked yet: there is no preview")
         mean = self._stacker.state()["mean"]
         h, w = self._ref.frame_shape
         factor = max(1, math.ceil(max(h, w) / max(1, max_size)))
         small = downsample(np.asarray(mean, dtype=np.float32), factor)
-        return small, auto_stretch(small, downsample_factor=1)
+        picture, self.preview_balance = preview_picture(small, colour=self.settings.finish.colour)
+        return small, picture
 
     def finalize(self, *, last: bool = False) -> StackProduct:
         """The stack with its provenance: the live stack, or the full re-integration of the cached frames.
@@ -655,7 +660,6 @@ def _planes(measured: Measured) -> int:
     if measured.pattern is not None:
         return 3
     return 1 if measured.data is None or measured.data.ndim == 2 else int(measured.data.shape[0])
-
 
 
 def _float_or_nan(value: object) -> float:

@@ -3,7 +3,7 @@ what a calibrator hands it (`Calibrated`), and what an observer of stacked frame
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +23,22 @@ from astrod.model import Frame, FrameMeta, Transform
 
 Model = Literal["similarity", "affine", "homography"]
 BAND_ROWS = 128  # rows warped and accumulated at a time: 3.2 MB of a 26 MP mono frame
+
+
+@dataclass(frozen=True, slots=True)
+class FinishSettings:
+    """What makes the finished picture (``[finish]``): colour calibration (also of the previews), gradient
+    removal with a mesh of ``background_mesh`` boxes across the longer side, the crop to the area at least
+    ``crop_coverage`` of the frames cover (0: none), the report page, and the composites of a target's filters
+    (``[composite]``: the kinds made, extra filter names)."""
+
+    colour: bool = True
+    background: bool = True
+    background_mesh: int = 16
+    crop_coverage: float = 0.8
+    report: bool = True
+    composite_kinds: tuple[str, ...] = ("lrgb", "rgb", "sho", "hoo")
+    composite_names: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +70,11 @@ class PipelineSettings:
     reference_repick_margin: float = 1.25
     preview_every_frames: int = 5
     preview_every_seconds: float = 60.0
+    finish: FinishSettings = field(default_factory=FinishSettings)
 
     @classmethod
     def from_config(cls, config: Config) -> PipelineSettings:
-        s, q = config.stack, config.quality
+        s, q, f = config.stack, config.quality, config.finish
         return cls(kappa=s.kappa, weighting=s.weighting, transform=s.transform,  # type: ignore[arg-type]
                    min_stars=s.min_stars, final_rejection=s.final_rejection,  # type: ignore[arg-type]
                    gates=GateThresholds(
@@ -69,7 +86,11 @@ class PipelineSettings:
                        min_star_count=q.min_star_count),
                    reference_repick_after=s.reference_repick_after,
                    reference_repick_margin=s.reference_repick_margin,
-                   preview_every_frames=s.preview_every_frames, preview_every_seconds=s.preview_every_seconds)
+                   preview_every_frames=s.preview_every_frames, preview_every_seconds=s.preview_every_seconds,
+                   finish=FinishSettings(colour=f.colour, background=f.background,
+                                         background_mesh=f.background_mesh, crop_coverage=f.crop_coverage,
+                                         report=f.report, composite_kinds=config.composite.kinds,
+                                         composite_names=dict(config.composite.names)))
 
     @property
     def min_matches(self) -> int:
@@ -79,6 +100,7 @@ class PipelineSettings:
     def as_dict(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in self.__dataclass_fields__}
         out["gates"] = {name: getattr(self.gates, name) for name in self.gates.__dataclass_fields__}
+        out["finish"] = {name: getattr(self.finish, name) for name in self.finish.__dataclass_fields__}
         return out
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,11 +28,16 @@ Metric = float | int | str | None
 
 TABLE_COLUMNS = ("path", "status", "reason", "dx", "dy", "rotation_deg", "scale", "residual_px", "stars", "fwhm",
                  "fwhm_err", "eccentricity", "eccentricity_err", "shape_stars", "background", "noise",
-                 "transparency", "weight")
+                 "transparency", "weight", "date_obs")
 # The figures the quality gates judge a frame by, per accepted frame, as the checkpoint stores them.
 _ACCEPTED_COLUMNS = ("fwhm", "fwhm_err", "eccentricity", "eccentricity_err", "shape_stars", "star_count",
                      "background", "noise", "hfr", "transparency")
 STATE_FORMAT = 1
+
+
+def utc_stamp(when: datetime | None) -> str | None:
+    """A time as the frames table writes it: UTC, ISO 8601 to the millisecond (None stays None)."""
+    return None if when is None else when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +144,8 @@ class Session:
             self.first_meta = {k: getattr(meta, k) for k in ("object", "filter", "camera", "gain", "offset",
                                                              "set_temperature", "exposure")}
             self.first_meta["binning"] = list(meta.binning)
-        if meta.date_obs is not None:
-            stamp = meta.date_obs.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+        stamp = utc_stamp(meta.date_obs)
+        if stamp is not None:
             self.date_first = stamp if self.date_first is None else min(self.date_first, stamp)
             self.date_last = stamp if self.date_last is None else max(self.date_last, stamp)
 

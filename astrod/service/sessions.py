@@ -32,10 +32,13 @@ from astrod.io.frames import is_scratch, read_frame
 from astrod.io.journal import Journal
 from astrod.io.previews import write_frames_table
 from astrod.model import Frame
+from astrod.pipeline.composite import update_composites
+from astrod.pipeline.finishing import finish_session
 from astrod.pipeline.ingest import ReadOptions
 from astrod.pipeline.live import TABLE_COLUMNS, Calibrator, LiveStack, PipelineSettings
-from astrod.pipeline.outputs import FRAMES, SESSION, write_preview, write_session_outputs
+from astrod.pipeline.outputs import FRAMES, SESSION, write_preview
 from astrod.pipeline.photometry import PhotometrySettings
+from astrod.pipeline.project import update_project
 from astrod.pipeline.sessions import Pointing, SessionKey, plausible_date
 from astrod.pipeline.settings import FrameObserver
 from astrod.pipeline.solving import SolveResult, product_wcs_cards, stack_with_wcs
@@ -473,7 +476,9 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
             self._preview_owed = False
             return
         linear, stretched = self._live.preview()
-        write_preview(self.paths.output, linear=linear, stretched=stretched, wcs=self._wcs_cards(linear.shape))
+        balance = self._live.preview_balance
+        cards = {**(self._wcs_cards(linear.shape) or {}), **(balance.cards() if balance is not None else {})}
+        write_preview(self.paths.output, linear=linear, stretched=stretched, wcs=cards)
         if self._phot is not None:
             self._phot.write_plots()
         self._previewed = True
@@ -593,7 +598,16 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
                 product = stack_with_wcs(product, solution, frame_shape=self._frame_shape())
                 summary["wcs"] = {"ra": solution.ra, "dec": solution.dec, "scale_arcsec": solution.scale_arcsec,
                                   "rotation_deg": solution.rotation_deg, "index": solution.index}
-            write_session_outputs(product, self.paths.output, formats=self._output_formats)
+            # the stack, then the finished picture made in its pixels, and the report
+            written = finish_session(product, self._settings.finish, self.paths.output, frames=self.stats.stacked,
+                                     formats=self._output_formats, summary=summary)
+            summary["products"] = [p.name for p in written]
+            # the target's other filters of the night: its composites are made again with this stack
+            composites = update_composites(self.paths.output.parent, self._settings.finish,
+                                           formats=self._output_formats)
+            summary["composites"] = [p.name for p in composites]
+            project = update_project(self.paths.output, self._settings.finish, formats=self._output_formats)
+            summary["project"] = [str(p) for p in project]
             summary["timings_ms"]["finalize"] = round((time.perf_counter() - started) * 1e3, 1)
         else:  # no stack, but the frames table and the summary say what became of every frame
             write_frames_table(self.paths.output / FRAMES, rows, TABLE_COLUMNS)

@@ -45,7 +45,10 @@ _STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript;
 _FILE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".fits": "application/fits",
                ".fit": "application/fits", ".fts": "application/fits", ".csv": "text/csv; charset=utf-8",
                ".json": "application/json", ".txt": "text/plain; charset=utf-8", ".log": "text/plain; charset=utf-8",
-               ".pdf": "application/pdf"}
+               ".pdf": "application/pdf", ".html": "text/html; charset=utf-8", ".tif": "image/tiff",
+               ".xisf": "application/octet-stream"}
+# a session's report page: its pictures are embedded (data: URIs), its style inline; no script, nothing fetched
+_REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; sandbox"
 _METRICS = ("fwhm", "stars", "background", "eccentricity", "noise", "weight", "dx", "dy", "rotation_deg",
             "residual_px")
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -400,7 +403,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         content_type = _FILE_TYPES.get(target.suffix.lower())
         extra = {"Cache-Control": "no-cache"}
-        if content_type is None or content_type == "application/fits":
+        if content_type is None or content_type in ("application/fits", "image/tiff", "application/octet-stream"):
             content_type = content_type or "application/octet-stream"
             extra["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(target.name)}"
         try:
@@ -414,7 +417,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(size))
             self.send_header("X-Content-Type-Options", "nosniff")
             self.send_header("Referrer-Policy", "no-referrer")
-            self.send_header("Content-Security-Policy", "default-src 'none'; sandbox")
+            self.send_header("Content-Security-Policy", _REPORT_CSP if target.suffix.lower() == ".html"
+                             else "default-src 'none'; sandbox")
             for key, value in extra.items():
                 self.send_header(key, value)
             self.end_headers()

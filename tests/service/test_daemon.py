@@ -25,7 +25,8 @@ from tests.service.daemon_harness import START, DaemonProcess, H, Observatory, W
 @pytest.mark.slow
 def test_shuffled_night_ends_in_the_right_sessions_and_masters(obs: Observatory, tmp_path: Path) -> None:
     """Calibration frames and lights of two targets in two filters, dropped in shuffled order, end in four
-    sessions and the library; previews appear while frames arrive; idle close writes the final stacks."""
+    sessions and the library; previews appear while frames arrive; idle close writes the final stacks, the
+    finished pictures and the reports."""
     obs.write_config(idle_minutes=0.1)  # 6 s
     sensor = synth.Sensor(width=W, height=H, seed=5, hot_pixels=10)
     cal = synth.write_calibration_set(tmp_path / "cal", sensor, seed=9, n=5, filter="L")
@@ -44,7 +45,8 @@ def test_shuffled_night_ends_in_the_right_sessions_and_masters(obs: Observatory,
             obs.publish(source, relative)
             time.sleep(0.05)
         obs.wait_for(lambda: any(obs.stacks.rglob("preview.jpg")), timeout=90, message="a preview")
-        obs.wait_for(lambda: len(list(obs.stacks.rglob("stack.fits"))) == 4, timeout=240, message="4 stacks")
+        # session.json is written last, after the stack, the finished picture and the report
+        obs.wait_for(lambda: len(list(obs.stacks.rglob("session.json"))) == 4, timeout=240, message="4 sessions")
     finally:
         assert daemon.terminate() == 0
     statuses = obs.statuses()
@@ -59,6 +61,8 @@ def test_shuffled_night_ends_in_the_right_sessions_and_masters(obs: Observatory,
         assert summary["stacked"] == 4 and summary["closed_because"] == "idle"
         header = fits.getheader(folder / "stack.fits")
         assert header["NCOMBINE"] == 4
+        assert {"final.fits", "final.jpg", "background.fits", "report.html"} <= set(summary["products"])
+        assert fits.getheader(folder / "final.fits")["FINSTEPS"] == "crop+background"  # mono: no colour step
         rows = (folder / "frames.csv").read_text().splitlines()
         assert len(rows) == 5 and all(target.replace("_", " ") in r or r.startswith("path") for r in rows)
     masters = {p.parent.parent.name for p in (obs.root / "library" / "masters").rglob("*.fits")}

@@ -293,6 +293,22 @@ def test_a_file_inside_the_output_folder_is_served(served: tuple[WebServer, Path
     assert headers["content-type"].startswith("text/csv") and headers["x-content-type-options"] == "nosniff"
 
 
+def test_a_report_page_is_served_without_scripts(served: tuple[WebServer, Path]) -> None:
+    """report.html is served as HTML under a policy that lets its embedded (data:) images and inline style
+    through and nothing else (no script, sandboxed); a 16-bit TIFF comes as a download."""
+    server, out = served
+    folder = out / "2026-11-21" / "M_31" / "L"
+    (folder / "report.html").write_text("<!DOCTYPE html><p>report</p>", encoding="utf-8")
+    (folder / "final.tif").write_bytes(b"II*\x00")
+    code, headers, _ = request(server.port, "GET", "/files/2026-11-21/M_31/L/report.html")
+    assert code == 200 and headers["content-type"].startswith("text/html")
+    policy = headers["content-security-policy"]
+    assert "img-src data:" in policy and "sandbox" in policy and "default-src 'none'" in policy
+    assert "script-src" not in policy
+    code, headers, _ = request(server.port, "GET", "/files/2026-11-21/M_31/L/final.tif")
+    assert code == 200 and headers["content-disposition"].startswith("attachment")
+
+
 def test_post_needs_the_configured_token(served: tuple[WebServer, Path]) -> None:
     """POST close: no header, a wrong token, or a non-Bearer header get 403; the token gets 202; unknown
     actions 404."""

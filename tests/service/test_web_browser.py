@@ -22,6 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests import synth
@@ -325,3 +326,53 @@ def test_dashboard_shows_each_targets_light_curve(browser: Browser, tmp_path: Pa
         browser.screenshot(tmp_path / "lightcurve.png")
     finally:
         server.stop()
+
+
+REPORT_LOADED = """const pic = document.getElementById('picture'), plots = document.getElementById('plots');
+return pic && plots && pic.complete && plots.complete && pic.naturalWidth > 0 && plots.naturalWidth > 0
+  ? [pic.naturalWidth, plots.naturalWidth, document.title] : null;"""
+
+
+def test_session_report_renders_in_headless_chromium(browser: Browser, tmp_path: Path) -> None:
+    """A closed session's report.html, reached from the dashboard's 'report' link, renders under the policy the
+    dashboard serves it with: the embedded picture and plots load (naturalWidth > 0), its numbers show, and it
+    fits a 1280 px window. Leaves report.png in the test's folder (and /tmp/astrod-report.png)."""
+    from astrod.pipeline.report import report_html
+    from astrod.service.web import WebServer
+    from tests.service.test_web import make_config
+
+    config = make_config(tmp_path / "obs")
+    folder = config.paths.output / "2026-11-21" / "M 27" / "L"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    picture = np.clip(40 + 8 * rng.standard_normal((300, 450, 3)), 0, 255).astype(np.uint8)
+    rows = [{"path": f"f{i}.fits", "status": "stacked" if i != 3 else "rejected", "fwhm": 2.5 + 0.1 * i,
+             "stars": 300 - 5 * i, "background": 1500 + 10 * i, "weight": 1.0 - 0.02 * i,
+             "date_obs": f"2026-11-21T22:{10 + i:02d}:00.000"} for i in range(8)]
+    summary = {"session": "2026-11-21_1", "key": {"target": "M 27", "filter": "L"}, "stacked": 7, "rejected": 1,
+               "total_exposure_s": 2100.0, "rejections": {"FWHM 3.77 px is 2.10x the session's median": 1}}
+    (folder / "report.html").write_text(report_html(summary, rows, picture=picture, products=["final.fits"]),
+                                        encoding="utf-8")
+    status = {"running": True, "pid": 1, "version": "test", "sessions": [], "library": {"path": "lib", "masters": {}},
+              "closed_sessions": [{"id": "2026-11-21_1", "label": "M 27/L", "stacked": 7, "rejected": 1,
+                                   "output": str(folder), "closed_at": "2026-11-22T05:00:00+00:00"}],
+              "errors": [], "files": {}, "status_line": "one closed session"}
+    server = WebServer(config, status=lambda: status, frames=lambda sid: [], port=0)
+    server.start()
+    try:
+        browser.resize(1280, 1400)
+        browser.get(f"http://127.0.0.1:{server.port}/")
+        href = browser.until("const a = [...document.querySelectorAll('#closed a')].find(a => a.textContent === "
+                             "'report'); return a && a.getAttribute('href');", message="the report link")
+        assert href.endswith("/report.html")
+        browser.get(f"http://127.0.0.1:{server.port}{href}")
+        widths = browser.until(REPORT_LOADED, message="the report's picture and plots")
+        text = browser.js("return document.body.innerText;")
+        overflow = browser.js("return document.documentElement.scrollWidth - window.innerWidth;")
+        shot = browser.screenshot(tmp_path / "report.png")
+    finally:
+        server.stop()
+    assert widths[0] == 450 and widths[1] > 400 and widths[2].startswith("M 27")
+    assert "frames rejected" in text and "2.10x the session's median" in text and "35 min 00 s" in text
+    assert overflow <= 0
+    shutil.copyfile(shot, "/tmp/astrod-report.png")

@@ -299,8 +299,8 @@
     const rows = closed.slice().reverse().map((c) => {
       const files = c.files || {};
       const products = el("td", { class: "products" });
-      const named = [["stack.fits", "stack"], ["frames.csv", "frames"], ["session.json", "report"],
-        ["preview.jpg", "preview"]];
+      const named = [["report.html", "report"], ["final.jpg", "picture"], ["final.fits", "final"],
+        ["stack.fits", "stack"], ["frames.csv", "frames"], ["session.json", "summary"], ["preview.jpg", "preview"]];
       for (const [name, label] of named) {
         const a = fileLink(files, name, label);
         if (a) products.append(a);
