@@ -20,6 +20,7 @@ from astrod.library.commands import format_cell, table_lines
 from astrod.library.commands import register as register_library
 from astrod.pipeline.commands import register as register_stack
 from astrod.service.capture_commands import register as register_capture
+from astrod.service.reprocess_command import register as register_reprocess
 from astrod.service.solve_commands import register as register_solve
 
 Command = Callable[[argparse.Namespace], int]
@@ -367,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_stack(sub)
     register_capture(sub)
     register_solve(sub)
+    register_reprocess(sub)
     return parser
 
 
