@@ -80,6 +80,7 @@ class ReprocessReport:
     tasks: int = 0
     frames: int = 0
     seconds: float = 0.0
+    startup_seconds: float = 0.0  # planning, the library and the cluster's start (of ``seconds``)
     dashboard: str | None = None
 
 
@@ -153,6 +154,7 @@ def run_reprocess(request: ReprocessRequest, *, progress: Progress | None = None
             return report
         job = ReprocessJob(settings=request.settings, options=options, now=now, band_bytes=request.band_bytes)
         with _client(request) as client:
+            report.startup_seconds = time.perf_counter() - started
             report.dashboard = _dashboard(client)
             if report.dashboard:
                 say(f"Dask dashboard: {report.dashboard}")

@@ -21,11 +21,11 @@ import pytest
 from astropy.io import fits
 
 from astrod.config import Config
+from astrod.demo.archive import Archive, make_archive
 from astrod.pipeline.commands import settings_for
 from astrod.pipeline.outputs import FRAMES, SESSION, STACK
 from astrod.service.reprocess import ReprocessReport, ReprocessRequest, run_reprocess
 from tests.pipeline.conftest import run_cli
-from tests.service.reprocess_archive import Archive, make_archive
 
 REPO = Path(__file__).resolve().parents[2]
 DASK = Path(sys.executable).parent / "dask"
@@ -198,12 +198,15 @@ def _compare_outputs(mine: Path, theirs: Path) -> None:
         _same_stack(image, b[name][0])
 
 
-def test_one_changed_frame_redoes_its_session_only(local_run: LocalRun) -> None:
-    """A light rewritten with other content: its session alone is stacked again (the others are skipped)."""
+def test_one_changed_frame_redoes_its_session_only(local_run: LocalRun, dask_cluster: tuple[str, list[Any]]) -> None:
+    """A light rewritten with other content: its session alone is stacked again (the others are skipped; on the
+    external cluster, already running, whichever of its workers is left)."""
+    address, _ = dask_cluster
+    _wait_for_workers(address, 1)
     session = local_run.report.plan.sessions[5]
     with fits.open(session.frames[1], mode="update") as hdul:  # a few pixels brighter: other content
         hdul[0].data[10:20, 10:20] += 50
-    report = run_reprocess(replace(local_run.request, workers=1), say=lambda _: None)
-    assert report.written == [session.id]
+    report = run_reprocess(replace(local_run.request, scheduler=address), say=lambda _: None)
+    assert report.written == [session.id] and report.frames == len(session.frames)
     assert len(report.skipped) == 11
 
