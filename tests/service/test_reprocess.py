@@ -128,15 +128,10 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
         address = json.loads(info.read_text())["address"]
         yield address, procs
     finally:
-        for proc in reversed(procs):
+        for proc in reversed(procs):  # workers first; nothing of theirs is worth a graceful close
             if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.wait()
+            proc.wait()
 
 
 def _wait_for_workers(address: str, n: int) -> None:
@@ -146,13 +141,36 @@ def _wait_for_workers(address: str, n: int) -> None:
         client.wait_for_workers(n, timeout=60)
 
 
-def test_external_scheduler_gives_the_same_products(local_run: LocalRun, dask_cluster: tuple[str, list[Any]],
-                                                    tmp_path: Path) -> None:
-    """``--scheduler`` with two external workers: the same products as the local cluster's."""
+class _StopAfter:
+    """A progress that interrupts the run (as Ctrl-C would) once ``sessions`` sessions are written."""
+
+    def __init__(self, sessions: int) -> None:
+        self.sessions, self.written = sessions, 0
+
+    def start(self, stage: str, total: int) -> None:
+        del stage, total
+
+    def advance(self, item: str = "", n: int = 1) -> None:
+        if item.endswith(" written"):
+            self.written += 1
+            if self.written >= self.sessions:
+                raise KeyboardInterrupt
+
+    def finish(self) -> None:
+        pass
+
+
+def test_external_scheduler_interrupted_run_continues(local_run: LocalRun, dask_cluster: tuple[str, list[Any]],
+                                                      tmp_path: Path) -> None:
+    """``--scheduler`` with two external workers; the run interrupted after 3 sessions, the next run writes the
+    other 9 only, and the products are those of the local cluster."""
     address, _ = dask_cluster
     _wait_for_workers(address, 2)
-    report = run_reprocess(_request(local_run.archive, tmp_path / "out", scheduler=address), say=lambda _: None)
-    assert len(report.written) == 12 and report.tasks > 39
+    request = _request(local_run.archive, tmp_path / "out", scheduler=address)
+    with pytest.raises(KeyboardInterrupt):
+        run_reprocess(request, progress=_StopAfter(3), say=lambda _: None)
+    report = run_reprocess(request, say=lambda _: None)
+    assert len(report.skipped) == 3 and len(report.written) == 9
     _compare_outputs(tmp_path / "out", local_run.request.output)
 
 
