@@ -108,8 +108,8 @@ class RunProgress:
 
 def plan_request(request: ReprocessRequest, *, now: datetime) -> ArchivePlan:
     """The archive's plan: every frame file under the archive folders (not the output's own files)."""
-    output = request.output.resolve()
-    paths = [p for p in expand_frame_paths(request.archives) if output not in p.resolve().parents]
+    own = {request.output.resolve(), request.library.resolve()}  # products and masters are not frames to stack
+    paths = [p for p in expand_frame_paths(request.archives) if not own & set(p.resolve().parents)]
     mtimes = {p: p.stat().st_mtime for p in paths}
     c = request.config
     return plan_archive(paths, options=_read_options(c), output=request.output, now=now, mtimes=mtimes,
@@ -224,6 +224,8 @@ class _Run:
         workers = len(client.scheduler_info().get("workers", {})) or request.workers
         self.window = max(2, workers)
         self.cache_root = request.output / STATE_FOLDER / "cache"
+        # task keys of this run only: a cluster that served an earlier run may still hold that run's results
+        self.token = f"{os.getpid()}-{time.time_ns()}"
 
     def sessions(self, todo: list[SessionPlan], bar: RunProgress) -> None:
         measures: dict[str, list[Future[Any]]] = {}
@@ -251,7 +253,7 @@ class _Run:
 
     def _submit(self, fn: Callable[..., Any], *args: Any, key: str) -> Future[Any]:
         self.report.tasks += 1
-        return self.client.submit(fn, *args, key=key, pure=False)
+        return self.client.submit(fn, *args, key=f"{key}-{self.token}", pure=False)
 
     def _integrate(self, plan: SessionPlan, stack: DecidedStack) -> list[Future[Any]]:
         """The warp tasks of the session's stacked frames and the band tasks that wait for them."""
