@@ -7,13 +7,14 @@ takes them — so that the products equal those of ``astrod stack`` (and the dae
 2. `DecidedStack` (the client, per session, in frame order): the live stack's decisions on those results —
    the reference, the quality gates against the frames accepted before, registration on star lists, the
    weights and normalisation, the reference re-pick — without a pixel: each stacked frame becomes a
-   `WarpOrder` (its transform onto the reference grid, and a second one when the reference was re-picked
-   after it, as the live stack re-warps its cached frame then).
+   `WarpOrder` (its transform onto the final reference grid: after a re-pick, composed with the move onto the
+   new reference, as the two-pass ``astrod stack`` composes it, so each frame is interpolated once).
 3. `warp_frame` (one task per stacked frame): read and calibrate the frame again, warp it as the order says
-   into the session's registered-frame cache (the same ``.npy`` files as the live stack's cache, so the same
-   values); `integrate_rows` (one task per band of rows): read those rows of every registered frame and
-   integrate them with the session's rejection, weights and norms (`integrate_bands`, per pixel, so bands
-   give what the whole does). The client assembles the bands (`DecidedStack.product`).
+   into the session's registered-frame cache (the live stack's ``.npy`` cache files, whose pixels are those
+   the two-pass stack warps, bit for bit); `integrate_rows` (one task per band of rows): read those rows of
+   every registered frame and integrate them with the session's rejection, weights and norms
+   (`integrate_bands`, per pixel, so bands give what the whole does). The client assembles the bands
+   (`DecidedStack.product`).
 
 A frame is read and calibrated twice (to measure, to warp) instead of its calibrated pixels being held
 between the two: the decision between them waits for the session's earlier frames, and holding every frame of
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -36,10 +37,9 @@ from astrod.core.debayer import debayer
 from astrod.core.integrate import integrate_bands
 from astrod.core.register import Registration
 from astrod.core.stack import Stacker
-from astrod.core.warp import warp_bands
+from astrod.core.warp import check_grid, warp_bands
 from astrod.errors import AstrodError
-from astrod.io.files import remove_file
-from astrod.io.frame_cache import CachedFrameWriter, read_cached_rows, rewarp_cached_frame
+from astrod.io.frame_cache import CachedFrameWriter, read_cached_rows
 from astrod.io.frames import read_frame
 from astrod.model import Transform
 from astrod.pipeline.ingest import ReadOptions
@@ -92,19 +92,15 @@ def measure_frame(path: Path, settings: PipelineSettings, *, options: ReadOption
 
 @dataclass(slots=True)
 class WarpOrder:
-    """How one stacked frame becomes its registered file: warped by ``transform`` onto a grid of ``frame_shape``
-    into ``stack_shape`` (``pattern``: demosaiced first), then re-warped by each of ``rewarps`` (a re-picked
-    reference's grid, its shape, the new file name). ``first``: the file it is warped into, ``file``: the
-    name it ends under."""
+    """How one stacked frame becomes its registered file ``file``: warped by ``transform`` onto the reference
+    grid of ``frame_shape`` into ``stack_shape`` (``pattern``: demosaiced first)."""
 
     path: Path
     transform: Transform
     frame_shape: tuple[int, int]
     stack_shape: tuple[int, ...]
     pattern: str | None
-    first: str
     file: str
-    rewarps: list[tuple[Transform, tuple[int, ...], str]] = field(default_factory=list)
 
 
 class _NoPixels:
@@ -160,20 +156,23 @@ class DecidedStack(LiveStack):
         """The live stack's ``_stack`` without the pixels: the norms and weight it would give, and the order."""
         ref = self._ref
         assert ref is not None and measured.quality is not None and measured.path is not None
+        try:
+            check_grid(reg.transform, ref.frame_shape)  # what the warp would refuse
+        except ValueError as err:
+            return f"cannot warp: {one_line(err)}"
         scale = 1.0 / area_ratio(reg.transform, ref.frame_shape)
         offset = ref.background - measured.quality.background * scale
         name = f"frame_{len(self._session.cached):06d}.npy"
         self.orders.append(WarpOrder(path=measured.path, transform=reg.transform, frame_shape=ref.frame_shape,
-                                     stack_shape=ref.stack_shape, pattern=measured.pattern, first=name,
-                                     file=name))
+                                     stack_shape=ref.stack_shape, pattern=measured.pattern, file=name))
         self._session.cached.append({"file": name, "offset": offset, "scale": scale, "weight": weight})
         metrics["weight"] = weight
         return None
 
     def _consider_repick(self, measured: Measured, reg: Registration, weight: float, metrics: dict[str, Metric],
                          timings: dict[str, float]) -> None:
-        """The live stack's re-pick; when it moves the reference, the cached frames' norms and weights are
-        composed as its ``_rewarp_cache`` composes them, and each order gains the re-warp."""
+        """The live stack's re-pick; when it moves the reference, the frames' transforms, norms and weights
+        are composed onto the new one as a two-pass stack's are (`DeferredFrames.regrid`)."""
         candidates, old = self._session.candidates, self._ref
         super()._consider_repick(measured, reg, weight, metrics, timings)
         new = self._ref
@@ -185,11 +184,10 @@ class DecidedStack(LiveStack):
         c = best.figures.quality.background - old.background * k
         f = 1.0 / best.weight if self.settings.weighting != "none" and best.weight > 0.0 else 1.0
         for entry, order in zip(self._session.cached, self.orders, strict=True):
-            name = f"{Path(str(entry['file'])).stem}_ref{new.id}.npy"
-            entry.update(file=name, offset=float(entry["offset"]) * k + c, scale=float(entry["scale"]) * k,
+            entry.update(offset=float(entry["offset"]) * k + c, scale=float(entry["scale"]) * k,
                          weight=float(entry["weight"]) * f)
-            order.file = name
-            order.rewarps.append((to_new, new.stack_shape, name))
+            order.transform = order.transform.compose(to_new)
+            order.frame_shape, order.stack_shape = new.frame_shape, new.stack_shape
 
     def integration(self) -> Integration:
         """What the band tasks integrate: the registered files in order, their weights and norms."""
@@ -248,17 +246,10 @@ def warp_frame(order: WarpOrder, cache: Path, settings: PipelineSettings, *, opt
     buffer = np.empty(planes * BAND_ROWS * order.frame_shape[1], dtype=np.float32)
     bands = warp_bands(pixels, order.transform, shape=order.frame_shape, interpolation=settings.interpolation,
                        band_rows=BAND_ROWS, buffer=buffer)
-    with CachedFrameWriter(cache / order.first, order.stack_shape) as writer:
+    with CachedFrameWriter(cache / order.file, order.stack_shape) as writer:
         for row0, band in bands:
             writer.write(row0, band)
-    del pixels, data, out, frame
-    current = order.first
-    for transform, shape, name in order.rewarps:
-        rewarp_cached_frame(cache / current, cache / name, transform, shape=shape,
-                            interpolation=settings.interpolation, band_rows=BAND_ROWS)
-        remove_file(cache / current)
-        current = name
-    return current
+    return order.file
 
 
 def integrate_rows(integration: Integration, cache: Path, row0: int, row1: int, *,
