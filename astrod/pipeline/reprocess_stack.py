@@ -105,7 +105,7 @@ class WarpOrder:
 
 class _NoPixels:
     """The stacker a decided stack has: its weighting, and a re-grid that moves no pixels (there are none on
-    the client; the registered frames are re-warped by their `WarpOrder`)."""
+    the client; a re-pick composes the frames' transforms in their `WarpOrder`)."""
 
     def __init__(self, weighting: str) -> None:
         self.weighting = weighting
