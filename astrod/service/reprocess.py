@@ -66,7 +66,7 @@ class ReprocessRequest:
     workers: int = 2
     since: date | None = None
     dry_run: bool = False
-    band_bytes: int = 64 * 2**20
+    band_bytes: int | None = None  # one band task's samples; None: the settings' final_memory_bytes
 
 
 @dataclass(slots=True)
@@ -152,7 +152,8 @@ def run_reprocess(request: ReprocessRequest, *, progress: Progress | None = None
         if request.dry_run or not todo or journal is None:
             _say_plan(plan, todo, say)
             return report
-        job = ReprocessJob(settings=request.settings, options=options, now=now, band_bytes=request.band_bytes)
+        job = ReprocessJob(settings=request.settings, options=options, now=now,
+                           band_bytes=request.band_bytes or request.settings.final_memory_bytes)
         with _client(request) as client:
             report.startup_seconds = time.perf_counter() - started
             report.dashboard = _dashboard(client)

@@ -48,7 +48,8 @@ def _request(archive: Archive, output: Path, **kw: object) -> ReprocessRequest:
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory: pytest.TempPathFactory) -> LocalRun:
     archive = make_archive(tmp_path_factory.mktemp("archive"), frames=3)
-    request = _request(archive, archive.root / "out", workers=2)
+    # bands of 64 KiB of samples: 4 band tasks per session of 3 frames, assembled by the client
+    request = _request(archive, archive.root / "out", workers=2, band_bytes=2**16)
     return LocalRun(archive, request, run_reprocess(request, say=lambda _: None))
 
 
@@ -90,6 +91,7 @@ def test_products_equal_astrod_stack(local_run: LocalRun, tmp_path: Path) -> Non
         _same_stack(image, fits.getdata(stack))
         rejected += sum(status == "rejected" for _, status, _ in rows)
     assert rejected == 3  # one cloudy frame a night
+    assert local_run.report.tasks == 39 + 36 + 4 * 12  # a measure per light, a warp per stacked, 4 bands each
 
 
 def test_second_run_submits_no_task(local_run: LocalRun) -> None:
