@@ -163,17 +163,18 @@ class _StopAfter:
 
 
 def test_external_scheduler_interrupted_run_continues(local_run: LocalRun, dask_cluster: tuple[str, list[Any]],
-                                                      tmp_path: Path) -> None:
-    """``--scheduler`` with two external workers; the run interrupted after 3 sessions, the next run writes the
+                                                      tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two external workers: a run interrupted after 3 sessions, then ``astrod reprocess --scheduler`` writes the
     other 9 only, and the products are those of the local cluster."""
     address, _ = dask_cluster
     _wait_for_workers(address, 2)
-    request = _request(local_run.archive, tmp_path / "out", scheduler=address)
+    archive, out = local_run.archive, tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        run_reprocess(request, progress=_StopAfter(3), say=lambda _: None)
-    report = run_reprocess(request, say=lambda _: None)
-    assert len(report.skipped) == 3 and len(report.written) == 9
-    _compare_outputs(tmp_path / "out", local_run.request.output)
+        run_reprocess(_request(archive, out, scheduler=address), progress=_StopAfter(3), say=lambda _: None)
+    assert run_cli("reprocess", archive.root / "lights", archive.calibration, "-o", out, "--library",
+                   archive.root / "lib", "--scheduler", address) == 0
+    assert "9 sessions written, 3 already done" in capsys.readouterr().out
+    _compare_outputs(out, local_run.request.output)
 
 
 class _KillAfter:
