@@ -43,6 +43,7 @@ from astrod.library.match import MatchRules
 from astrod.library.progress import NoProgress, Progress
 from astrod.pipeline.ingest import ReadOptions
 from astrod.pipeline.outputs import FRAMES, SESSION, write_session_outputs
+from astrod.pipeline.repick import one_line
 from astrod.pipeline.reprocess import ArchivePlan, SessionPlan, plan_archive, session_digest
 from astrod.pipeline.reprocess_stack import DecidedStack, FrameMeasure, assemble, session_summary
 from astrod.pipeline.settings import PipelineSettings
@@ -77,6 +78,7 @@ class ReprocessReport:
     todo: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     written: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # a task failed: not journaled, done again next run
     tasks: int = 0
     frames: int = 0
     seconds: float = 0.0
@@ -210,7 +212,7 @@ def _client(request: ReprocessRequest) -> Iterator[Client]:
 def _dashboard(client: Client) -> str | None:
     try:
         link = client.dashboard_link
-    except Exception:
+    except Exception:  # a scheduler without a dashboard: nothing to print
         return None
     return str(link) if link else None
 
@@ -230,22 +232,28 @@ class _Run:
 
     def sessions(self, todo: list[SessionPlan], bar: RunProgress) -> None:
         measures: dict[str, list[Future[Any]]] = {}
-        pending: deque[tuple[SessionPlan, DecidedStack, list[Future[Any]]]] = deque()
+        pending: deque[tuple[SessionPlan, DecidedStack, list[Future[Any]], bool]] = deque()
         for i, plan in enumerate(todo):
             for ahead in todo[i:i + self.window]:  # the next sessions' frames are measured meanwhile
                 if ahead.id not in measures:
                     measures[ahead.id] = [self._submit(measure_task, p, self.job, key=f"measure-{ahead.id}-{j}")
                                           for j, p in enumerate(ahead.frames)]
-            stack = DecidedStack(self.job.settings)
-            for future in measures.pop(plan.id):
-                measure: FrameMeasure = future.result()
+            stack, failed = DecidedStack(self.job.settings), False
+            for path, future in zip(plan.frames, measures.pop(plan.id), strict=True):
+                try:
+                    measure: FrameMeasure = future.result()
+                except Exception as err:  # a bug, or a frame that took its workers down: recorded, not fatal
+                    log.error("frame_failed", session=plan.id, frame=str(path), reason=one_line(err))
+                    measure = FrameMeasure(path=path, measured=None,
+                                           unread=f"{path}: internal error while processing: {one_line(err)}")
+                    failed = True
                 future.release()
                 result = stack.offer(measure)
                 self.report.frames += 1
                 log.debug("frame_decided", session=plan.id, frame=str(measure.path), status=result.status,
                           reason=result.reason)
                 bar.frame(measure.path.name)
-            pending.append((plan, stack, self._integrate(plan, stack)))
+            pending.append((plan, stack, self._integrate(plan, stack), failed))
             while len(pending) >= self.window:
                 self._finish(*pending.popleft(), bar)
         while pending:
@@ -267,15 +275,25 @@ class _Run:
         return [self._submit(band_task, integration, cache, r0, r1, self.job, *warped, key=f"band-{plan.id}-{r0}")
                 for r0, r1 in integration.bands(self.job.band_bytes)]
 
-    def _finish(self, plan: SessionPlan, stack: DecidedStack, bands: list[Future[Any]], bar: RunProgress) -> None:
-        """Gather the session's bands and write its products (stack, frames table, summary)."""
+    def _finish(self, plan: SessionPlan, stack: DecidedStack, bands: list[Future[Any]], failed: bool,
+                bar: RunProgress) -> None:
+        """Gather the session's bands and write its products (stack, frames table, summary). A session whose
+        warp or band tasks failed is not written; one with a frame that failed is written but not journaled:
+        the next run does both again."""
         t0 = time.perf_counter()
-        ensure_folder(plan.output)
         summary = session_summary(plan, stack)
-        if bands:
+        try:
             parts = [f.result() for f in bands]
+        except Exception as err:  # one session's failure does not end the archive's run
+            log.error("session_failed", session=plan.id, reason=one_line(err))
+            self.report.failed.append(plan.id)
+            remove_folder(self.cache_root / plan.id)
+            return
+        finally:
             for f in bands:
                 f.release()
+        ensure_folder(plan.output)
+        if bands:
             image, count = assemble(stack.integration().shape, parts)
             product = stack.product(image, count)
             write_session_outputs(product, plan.output, formats=self.request.config.output.formats)
@@ -285,9 +303,12 @@ class _Run:
         summary["timings_ms"] = {"finalize": round((time.perf_counter() - t0) * 1e3, 1)}
         atomic_write_text(plan.output / SESSION, json.dumps(summary, indent=2, default=str) + "\n")
         remove_folder(self.cache_root / plan.id)
-        self.journal.record_session(plan.id, digest=self.digests[plan.id], output=plan.output,
-                                    stacked=stack.n_stacked, rejected=stack.n_rejected, now=datetime.now(UTC))
         self.report.written.append(plan.id)
+        if failed:
+            self.report.failed.append(plan.id)
+        else:
+            self.journal.record_session(plan.id, digest=self.digests[plan.id], output=plan.output,
+                                        stacked=stack.n_stacked, rejected=stack.n_rejected, now=datetime.now(UTC))
         bar.session(plan.id)
         log.info("session_reprocessed", session=plan.id, stacked=stack.n_stacked, rejected=stack.n_rejected,
                  output=str(plan.output))

@@ -1,7 +1,8 @@
 """The ``astrod reprocess`` command; :func:`register` adds it to the CLI.
 
-Exit status: 0 when every session to do was written (or nothing was to do); 2 for unusable arguments (no
-frame files, a bad date, the library or the scheduler unusable); 78 for a bad config file.
+Exit status: 0 when every session to do was written (or nothing was to do); 1 when tasks of a session failed
+(logged; the next run does it again); 2 for unusable arguments (no frame files, a bad date, the library or the
+scheduler unusable); 78 for a bad config file.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from astrod.io.config_file import load_config
 from astrod.library.progress import progress_for
 from astrod.pipeline.commands import settings_for
 
+EXIT_FAILED = 1
 EXIT_UNUSABLE = 2
 
 
@@ -76,4 +78,8 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     print(f"{len(report.written)} sessions written, {len(report.skipped)} already done, {report.frames} frames, "
           f"{report.tasks} tasks, {report.seconds:.1f} s -> {request.output}")
+    if report.failed:
+        print(f"error: tasks failed in {len(report.failed)} sessions (done again by the next run): "
+              + ", ".join(report.failed), file=sys.stderr)
+        return EXIT_FAILED
     return 0

@@ -231,3 +231,60 @@ def test_one_changed_frame_redoes_its_session_only(local_run: LocalRun, dask_clu
     assert report.written == [session.id] and report.frames == len(session.frames)
     assert len(report.skipped) == 11
 
+
+
+@pytest.fixture(scope="module")
+def dask_offload_thread() -> None:
+    """Dask's process-wide offload thread, which an in-process cluster starts and Dask never stops: started
+    here, before the test's own threads are counted."""
+    from distributed.utils import _offload_executor
+
+    _offload_executor.submit(lambda: None).result()
+
+
+@pytest.mark.usefixtures("dask_offload_thread")
+def test_failed_tasks_are_recorded_and_done_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an in-process cluster: a frame whose measure task raises is rejected as an internal error and its
+    session written but not journaled; a session whose warp task raises is not written; the next run does both
+    sessions again and the command's exit status says so."""
+    from distributed import LocalCluster
+
+    from astrod.demo import synth
+    from astrod.service import reprocess_tasks
+
+    sessions = {}
+    for name, seed in (("A", 1), ("B", 2)):
+        s = synth.make_session(n_frames=3, width=128, height=128, seed=seed, max_shift=5.0, n_stars=70,
+                               flux_min=2e4, flux_max=1e6)
+        sessions[name] = s.write(tmp_path / "arch", object=name)
+    broken_frame = sessions["A"][1]
+    real_measure, real_warp = reprocess_tasks.measure_frame, reprocess_tasks.warp_frame
+
+    def measure(path: Path, *args: Any, **kw: Any) -> Any:
+        if path == broken_frame:
+            raise RuntimeError("measure went wrong")
+        return real_measure(path, *args, **kw)
+
+    def warp(order: Any, *args: Any, **kw: Any) -> Any:
+        if order.path in sessions["B"]:
+            raise RuntimeError("warp went wrong")
+        return real_warp(order, *args, **kw)
+
+    config = Config()
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        request = ReprocessRequest(archives=(tmp_path / "arch",), output=tmp_path / "out", library=tmp_path / "lib",
+                                   config=config, settings=settings_for(config, method=None, kappa=None),
+                                   scheduler=cluster.scheduler_address)
+        monkeypatch.setattr(reprocess_tasks, "measure_frame", measure)
+        monkeypatch.setattr(reprocess_tasks, "warp_frame", warp)
+        report = run_reprocess(request, say=lambda _: None)
+        a, b = report.plan.sessions
+        assert report.written == [a.id] and sorted(report.failed) == sorted([a.id, b.id])
+        rows = _table(a.output / FRAMES)
+        assert rows[1] == (str(broken_frame), "rejected",
+                           f"{broken_frame}: internal error while processing: measure went wrong")
+        assert not b.output.exists()
+        monkeypatch.undo()
+        again = run_reprocess(request, say=lambda _: None)
+        assert sorted(again.written) == sorted([a.id, b.id]) and again.failed == []
+    assert _table(a.output / FRAMES)[1][1] == "stacked"
