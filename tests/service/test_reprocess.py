@@ -271,7 +271,7 @@ def test_failed_tasks_are_recorded_and_done_again(tmp_path: Path, monkeypatch: p
         return real_warp(order, *args, **kw)
 
     config = Config()
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
         request = ReprocessRequest(archives=(tmp_path / "arch",), output=tmp_path / "out", library=tmp_path / "lib",
                                    config=config, settings=settings_for(config, method=None, kappa=None),
                                    scheduler=cluster.scheduler_address)
