@@ -46,7 +46,8 @@ def main() -> None:
             work = report.seconds - report.startup_seconds
             print(f"{workers} worker(s): {report.frames} frames, {report.tasks} tasks, {report.seconds:.1f} s "
                   f"(start {report.startup_seconds:.1f} s): {report.frames / report.seconds:.2f} frames/s overall, "
-                  f"{report.frames / work:.2f} frames/s after the start")
+                  f"{report.frames / work:.2f} frames/s after the start; the client's decisions "
+                  f"{report.decide_seconds / max(1, report.frames) * 1e3:.1f} ms per frame")
 
 
 if __name__ == "__main__":

@@ -83,6 +83,7 @@ class ReprocessReport:
     frames: int = 0
     seconds: float = 0.0
     startup_seconds: float = 0.0  # planning, the library and the cluster's start (of ``seconds``)
+    decide_seconds: float = 0.0  # the client's decisions on measured frames (gates, registration, re-pick)
     dashboard: str | None = None
 
 
@@ -170,7 +171,7 @@ def run_reprocess(request: ReprocessRequest, *, progress: Progress | None = None
             journal.close()
     report.seconds = time.perf_counter() - started
     log.info("reprocess_finished", sessions=len(report.written), skipped=len(report.skipped), tasks=report.tasks,
-             frames=report.frames, seconds=round(report.seconds, 1))
+             frames=report.frames, seconds=round(report.seconds, 1), decide_s=round(report.decide_seconds, 2))
     return report
 
 
@@ -248,7 +249,9 @@ class _Run:
                                            unread=f"{path}: internal error while processing: {one_line(err)}")
                     failed = True
                 future.release()
+                t0 = time.perf_counter()
                 result = stack.offer(measure)
+                self.report.decide_seconds += time.perf_counter() - t0
                 self.report.frames += 1
                 log.debug("frame_decided", session=plan.id, frame=str(measure.path), status=result.status,
                           reason=result.reason)
