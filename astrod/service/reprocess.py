@@ -134,6 +134,8 @@ def run_reprocess(request: ReprocessRequest, *, progress: Progress | None = None
     report = ReprocessReport(plan=plan)
     log.info("reprocess_planned", sessions=len(plan.sessions), lights=plan.n_lights,
              calibration=len(plan.calibration), rejected=len(plan.rejected), ignored=len(plan.ignored))
+    for path, reason in plan.rejected:  # as the daemon's router logs them
+        log.warning("frame_rejected", frame=str(path), reason=reason)
     if plan.calibration and not request.dry_run:
         built = build_library(request.library, plan.calibration,
                               options=BuildOptions.from_config(request.config, refresh=True), progress=bar)
