@@ -46,7 +46,10 @@ def _request(archive: Archive, output: Path, **kw: object) -> ReprocessRequest:
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory: pytest.TempPathFactory) -> LocalRun:
+def local_run(tmp_path_factory: pytest.TempPathFactory, dask_cluster: tuple[str, list[Any]]) -> LocalRun:
+    """The archive reprocessed on a local cluster of 2 processes (the external cluster of `dask_cluster` is
+    started first: its workers import astrod while the archive is written and processed)."""
+    del dask_cluster
     archive = make_archive(tmp_path_factory.mktemp("archive"), frames=3)
     # bands of 64 KiB of samples: 4 band tasks per session of 3 frames, assembled by the client
     request = _request(archive, archive.root / "out", workers=2, band_bytes=2**16)
@@ -125,7 +128,8 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
         assert info.is_file(), "dask scheduler did not start"
         for _ in range(2):
             procs.append(subprocess.Popen([str(DASK), "worker", "--scheduler-file", str(info), "--nthreads", "1",
-                                           "--no-nanny", "--host", "127.0.0.1", "--no-dashboard"], env=env,
+                                           "--no-nanny", "--host", "127.0.0.1", "--no-dashboard",
+                                           "--preload", "astrod.service.reprocess_tasks"], env=env,
                                           cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         address = json.loads(info.read_text())["address"]
         yield address, procs
