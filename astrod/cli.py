@@ -22,6 +22,7 @@ from astrod.pipeline.commands import register as register_stack
 from astrod.pipeline.photometry_commands import register as register_photometry
 from astrod.pipeline.project_commands import register as register_project
 from astrod.service.capture_commands import register as register_capture
+from astrod.service.reprocess_command import register as register_reprocess
 from astrod.service.solve_commands import register as register_solve
 
 Command = Callable[[argparse.Namespace], int]
@@ -371,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_project(sub)
     register_capture(sub)
     register_solve(sub)
+    register_reprocess(sub)
     return parser
 
 

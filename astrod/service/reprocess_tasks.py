@@ -1,0 +1,95 @@
+"""What runs in the Dask workers of ``astrod reprocess``: small functions of a path (or a band's rows) and a
+`ReprocessJob`, over the pipeline's own per-frame functions (`astrod.pipeline.reprocess_stack`).
+
+Each worker opens the master library once (`LibraryPlugin`, registered by the client): the masters are read
+by the worker that calibrates, from the library folder every worker sees at the same path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from distributed import WorkerPlugin, get_worker
+
+from astrod.library.masters import MasterLibrary
+from astrod.library.match import MatchRules
+from astrod.pipeline.calibration import library_calibrator
+from astrod.pipeline.ingest import ReadOptions
+from astrod.pipeline.live import Calibrator
+from astrod.pipeline.reprocess_stack import (
+    FrameMeasure,
+    Integration,
+    WarpOrder,
+    integrate_rows,
+    measure_frame,
+    warp_frame,
+)
+from astrod.pipeline.settings import PipelineSettings
+
+PLUGIN = "astrod-library"
+
+
+@dataclass(frozen=True, slots=True)
+class ReprocessJob:
+    """What every task of a run needs: the pipeline settings, how frames are read, the run's time (which
+    judges a DATE-OBS plausible) and the memory one band of an integration may take."""
+
+    settings: PipelineSettings
+    options: ReadOptions
+    now: datetime
+    band_bytes: int
+
+
+class LibraryPlugin(WorkerPlugin):
+    """Opens the master library in each worker (None: frames are stacked uncalibrated)."""
+
+    name = PLUGIN
+
+    def __init__(self, folder: str | None, rules: MatchRules) -> None:
+        self.folder = folder
+        self.rules = rules
+        self.library: MasterLibrary | None = None
+        self.calibrator: Calibrator | None = None
+
+    def setup(self, worker: Any) -> None:
+        del worker
+        if self.folder is not None:
+            # masters in memory: a worker calibrates many frames of the same few masters
+            self.library = MasterLibrary.open(self.folder, rules=self.rules)
+            self.calibrator = library_calibrator(self.library, in_place=True)
+
+    def teardown(self, worker: Any) -> None:
+        del worker
+        if self.library is not None:
+            self.library.close()
+            self.library, self.calibrator = None, None
+
+
+def _calibrator() -> Calibrator | None:
+    plugin = get_worker().plugins.get(PLUGIN)
+    return None if plugin is None else plugin.calibrator  # type: ignore[attr-defined,no-any-return]
+
+
+def measure_task(path: Path, job: ReprocessJob) -> FrameMeasure:
+    """Read, calibrate and measure one light; small results only."""
+    return measure_frame(path, job.settings, options=job.options, calibrator=_calibrator(), now=job.now)
+
+
+def warp_task(order: WarpOrder, cache: Path, job: ReprocessJob) -> str:
+    """Warp one stacked frame onto its session's reference grid into the session's cache folder."""
+    return warp_frame(order, cache, job.settings, options=job.options, calibrator=_calibrator())
+
+
+def band_task(integration: Integration, cache: Path, row0: int, row1: int, job: ReprocessJob,
+              *warped: str) -> tuple[int, int, npt.NDArray[np.float32], npt.NDArray[np.uint16]]:
+    """Rows [row0, row1) of a session's stack, once every frame is warped (``warped``: the warp tasks'
+    results, which make this task wait for them)."""
+    if list(warped) != list(integration.files):
+        raise RuntimeError(f"warped files {warped} are not the integration's {integration.files}")
+    image, count = integrate_rows(integration, cache, row0, row1, memory_bytes=job.band_bytes)
+    return row0, row1, image, count
