@@ -6,8 +6,6 @@ import io
 import math
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from astrod.pipeline.photometry import LightCurve
 
@@ -20,6 +18,10 @@ def plot_png(curve: LightCurve, *, width_px: int = 900, height_px: int = 450) ->
     rel = np.array([_f(r.get("rel_flux")) for r in rows], dtype=np.float64)
     err = np.array([_f(r.get("rel_flux_err")) for r in rows], dtype=np.float64)
     dpi = 100
+    # matplotlib costs 0.7 s to import: paid by the first plot, not by every command
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
