@@ -237,10 +237,16 @@ class CaptureConfig:
 
 @dataclass(frozen=True, slots=True)
 class SolveConfig:
-    enabled: bool = _opt(False, "plate-solve each session's reference frame in the background (astrometry.net's "
-                                      "solve-field, never over the network) and put its WCS into the stacks; off "
-                                      "until solving is journaled; `astrod solve` works either way")
-    timeout_s: float = _opt(30.0, "time limit of one solve, seconds", min=1, max=3600)
+    enabled: bool = _opt(True, "plate-solve each session's reference frame in the background (astrometry.net's "
+                                     "solve-field, never over the network) and put its WCS into the stacks (without "
+                                     "solve-field or index files: said once in the log, stacks carry no WCS); "
+                                     "`astrod solve` works either way")
+    timeout_s: float = _opt(30.0, "time limit of one solve with an RA/Dec hint from the header, seconds", min=1,
+                            max=3600)
+    annotate: bool = _opt(False, "once a session's reference is solved, draw the catalogued objects in its field "
+                                 "(OpenNGC, with their names) and an RA/Dec grid on the preview JPEG")
+    blind_timeout_s: float = _opt(120.0, "time limit of one blind solve (no RA/Dec in the header: the whole sky is "
+                                         "searched), seconds", min=1, max=3600)
     index_dirs: tuple[Path, ...] = _opt((), "further folders of astrometry.net index files (2MASS, Gaia, for "
                                             "fields narrower than the Tycho-2 indexes' 25')", path_kind="dir")
 

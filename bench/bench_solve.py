@@ -57,7 +57,8 @@ def _time_solves(name: str, data: np.ndarray, meta: FrameMeta, truth: Header, hi
         for _ in range(repeat):
             cpu0 = _children_cpu()
             t0 = time.perf_counter()
-            result = solve_stars(stars, h, settings=SolverSettings(timeout_s=timeout), name=name)
+            settings = SolverSettings(timeout_s=timeout, blind_timeout_s=timeout)
+            result = solve_stars(stars, h, settings=settings, name=name)
             walls.append(time.perf_counter() - t0)
             cpus.append(_children_cpu() - cpu0)
             errors.append(_max_error_arcsec(result, truth, width, height))

@@ -53,13 +53,15 @@ class Registration:
 
     ``transform`` maps FRAME pixel coordinates onto REFERENCE coordinates. ``matched`` is the number of
     stars in the final fit and ``residual_px`` their RMS distance (px) after the transform; both are 0
-    and NaN for phase correlation, whose correlation peak height (0–1) is ``peak``.
+    and NaN for phase correlation, whose correlation peak height (0–1) is ``peak``. ``wcs``: carried through
+    the plate solutions of the frame and the reference (``residual_px``: what the fit leaves of their
+    distortions; ``matched``: the frame's stars it brings onto reference stars).
     """
 
     transform: Transform
     matched: int
     residual_px: float
-    method: Literal["stars", "phase"]
+    method: Literal["stars", "phase", "wcs"]
     peak: float = math.nan
 
 
@@ -387,6 +389,23 @@ def _pairs(matrix: F64, src: F64, ref: ReferenceAsterisms, radius: float) -> Int
     _, first = np.unique(ri[order], return_index=True)
     keep = np.sort(order[first])
     return np.column_stack([si[keep], ri[keep]]).astype(np.intp)
+
+
+def fit_transform(source: npt.ArrayLike, target: npt.ArrayLike, *,
+                  model: Model = "similarity") -> tuple[Transform, float]:
+    """The least-squares ``model`` transform mapping (N, 2) ``source`` points onto ``target`` ones (pairs known,
+    e.g. a grid of pixels carried through two plate solutions), and the RMS distance (px) it leaves. A similarity
+    cannot mirror: a mirrored pair is fitted as an affine transform."""
+    if model not in MODEL_POINTS:
+        raise ValueError(f"unknown registration model {model!r}; expected one of {', '.join(MODEL_POINTS)}")
+    src, dst = _xy(source), _xy(target)
+    if src.shape != dst.shape or src.shape[0] < MODEL_POINTS[model]:
+        raise ValueError(f"fit_transform needs as many targets as sources, at least {MODEL_POINTS[model]}")
+    matrix = _fit(model, src, dst)
+    if model == "similarity" and np.linalg.det(_fit("affine", src, dst)[:2, :2]) < 0.0:
+        matrix = _fit("affine", src, dst)
+    resid = _residuals(matrix, src, dst)
+    return Transform.from_array(matrix), float(np.sqrt(np.mean(resid**2)))
 
 
 def _fit(model: Model, src: F64, dst: F64, weight: F64 | None = None) -> F64:

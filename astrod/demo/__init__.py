@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from astrod.config import Config, PathsConfig, SessionConfig, StackConfig, WatchConfig
+from astrod.config import Config, PathsConfig, SessionConfig, SolveConfig, StackConfig, WatchConfig
 from astrod.io.atomic import atomic_write_bytes
 from astrod.io.files import ensure_folder, files_matching, new_folder, read_bytes, remove_folder
 from astrod.model import Transform
@@ -106,7 +106,8 @@ def demo_config(root: Path) -> Config:
     return Config(paths=PathsConfig(watch=(root / "capture",), output=root / "stacks", state=root / "state",
                                     library=root / "library"),
                   watch=WatchConfig(stable_seconds=2.0), session=SessionConfig(idle_minutes=60.0),
-                  stack=StackConfig(preview_every_frames=2, preview_every_seconds=5.0))
+                  stack=StackConfig(preview_every_frames=2, preview_every_seconds=5.0),
+                  solve=SolveConfig(enabled=False))  # its star fields are random: no sky to solve
 
 
 def run_demo(*, workdir: Path | None = None, clean: bool = False, interval: float = 1.0) -> int:
@@ -216,6 +217,8 @@ library = "library"
 stable_seconds = 1.0
 [stack]
 preview_every_frames = 2
+[solve]
+enabled = false
 [indi]
 enabled = true
 host = "127.0.0.1"

@@ -54,6 +54,14 @@ CREATE TABLE IF NOT EXISTS sessions (
     close_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS files_hash ON files(hash, size);
+CREATE TABLE IF NOT EXISTS solutions (
+    stamp TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    session TEXT,
+    result TEXT,
+    reason TEXT,
+    solved_at TEXT NOT NULL
+);
 """
 # columns added after the first release: (table, column, declaration) for journals made before them
 _MIGRATIONS = (("sessions", "close_reason", "TEXT"),)
@@ -314,6 +322,46 @@ class Journal(SqliteStore):
                 "UPDATE files SET status = ?, reason = ?, session = ?, metrics = ?, updated_at = ? WHERE path = ?",
                 [(status, reason, session_id, json.dumps(dict(metrics)), now, str(path))
                  for path, status, reason, metrics in frames])
+
+    # plate solutions -------------------------------------------------------------------------------------
+    def record_solution(self, stamp: str, *, path: Path, session: str | None, result: Mapping[str, Any] | None,
+                        reason: str | None) -> None:
+        """Remember the solve of the frame whose content is ``stamp`` (a newer solve replaces it)."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO solutions(stamp, path, session, result, reason, solved_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?)",
+                       (stamp, str(path), session, json.dumps(dict(result)) if result is not None else None,
+                        reason, _now()))
+
+    def solution(self, stamp: str) -> SolutionRecord | None:
+        """The journaled solve of the frame whose content is ``stamp``, or None."""
+        with self._lock:
+            row = self._db.execute("SELECT stamp, path, session, result, reason FROM solutions WHERE stamp = ?",
+                                   (stamp,)).fetchone()
+        if row is None:
+            return None
+        return SolutionRecord(stamp=row[0], path=row[1], session=row[2],
+                              result=json.loads(row[3]) if row[3] else None, reason=row[4])
+
+    def frame_stamp(self, path: Path) -> str | None:
+        """The content stamp of a recorded file (path, size and content hash; its time when unhashed): a
+        solve journaled under it belongs to this version of the file. None for a file never recorded."""
+        record = self.file(path)
+        if record is None:
+            return None
+        return f"{record.path}|{record.size}|{record.hash or record.mtime}"
+
+
+@dataclass(frozen=True, slots=True)
+class SolutionRecord:
+    """A plate solve as journaled: the frame's content stamp, its path, and either the solution (as
+    `astrod.pipeline.solving.SolveResult.record` gives it) or the one-line reason it could not be solved."""
+
+    stamp: str
+    path: str
+    session: str | None
+    result: dict[str, Any] | None
+    reason: str | None
 
 
 def _file(row: tuple[Any, ...]) -> FileRecord:

@@ -72,7 +72,7 @@ from astrod.io.fits import is_fits_name
 from astrod.io.frame_cache import CachedFrameWriter, read_cached_rows, remove_cached_frames
 from astrod.model import Frame, FrameMeta, Transform
 from astrod.pipeline.outputs import StackProduct, preview_picture, product_header, stack_cards, write_outputs
-from astrod.pipeline.registration import phase_image, register_onto
+from astrod.pipeline.registration import WcsRegistrar, phase_image, register_onto, register_otherwise
 from astrod.pipeline.repick import area_ratio, one_line, repick
 from astrod.pipeline.settings import (
     BAND_ROWS,
@@ -97,7 +97,7 @@ from astrod.pipeline.state import (
 from astrod.pipeline.twopass import DeferredFrame, DeferredFrames
 
 __all__ = ["TABLE_COLUMNS", "Calibrated", "Calibrator", "FrameResult", "LiveStack", "Measured", "Metric",
-           "Model", "PipelineSettings", "StackProduct", "product_header", "write_outputs"]
+           "Model", "PipelineSettings", "StackProduct", "WcsRegistrar", "product_header", "write_outputs"]
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -141,12 +141,13 @@ class LiveStack:
     def __init__(self, settings: PipelineSettings, *, calibrator: Calibrator | None = None,
                  cache_dir: Path | None = None, reread: Callable[[Path], Frame] | None = None,
                  read_rows: Callable[[Path, int, int, FloatArray], FloatArray] | None = None,
-                 observer: FrameObserver | None = None) -> None:
+                 observer: FrameObserver | None = None, wcs_registrar: WcsRegistrar | None = None) -> None:
         if settings.transform not in MODEL_POINTS:
             raise ValueError(f"unknown registration model {settings.transform!r}")
         self.settings = settings
         self._calibrator = calibrator
         self._observer = observer  # sees each frame stacked, unwarped (photometry)
+        self._wcs_registrar = wcs_registrar
         self._cache_dir = None if cache_dir is None else Path(cache_dir)
         self._stacker: Stacker | None = None
         self._ref: Reference | None = None
@@ -213,7 +214,7 @@ class LiveStack:
         if reg is not None:
             t = reg.transform
             metrics.update(dx=t.dx, dy=t.dy, rotation_deg=t.rotation_deg, scale=t.scale,
-                           residual_px=_num(reg.residual_px))
+                           residual_px=_num(reg.residual_px), registration=reg.method)
         if reason is not None or measured.data is None or reg is None:
             return self._record(measured, "rejected", reason or "not registered", metrics, timings)
         assert q is not None
@@ -398,7 +399,10 @@ class LiveStack:
         try:
             reg = self._register(stars, measured.small, ref)
         except RegistrationError as err:
-            return None, one_line(err), math.nan
+            found = register_otherwise(self._wcs_registrar, measured, one_line(err), ref, settings=self.settings)
+            if isinstance(found, str):
+                return None, found, math.nan
+            reg = found
         finally:
             timings["register"] = _ms(t0)
         # Transparency needs the frame's stars on the reference's: judged once registered.
@@ -408,6 +412,10 @@ class LiveStack:
         if gates:
             return reg, "; ".join(gates), transparency
         return reg, None, transparency
+
+    def forget_rejected(self, path: Path | None) -> bool:
+        """The last frame's rejection taken back (see `Session.forget_rejected`)."""
+        return self._session.forget_rejected(path)
 
     def reject(self, path: Path | None, reason: str) -> FrameResult:
         """Record a frame that never reached `prepare` (unreadable, not a light) in the frames table."""
@@ -455,7 +463,7 @@ class LiveStack:
         stacked, re-pick the reference among them (`_repick`), once per session. The frame's row is not in the
         table yet: its ``metrics`` are re-expressed in place."""
         s, after = self._session, self.settings.reference_repick_after
-        if s.repicked:
+        if s.repicked or reg.method == "wcs":  # a frame matched only through plate solutions sets no grid
             return
         if after <= 1:  # disabled, or the reference would be picked among itself alone
             s.repicked, s.candidates = True, []
@@ -614,10 +622,12 @@ class LiveStack:
 
     @classmethod
     def load(cls, path: Path, settings: PipelineSettings, *, calibrator: Calibrator | None = None,
-             cache_dir: Path | None = None, observer: FrameObserver | None = None) -> LiveStack:
+             cache_dir: Path | None = None, observer: FrameObserver | None = None,
+             wcs_registrar: WcsRegistrar | None = None) -> LiveStack:
         """A stack restored from `save`: adding the same frames next gives what an uninterrupted run gives
         (bit for bit), given the same ``settings``."""
-        stack = cls(settings, calibrator=calibrator, cache_dir=cache_dir, observer=observer)
+        stack = cls(settings, calibrator=calibrator, cache_dir=cache_dir, observer=observer,
+                    wcs_registrar=wcs_registrar)
         restored = load_state(path)
         stack._stacker, stack._ref = restored.stacker, restored.reference
         stack._session, stack._extra = restored.session, restored.extra

@@ -1,11 +1,15 @@
 """How a frame is registered onto its session's reference: star matching, with phase correlation of binned
 images as the fallback for star-poor frames (`register_onto`), and the binned image phase correlation keeps
-(`phase_image`)."""
+(`phase_image`); a frame that star matching refuses may still be registered some other way, by a hook the daemon
+gives the live stack (`register_otherwise`: `astrod.service.session_solving` registers through the frame's plate
+solution and the reference's)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -15,8 +19,12 @@ from astrod.core.register import Registration, find_transform, register, star_po
 from astrod.core.stars import StarList
 from astrod.errors import RegistrationError
 from astrod.model import Transform
+from astrod.pipeline.repick import one_line
 from astrod.pipeline.settings import PipelineSettings
 from astrod.pipeline.state import Reference
+
+if TYPE_CHECKING:
+    from astrod.pipeline.live import Measured
 
 FloatArray = npt.NDArray[np.float32]
 _PHASE_MAX_PIXELS = 4_000_000  # the most pixels the image kept for phase correlation has (16 MB)
@@ -69,3 +77,22 @@ def phase_image(data: FloatArray, *, cfa: bool) -> FloatArray:
     return np.asarray(cv2.resize(lum[:h, :w], (w // f, h // f), interpolation=cv2.INTER_AREA), dtype=np.float32)
 
 
+# Registers a frame that failed star matching (the reason given) some other way; raises RegistrationError when it
+# cannot either.
+WcsRegistrar = Callable[["Measured", str], Registration]
+
+
+def register_otherwise(registrar: WcsRegistrar | None, measured: Measured, why: str, ref: Reference, *,
+                       settings: PipelineSettings) -> Registration | str:
+    """A frame that failed star matching (``why``) registered by ``registrar``, when there is one and the frame
+    has stars to solve with, with the number of its stars the transform brings onto reference stars; else the
+    reason it is rejected (``why``, and the registrar's reason when it could not either)."""
+    stars = measured.stars
+    if registrar is None or stars is None or len(stars) < settings.min_matches:
+        return why
+    try:
+        reg = registrar(measured, why)
+    except RegistrationError as err:
+        return f"{why}; {one_line(err)}"
+    dist, _ = ref.asterisms.tree.query(reg.transform.apply(stars.xy), distance_upper_bound=settings.match_radius_px)
+    return replace(reg, matched=int(np.count_nonzero(np.isfinite(dist))))

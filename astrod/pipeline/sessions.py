@@ -106,6 +106,14 @@ def pointing_name(ra: float, dec: float) -> str:
     return f"RA {int(ra_h):02d}h{int(ra_h * 60) % 60:02d}m Dec {sign}{int(d):02d}°{int(d * 60) % 60:02d}'"
 
 
+_POINTING_NAME = re.compile(r"^RA \d\dh\d\dm Dec [+-]\d\d°\d\d'$")
+
+
+def is_pointing_name(name: str) -> bool:
+    """Whether a target name was made from a pointing (`pointing_name`): its lights had no OBJECT."""
+    return _POINTING_NAME.match(name) is not None
+
+
 def target_of(meta: FrameMeta, *, pointings: Iterable[Pointing], radius_arcmin: float) -> str | None:
     """OBJECT when it names something; otherwise the open session pointing within ``radius_arcmin``, or a
     name made from the pointing. None when the frame has neither OBJECT nor RA/Dec."""

@@ -19,9 +19,13 @@ import numpy as np
 from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 
+from astrod.core.register import Model, fit_transform
+from astrod.io.catalogue import CatalogueObject
 from astrod.io.fits import Header
-from astrod.model import FrameMeta
+from astrod.model import FrameMeta, Transform
 from astrod.pipeline.outputs import StackProduct
+from astrod.pipeline.sessions import pointing_name
+from astrod.pipeline.state import SKY_COLUMNS
 
 ARCSEC_PER_RADIAN = 206_264.806
 # A header's nominal scale (focal length, pixel size) is trusted within this factor either way: reducers, Barlows
@@ -159,6 +163,19 @@ class SolveResult:
                 "rotation_deg": self.rotation_deg, "mirrored": self.mirrored, "width_deg": self.width_deg,
                 "height_deg": self.height_deg, "index": self.index, "stars": self.stars, "seconds": self.seconds}
 
+    def record(self) -> dict[str, Any]:
+        """The whole solution as plain JSON values (`from_record` reads it back equal): for the journal."""
+        return {**self.as_dict(), "cards": [[key, value, comment] for key, value, comment in self.cards]}
+
+    @classmethod
+    def from_record(cls, data: Mapping[str, Any]) -> SolveResult:
+        """The solution `record` gave; raises KeyError, TypeError or ValueError for a record that is not one."""
+        cards = tuple((str(key), value, str(comment)) for key, value, comment in data["cards"])
+        return cls(ra=float(data["ra"]), dec=float(data["dec"]), scale_arcsec=float(data["scale_arcsec"]),
+                   rotation_deg=float(data["rotation_deg"]), mirrored=bool(data["mirrored"]),
+                   width_deg=float(data["width_deg"]), height_deg=float(data["height_deg"]),
+                   index=str(data["index"]), stars=int(data["stars"]), seconds=float(data["seconds"]), cards=cards)
+
 
 def wcs_from_cards(cards: Sequence[Card] | Header | Mapping[str, Any]) -> WCS:
     """An astropy WCS (with SIP when the cards carry it) from header cards (a header's other cards ignored)."""
@@ -271,3 +288,92 @@ def stack_with_wcs(product: StackProduct, result: SolveResult, *, frame_shape: t
         return product
     header = {k: v for k, v in product.header.items() if not is_wcs_key(k)}
     return dataclasses.replace(product, header={**header, **cards})
+
+
+def frame_hints(meta: FrameMeta, header: Mapping[str, Any], reference: SolveResult) -> SolveHints:
+    """The hints for solving a frame of a session whose reference is solved: its header's (`solve_hints`), the
+    reference's pixel scale when the header gives none, and when it gives no RA/Dec, the reference's centre
+    within a few fields of it (a frame that failed star matching may point well away from the reference)."""
+    hints = solve_hints(meta, header, previous_scale=reference.scale_arcsec)
+    if hints.has_position:
+        return hints
+    field = math.hypot(reference.width_deg, reference.height_deg)
+    return dataclasses.replace(hints, ra=reference.ra, dec=reference.dec, radius_deg=max(HINT_RADIUS_DEG, 3 * field))
+
+
+def wcs_transform(frame: SolveResult, reference: SolveResult, *, frame_shape: tuple[int, int],
+                  model: Model = "similarity", steps: int = 9) -> tuple[Transform, float]:
+    """The transform from a frame's pixels onto its session reference's, through their two plate solutions:
+    a ``steps`` × ``steps`` grid over the frame (``frame_shape``: height, width) to the sky by the frame's WCS,
+    back to pixels by the reference's, fitted in ``model`` (`astrod.core.register.fit_transform`); with the RMS
+    distance (px) the fit leaves (the two solutions' distortions). Raises ValueError when the grid does not
+    come back (a frame far off the reference's sky)."""
+    h, w = frame_shape
+    xs, ys = np.meshgrid(np.linspace(0.0, w - 1.0, steps), np.linspace(0.0, h - 1.0, steps))
+    grid = np.column_stack([xs.ravel(), ys.ravel()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstropyWarning)
+        sky = frame.wcs().all_pix2world(grid, 0)
+        back = np.asarray(reference.wcs().all_world2pix(sky, 0, quiet=True), dtype=np.float64)
+    ok = np.all(np.isfinite(back), axis=1)
+    if np.count_nonzero(ok) < 4:
+        raise ValueError("the frame's field does not map onto the reference's pixels")
+    return fit_transform(grid[ok], back[ok], model=model)
+
+
+def frame_sky(transform: Transform, reference: SolveResult, *, frame_shape: tuple[int, int]
+              ) -> tuple[float, float, float, float]:
+    """(ra, dec, rotation_deg, scale_arcsec) of a frame registered onto a solved reference: its pixels carried by
+    ``transform`` onto the reference's, then to the sky by the reference's WCS (see `describe_wcs`)."""
+    return _frame_sky(transform, reference.wcs(), frame_shape=frame_shape)
+
+
+def _frame_sky(transform: Transform, wcs: WCS, *, frame_shape: tuple[int, int]) -> tuple[float, float, float, float]:
+    h, w = frame_shape
+    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+    points = transform.apply(np.array([[cx, cy], [cx + 1.0, cy], [cx, cy + 1.0]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstropyWarning)
+        sky = wcs.all_pix2world(points, 0)
+    (ra0, dec0), (ra_x, dec_x), (ra_y, dec_y) = (tuple(map(float, row)) for row in sky)
+    scale = math.sqrt(_separation_arcsec(ra0, dec0, ra_x, dec_x) * _separation_arcsec(ra0, dec0, ra_y, dec_y))
+    return ra0 % 360.0, dec0, _position_angle(ra0, dec0, ra_y, dec_y), scale
+
+
+
+def rows_with_sky(rows: Sequence[Mapping[str, object]], reference: SolveResult, *,
+                  frame_shape: tuple[int, int]) -> list[dict[str, object]]:
+    """The frames table with each stacked frame's centre RA/Dec, rotation (° east of north) and scale ("/px)
+    (`SKY_COLUMNS`), from its transform onto the reference (the table's dx, dy, rotation_deg and scale: a
+    similarity; an affine fit's shear is left out) composed with the reference's solution."""
+    assert SKY_COLUMNS == ("ra", "dec", "sky_rotation_deg", "scale_arcsec")
+    out: list[dict[str, object]] = []
+    wcs = reference.wcs()  # built once: a session may have hundreds of rows
+    for row in rows:
+        new = dict(row)
+        values = [row.get(k) for k in ("dx", "dy", "rotation_deg", "scale")]
+        if row.get("status") == "stacked" and all(isinstance(v, int | float) for v in values):
+            dx, dy, rot, scale = (float(v) for v in values)  # type: ignore[arg-type]
+            t = Transform.similarity(dx=dx, dy=dy, rotation_deg=rot, scale=scale)
+            ra, dec, angle, arcsec = _frame_sky(t, wcs, frame_shape=frame_shape)
+            new.update(ra=round(ra, 6), dec=round(dec, 6), sky_rotation_deg=round(angle, 3),
+                       scale_arcsec=round(arcsec, 4))
+        out.append(new)
+    return out
+
+
+def field_name(result: SolveResult, objects: Sequence[CatalogueObject]) -> str:
+    """The name of a solved field: the catalogued object (``objects``, e.g. `astrod.io.catalogue.objects_near`
+    its centre) nearest the image centre among those inside the image, or failing that its centre's coordinates
+    ('RA 21h01m Dec +68°10'', as `astrod.pipeline.sessions.pointing_name` names a pointing)."""
+    width = max(1, round(result.width_deg * 3600.0 / result.scale_arcsec))
+    height = max(1, round(result.height_deg * 3600.0 / result.scale_arcsec))
+    if objects:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstropyWarning)
+            xy = np.asarray(result.wcs().all_world2pix(np.array([[o.ra, o.dec] for o in objects]), 0, quiet=True))
+        inside = [(math.hypot(x - (width - 1) / 2.0, y - (height - 1) / 2.0), i)
+                  for i, (x, y) in enumerate(xy) if 0.0 <= x <= width - 1 and 0.0 <= y <= height - 1]
+        if inside:
+            return objects[min(inside)[1]].name
+    return pointing_name(result.ra, result.dec)

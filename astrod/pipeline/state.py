@@ -26,9 +26,14 @@ from astrod.model import FrameMeta, Transform
 FloatArray = npt.NDArray[np.float32]
 Metric = float | int | str | None
 
-TABLE_COLUMNS = ("path", "status", "reason", "dx", "dy", "rotation_deg", "scale", "residual_px", "stars", "fwhm",
-                 "fwhm_err", "eccentricity", "eccentricity_err", "shape_stars", "background", "noise",
-                 "transparency", "weight", "date_obs")
+# Where a stacked frame points once the session's reference is solved (`astrod.pipeline.solving.rows_with_sky`):
+# its centre RA/Dec (degrees), the position angle of its up direction (° east of north) and its scale ("/px).
+SKY_COLUMNS = ("ra", "dec", "sky_rotation_deg", "scale_arcsec")
+# ``registration``: how the frame was registered: ``stars`` (matched), ``phase`` (correlation), ``wcs`` (through
+# its own plate solution and the reference's).
+TABLE_COLUMNS = ("path", "status", "reason", "dx", "dy", "rotation_deg", "scale", "residual_px", "registration",
+                 "stars", "fwhm", "fwhm_err", "eccentricity", "eccentricity_err", "shape_stars", "background",
+                 "noise", "transparency", "weight", "date_obs", *SKY_COLUMNS)
 # The figures the quality gates judge a frame by, per accepted frame, as the checkpoint stores them.
 _ACCEPTED_COLUMNS = ("fwhm", "fwhm_err", "eccentricity", "eccentricity_err", "shape_stars", "star_count",
                      "background", "noise", "hfr", "transparency")
@@ -148,6 +153,15 @@ class Session:
         if stamp is not None:
             self.date_first = stamp if self.date_first is None else min(self.date_first, stamp)
             self.date_last = stamp if self.date_last is None else max(self.date_last, stamp)
+
+    def forget_rejected(self, path: Path | None) -> bool:
+        """Take back the rejection of the frame just processed (``path``: the last row), to be judged again later
+        (its registration was cut short); whether there was one."""
+        if not self.rows or self.rows[-1].get("status") != "rejected" or self.rows[-1].get("path") != str(path or ""):
+            return False
+        self.rows.pop()
+        self.n_rejected -= 1
+        return True
 
 
 

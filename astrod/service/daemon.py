@@ -135,7 +135,7 @@ class Daemon:
         self._closes = CloseClock(idle_s=config.session.idle_minutes * 60.0, wall=clock, monotonic=monotonic,
                                   dawn_after=dawn_at_site(config.site))
         self._router = _Router(self._route_item)
-        self._solver = reference_solver(config)
+        self._solver = reference_solver(config, journal=self.journal)
         self._watcher = FolderWatcher(self._watch_settings(), self._on_ready)
         self.web: WebServer | None = None
         # INDI capture plan: the runner's frames arrive through the watcher like any other frame
@@ -332,14 +332,14 @@ class Daemon:
         self._watcher.stop()
         self._router.stop()
         self._router.join(timeout=30)
+        if self._solver is not None:  # first: a worker waiting for a solve hears at once (and keeps that frame queued)
+            self._solver.close()
         with self._lock:
             workers = list(self.workers.values())
         for worker in workers:
             worker.stop()
         for worker in workers:
             worker.join(timeout=60)
-        if self._solver is not None:  # after the workers: a closing session may be waiting for its solve
-            self._solver.stop()
         self.write_status(running=False)
         if self._library is not None:
             self._library.close()

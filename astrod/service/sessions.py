@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from astrod.core.register import Registration
 from astrod.errors import AstrodError
 from astrod.io.atomic import atomic_write_text
 from astrod.io.files import ensure_folder, remove_file, remove_folder
@@ -35,16 +36,17 @@ from astrod.model import Frame
 from astrod.pipeline.composite import update_composites
 from astrod.pipeline.finishing import finish_session
 from astrod.pipeline.ingest import ReadOptions
-from astrod.pipeline.live import TABLE_COLUMNS, Calibrator, LiveStack, PipelineSettings
+from astrod.pipeline.live import TABLE_COLUMNS, Calibrator, LiveStack, Measured, PipelineSettings
 from astrod.pipeline.outputs import FRAMES, SESSION, write_preview
 from astrod.pipeline.photometry import PhotometrySettings
 from astrod.pipeline.project import update_project
 from astrod.pipeline.sessions import Pointing, SessionKey, plausible_date
 from astrod.pipeline.settings import FrameObserver
-from astrod.pipeline.solving import SolveResult, product_wcs_cards, stack_with_wcs
+from astrod.pipeline.solving import SolveResult, product_wcs_cards, rows_with_sky, stack_with_wcs
 from astrod.service.queue_thread import QueueThread
-from astrod.service.reference_solver import ReferenceSolver, SolveRequest
+from astrod.service.reference_solver import ReferenceSolver
 from astrod.service.session_photometry import SessionPhotometry, photometry_for
+from astrod.service.session_solving import SessionSolves
 
 __all__ = ["QueuedFrame", "SessionPaths", "SessionWorker", "photometry_for"]
 
@@ -163,10 +165,9 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
         self._on_state_error = on_state_error  # the daemon's judgement of journal errors (damaged: restart)
         self._clock = clock
         # the reference frame's plate solution, solved in the background (`ReferenceSolver`): its WCS goes into
-        # the previews and the final stack while the reference stays the one solved
-        self._solver = solver
-        self._solve_asked: SolveRequest | None = None
-        self._solution: tuple[str, SolveResult] | None = None
+        # the previews and the final stack while the reference stays the one solved; frames that fail star
+        # matching are registered through their own solution
+        self._solves = SessionSolves(session_id=session_id, solver=solver, journal=journal)
         # light curves of the configured targets, measured on each stacked frame (`SessionPhotometry`)
         self._phot = None if photometry is None else SessionPhotometry(photometry, paths.output)
         super().__init__(name=f"astrod-session-{session_id}")
@@ -188,6 +189,9 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
         self.closed = False
         self._log = log.bind(session=session_id)
         self._live = self._restore()
+        # a restored reference: its solution from the checkpoint or the journal, or solved now
+        self._solves.restore(self._live.reference_path, self._live.extra.get("solution"))
+        self._solves.ask(self._live.reference_path)
 
     # ------------------------------------------------------------------------------------ life cycle
     def _restore(self) -> LiveStack:
@@ -197,7 +201,8 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
         if record is not None and record.checkpoint:
             try:
                 live = LiveStack.load(Path(record.checkpoint), self._settings, calibrator=self._calibrator,
-                                      cache_dir=self.paths.cache, observer=self._observer)
+                                      cache_dir=self.paths.cache, observer=self._observer,
+                                      wcs_registrar=self._registrar())
             except Exception as err:  # missing, truncated, garbled, of another version: stack again from sources
                 problem = str(err).splitlines()[0]
             else:
@@ -223,7 +228,7 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
                              f"{self.label}: checkpoint unusable ({problem}); stacking its {n} frames again "
                              "from their files")
         return LiveStack(self._settings, calibrator=self._calibrator, cache_dir=self.paths.cache,
-                         observer=self._observer)
+                         observer=self._observer, wcs_registrar=self._registrar())
 
     @property
     def _observer(self) -> FrameObserver | None:
@@ -360,13 +365,18 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
             self._log.exception("frame_failed", frame=str(item.path))
             status, reason, metrics = "rejected", f"{item.path}: internal error while processing: {err}", {}
             seen = self._live.rows[-1:] != [] and self._live.rows[-1].get("path") == str(item.path)
+        if status == "rejected" and self._solves.stopped and (not seen or self._live.forget_rejected(item.path)):
+            # astrod is stopping: the solve that might have registered it was cut short; queued again at the start
+            self._done.discard(stamp)
+            self._log.info("frame_left_queued", frame=str(item.path), reason=reason)
+            return
         self._add_result(item.path, status, reason, metrics, seen_by_pipeline=seen)
         if status == "stacked":
             self._log.info("frame_stacked", frame=str(item.path), ms=metrics.get("ms_total"),
                            fwhm=metrics.get("fwhm"), stars=metrics.get("stars"))
             self._since_preview += 1
             self._preview_owed = self._preview_owed or self._preview_due()
-            self._ask_solve()
+            self._solves.ask(self._live.reference_path)  # when it is new
             if self._phot is not None:
                 self._attempt("lightcurve", self._phot.write_curves)
         else:
@@ -454,8 +464,10 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
         seq = self._seq + 1
         target = self.paths.checkpoint(seq)
         info = self._stats_info()
-        # the session's identity rides along, so that a lost journal can be rebuilt from the checkpoints
+        # the session's identity (and its reference's solution) rides along, so that a lost journal can be rebuilt
+        # from the checkpoints without solving again
         extra = {"session": {"id": self.id, "key": self.key.record(self.pointing), "info": info},
+                 "solution": self._solves.record(self._live.reference_path),
                  **(self._phot.extra() if self._phot is not None else {})}
         self._live.save(target, extra=extra)
         self._journal.commit_checkpoint(self.id, checkpoint=target, seq=seq, frames=self._pending, info=info)
@@ -478,6 +490,8 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
         linear, stretched = self._live.preview()
         balance = self._live.preview_balance
         cards = {**(self._wcs_cards(linear.shape) or {}), **(balance.cards() if balance is not None else {})}
+        stretched = self._solves.annotated(stretched, reference=self._live.reference_path,
+                                           frame_shape=self._frame_shape())
         write_preview(self.paths.output, linear=linear, stretched=stretched, wcs=cards)
         if self._phot is not None:
             self._phot.write_plots()
@@ -488,33 +502,21 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
         self._log.info("preview_written", path=str(self.paths.output / "preview.jpg"), frames=self._live.n_stacked)
 
     # ------------------------------------------------------------------------------------ plate solving
-    def _ask_solve(self) -> None:
-        """Ask for a solve of the reference frame when it is new (the first, or a re-picked one)."""
-        ref = self._live.reference_path
-        if self._solver is None or not ref:
-            return
-        if self._solve_asked is not None and str(self._solve_asked.path) == ref:
-            return
-        self._solve_asked = SolveRequest(session=self.id, path=Path(ref), done=self._solved)
-        self._solver.request(self._solve_asked)
-
-    def _solved(self, path: Path, result: SolveResult | None, reason: str | None) -> None:
-        """The solver thread's answer (called on that thread)."""
-        if result is not None:
-            with self._state_lock:
-                self._solution = (str(path), result)
-
     def _reference_solution(self, *, wait: bool = False) -> SolveResult | None:
         """The solution of the current reference frame, if there is one (``wait``: for a solve under way, up to
         the solver's time limit: the final stack is written once)."""
-        asked = self._solve_asked
-        if wait and self._solver is not None and asked is not None and str(asked.path) == self._live.reference_path:
-            asked.finished.wait(self._solver.longest_s)
-        with self._state_lock:
-            solution = self._solution
-        if solution is None or solution[0] != self._live.reference_path:
-            return None  # not solved, or solved for a reference that was re-picked since
-        return solution[1]
+        return self._solves.solution(self._live.reference_path, wait=wait)
+
+    def _registrar(self) -> Callable[[Measured, str], Registration] | None:
+        return self._register_by_wcs if self._solves.enabled else None
+
+    def _register_by_wcs(self, measured: Measured, why: str) -> Registration:
+        """A frame that failed star matching, registered through its plate solution and the reference's (the
+        live stack calls this on the worker's thread)."""
+        assert measured.data is not None
+        return self._solves.register(measured, reference=self._live.reference_path,
+                                     frame_shape=(int(measured.data.shape[-2]), int(measured.data.shape[-1])),
+                                     model=self._settings.transform, why=why)
 
     def _frame_shape(self) -> tuple[int, int]:
         shape = self._live.shape
@@ -525,7 +527,19 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
         solution = self._reference_solution()
         if solution is None:
             return None
-        return product_wcs_cards(solution, frame_shape=self._frame_shape(), image_shape=image_shape)
+        cards = product_wcs_cards(solution, frame_shape=self._frame_shape(), image_shape=image_shape)
+        name = self._field_name()
+        if cards is not None and name is not None:
+            cards["OBJECT"] = (name, "named from the plate-solved field")
+        return cards
+
+    def _field_name(self) -> str | None:
+        """A session of lights without OBJECT named from its solved field (the label follows: status, logs);
+        its folder keeps the name it was opened with (see `SessionSolves.field_name`)."""
+        name = self._solves.field_name(self._live.reference_path, self.key.target)
+        if name is not None:
+            self.label = f"{name}/{self.key.filter or 'no filter'}"
+        return name
 
     # ------------------------------------------------------------------------------------ re-stacking
     def _restack(self, why: str) -> None:
@@ -538,7 +552,7 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
         if self._phot is not None:
             self._phot.reset()
         self._live = LiveStack(self._settings, calibrator=self._calibrator, cache_dir=self.paths.cache,
-                               observer=self._observer)
+                               observer=self._observer, wcs_registrar=self._registrar())
         remove_folder(self.paths.cache)
         self.stats = SessionStats()
         with self._state_lock:
@@ -596,6 +610,12 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
             solution = self._reference_solution(wait=True)
             if solution is not None:
                 product = stack_with_wcs(product, solution, frame_shape=self._frame_shape())
+                product = replace(product, rows=rows_with_sky(product.rows, solution, frame_shape=self._frame_shape()))
+                name = self._field_name()
+                if name is not None:
+                    product = replace(product, header={**product.header,
+                                                       "OBJECT": (name, "named from the plate-solved field")})
+                    summary.update(name=name, label=self.label)
                 summary["wcs"] = {"ra": solution.ra, "dec": solution.dec, "scale_arcsec": solution.scale_arcsec,
                                   "rotation_deg": solution.rotation_deg, "index": solution.index}
             # the stack, then the finished picture made in its pixels, and the report

@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser(
         "solve", help="plate-solve frames (astrometry.net, offline) and write a copy of each with the WCS",
         description="Detect each frame's stars, solve them with astrometry.net's solve-field (hints from the "
-                    "header: RA/Dec, focal length and pixel size; a time limit from [solve] timeout_s) and write "
+                    "header: RA/Dec, focal length and pixel size; a time limit from [solve] timeout_s, blind_timeout_s "
+                    "without RA/Dec) and write "
                     "a copy of the frame with the WCS in its header as NAME.wcs.fits. The frame itself is never "
                     "changed. Exit status 1 when a frame cannot be solved, with the reason.")
     p.add_argument("files", nargs="+", metavar="FILE", help="frame files or folders")

@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -68,10 +69,13 @@ _SOLVED_WITH = re.compile(r"solved with index (\S+?)\.?\s*$", re.MULTILINE)
 
 @dataclass(frozen=True, slots=True)
 class SolverSettings:
-    """How to solve: the time limit (seconds of CPU; the process is killed ``KILL_GRACE_S`` later), further index
-    folders (searched before the system's), how many of the brightest stars to detect and the fewest to try."""
+    """How to solve: the time limit (seconds of CPU; the process is killed ``KILL_GRACE_S`` later) of a solve
+    with an RA/Dec hint and of a blind one (no position: the whole sky is searched, which takes longer), further
+    index folders (searched before the system's), how many of the brightest stars to detect and the fewest to
+    try."""
 
     timeout_s: float = 30.0
+    blind_timeout_s: float = 120.0
     index_dirs: tuple[Path, ...] = ()
     max_stars: int = 300
     min_stars: int = 10
@@ -79,7 +83,17 @@ class SolverSettings:
 
     @classmethod
     def from_config(cls, config: SolveConfig) -> SolverSettings:
-        return cls(timeout_s=config.timeout_s, index_dirs=tuple(config.index_dirs))
+        return cls(timeout_s=config.timeout_s, blind_timeout_s=config.blind_timeout_s,
+                   index_dirs=tuple(config.index_dirs))
+
+    def limit_s(self, hints: SolveHints) -> float:
+        """The time limit of a solve with these hints: a blind one (no position) gets the longer one."""
+        return self.timeout_s if hints.has_position else max(self.timeout_s, self.blind_timeout_s)
+
+    @property
+    def longest_s(self) -> float:
+        """The longest one solve can take (the longer limit, then the kill)."""
+        return max(self.timeout_s, self.blind_timeout_s) + KILL_GRACE_S
 
     @property
     def all_index_dirs(self) -> tuple[Path, ...]:
@@ -121,10 +135,53 @@ def _uncovered_field(hints: SolveHints, stars: StarList, settings: SolverSetting
     return None
 
 
-def _command(settings: SolverSettings, hints: SolveHints, stars: StarList, folder: Path) -> list[str]:
+class RunningSolves:
+    """The solver processes running now, so that a stopping daemon ends them (none is left behind: solve-field
+    runs in a process group of its own, which no signal to the daemon reaches). Once `kill_all` was called, a
+    solve that starts is killed at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen[str]] = set()
+        self._closed = False
+
+    def started(self, proc: subprocess.Popen[str]) -> None:
+        with self._lock:
+            self._procs.add(proc)
+            closed = self._closed
+        if closed:
+            _kill_group(proc)
+
+    def ended(self, proc: subprocess.Popen[str]) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    @property
+    def closed(self) -> bool:
+        """`kill_all` was called: solves end at once."""
+        with self._lock:
+            return self._closed
+
+    def kill_all(self) -> int:
+        """Kill every running solve (and refuse new ones); returns how many were running."""
+        with self._lock:
+            self._closed = True
+            procs = list(self._procs)
+        for proc in procs:
+            _kill_group(proc)
+        return len(procs)
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # solve-field and the astrometry-engine it started
+
+
+def _command(settings: SolverSettings, hints: SolveHints, stars: StarList, folder: Path, *,
+             limit_s: float) -> list[str]:
     cmd = [settings.program, str(folder / "stars.xyls"), "--width", str(stars.width), "--height",
            str(stars.height), "--x-column", "X", "--y-column", "Y", "--no-plots", "--overwrite",
-           "--no-remove-lines", "--crpix-center", "--cpulimit", f"{max(1, round(settings.timeout_s))}",
+           "--no-remove-lines", "--crpix-center", "--cpulimit", f"{max(1, round(limit_s))}",
            "--config", str(folder / "astrometry.cfg"), "--dir", str(folder), "--temp-dir", str(folder),
            "--axy", str(folder / "stars.axy"), "--wcs", str(folder / "stars.wcs"), "--new-fits", "none",
            "--corr", "none", "--rdls", "none", "--match", "none", "--index-xyls", "none", "--solved", "none"]
@@ -136,28 +193,33 @@ def _command(settings: SolverSettings, hints: SolveHints, stars: StarList, folde
     return cmd
 
 
-def _run(cmd: list[str], *, cwd: Path, wall_s: float) -> tuple[str, bool]:
+def _run(cmd: list[str], *, cwd: Path, wall_s: float, running: RunningSolves | None = None) -> tuple[str, bool]:
     """Run the solver in its own process group; (its output, whether it was killed at ``wall_s``)."""
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             errors="replace", start_new_session=True, stdin=subprocess.DEVNULL)
+    if running is not None:
+        running.started(proc)
     try:
         out, _ = proc.communicate(timeout=wall_s)
-        return out, False
+        return out, proc.returncode == -signal.SIGKILL
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # solve-field and the astrometry-engine it started
+        _kill_group(proc)
         out, _ = proc.communicate()
         return out, True
     except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        _kill_group(proc)
         proc.wait()
         raise
+    finally:
+        if running is not None:
+            running.ended(proc)
 
 
-def solve_stars(stars: StarList, hints: SolveHints, *, settings: SolverSettings, name: str) -> SolveResult:
+def solve_stars(stars: StarList, hints: SolveHints, *, settings: SolverSettings, name: str,
+                running: RunningSolves | None = None) -> SolveResult:
     """Solve a star list (brightest first, 0-based pixel centres) with solve-field within the settings' time
-    limit. ``name`` (the frame's file) leads every error message. Raises SolveError with a one-line reason."""
+    limit (`SolverSettings.limit_s`). ``name`` (the frame's file) leads every error message; ``running`` keeps
+    the process while it runs (see `RunningSolves`). Raises SolveError with a one-line reason."""
     missing = missing_solver(settings)
     if missing is not None:
         raise SolveError(f"{name}: cannot solve: {missing}")
@@ -167,19 +229,22 @@ def solve_stars(stars: StarList, hints: SolveHints, *, settings: SolverSettings,
     if uncovered is not None:
         raise SolveError(f"{name}: {uncovered}")
     started = time.monotonic()
+    limit = settings.limit_s(hints)
     with scratch_folder("astrod-solve-") as folder:
         write_xylist(folder / "stars.xyls", stars)
-        write_solver_config(folder / "astrometry.cfg", settings.all_index_dirs, cpulimit_s=settings.timeout_s)
+        write_solver_config(folder / "astrometry.cfg", settings.all_index_dirs, cpulimit_s=limit)
         try:
-            out, killed = _run(_command(settings, hints, stars, folder), cwd=folder,
-                               wall_s=settings.timeout_s + KILL_GRACE_S)
+            out, killed = _run(_command(settings, hints, stars, folder, limit_s=limit), cwd=folder,
+                               wall_s=limit + KILL_GRACE_S, running=running)
         except OSError as err:
             raise SolveError(f"{name}: cannot run {settings.program}: {err.strerror or err}") from err
         seconds = time.monotonic() - started
+        if running is not None and running.closed:
+            raise SolveError(f"{name}: solve stopped: astrod is stopping")
         wcs_file = folder / "stars.wcs"
         if killed or not wcs_file.is_file():
-            if killed or seconds >= settings.timeout_s or "CPU time limit" in out:
-                raise SolveError(f"{name}: time limit ({settings.timeout_s:g} s) reached without a solution "
+            if killed or seconds >= limit or "CPU time limit" in out:
+                raise SolveError(f"{name}: time limit ({limit:g} s) reached without a solution "
                                  f"({len(stars)} stars, {hints.describe()})")
             last = next((line.strip() for line in reversed(out.splitlines()) if "rror" in line), "")
             raise SolveError(f"{name}: no solution ({len(stars)} stars, {hints.describe()})"
@@ -197,7 +262,7 @@ def solve_stars(stars: StarList, hints: SolveHints, *, settings: SolverSettings,
 
 def solve_frame(data: npt.NDArray[np.floating[Any]], meta: FrameMeta, header: Mapping[str, Any], *,
                 settings: SolverSettings, name: str, use_wcs_hints: bool = True,
-                previous_scale: float | None = None) -> SolveResult:
+                previous_scale: float | None = None, running: RunningSolves | None = None) -> SolveResult:
     """Detect the stars of a frame and solve them, with the hints its header gives (see `solve_hints`; with
     ``use_wcs_hints=False`` an existing WCS in the header is never looked at)."""
     try:
@@ -205,7 +270,7 @@ def solve_frame(data: npt.NDArray[np.floating[Any]], meta: FrameMeta, header: Ma
     except ValueError as err:  # a frame too small to bin, an unknown Bayer pattern
         raise SolveError(f"{name}: cannot detect stars: {err}") from err
     hints = solve_hints(meta, header, use_wcs=use_wcs_hints, previous_scale=previous_scale)
-    return solve_stars(stars, hints, settings=settings, name=name)
+    return solve_stars(stars, hints, settings=settings, name=name, running=running)
 
 
 def solution_into_products(paths: Iterable[Path], result: SolveResult, *, frame_shape: tuple[int, int]) -> list[Path]:
@@ -260,20 +325,22 @@ def wcs_copy_name(path: Path) -> str:
 
 
 def solve_path(path: Path, *, settings: SolverSettings, rename: Mapping[str, str] | None = None,
-               use_wcs_hints: bool = True, previous_scale: float | None = None) -> SolveResult:
+               use_wcs_hints: bool = True, previous_scale: float | None = None,
+               running: RunningSolves | None = None) -> SolveResult:
     """Solve the frame file ``path`` as it is on disk (a session's reference frame: a raw Bayer mosaic solves as
     well as a calibrated frame); nothing is written. The function a background solve of a session's reference
     calls. Raises SolveError or FrameReadError with a one-line reason."""
     return _solve_path(path, settings=settings, rename=rename, use_wcs_hints=use_wcs_hints,
-                       previous_scale=previous_scale)[2]
+                       previous_scale=previous_scale, running=running)[2]
 
 
 def _solve_path(path: Path, *, settings: SolverSettings, rename: Mapping[str, str] | None, use_wcs_hints: bool,
-                previous_scale: float | None = None) -> tuple[Frame, Mapping[str, Any], SolveResult]:
+                previous_scale: float | None = None, running: RunningSolves | None = None,
+                ) -> tuple[Frame, Mapping[str, Any], SolveResult]:
     frame = read_frame(path, rename=rename)
     header: Mapping[str, Any] = read_fits_header(path) if is_fits_name(path) else {}
     result = solve_frame(frame.data, frame.meta, header, settings=settings, name=str(path),
-                         use_wcs_hints=use_wcs_hints, previous_scale=previous_scale)
+                         use_wcs_hints=use_wcs_hints, previous_scale=previous_scale, running=running)
     return frame, header, result
 
 

@@ -13,6 +13,7 @@ from astrod.core.register import (
     Registration,
     build_reference,
     find_transform,
+    fit_transform,
     phase_correlate,
     register,
 )
@@ -222,3 +223,20 @@ def test_registration_is_frozen() -> None:
     reg = Registration(transform=Transform.identity(), matched=10, residual_px=0.1, method="stars")
     with pytest.raises(AttributeError):
         reg.matched = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("model", ["similarity", "affine", "homography"])
+def test_fit_transform_recovers_a_known_map_from_point_pairs(model: str) -> None:
+    """Point pairs related by a similarity give it back in every model, with no residual; a mirrored pair asked
+    as a similarity (which cannot mirror) comes back as the affine map that mirrors."""
+    rng = np.random.default_rng(3)
+    src = rng.uniform(0, 1000, size=(40, 2))
+    truth = Transform.similarity(dx=12.5, dy=-40.0, rotation_deg=33.0, scale=1.11)
+    found, rms = fit_transform(src, truth.apply(src), model=model)  # type: ignore[arg-type]
+    np.testing.assert_allclose(found.apply(src), truth.apply(src), atol=1e-4)  # OpenCV's homography: 1e-5 px
+    assert rms < 1e-4
+    mirror = Transform.from_array([[-1.0, 0.0, 900.0], [0.0, 1.0, 5.0], [0.0, 0.0, 1.0]])
+    flipped, rms = fit_transform(src, mirror.apply(src))
+    np.testing.assert_allclose(flipped.as_array(), mirror.as_array(), atol=1e-9)
+    with pytest.raises(ValueError, match="as many targets"):
+        fit_transform(src, src[:3])

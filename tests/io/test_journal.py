@@ -128,3 +128,26 @@ def test_quick_hash_sees_content_changes(tmp_path: Path) -> None:
     before = quick_hash(small, size=100_000)
     small.write_bytes(b"a" * 70_000 + b"b" + b"a" * 29_999)
     assert quick_hash(small, size=100_000) != before
+
+
+def test_plate_solutions_are_kept_under_the_frames_content_stamp(tmp_path: Path) -> None:
+    """A solve (its solution or the reason it failed) is found again by the frame's content stamp, after the
+    journal is closed and opened again; a new version of the file has another stamp; a later solve of the same
+    stamp replaces the first."""
+    frame = tmp_path / "a.fits"
+    frame.write_bytes(b"x" * 100)
+    journal = Journal(tmp_path / "j.sqlite")
+    journal.record_seen(frame, size=100, mtime=1.0, hash=quick_hash(frame, size=100))
+    stamp = journal.frame_stamp(frame)
+    assert stamp is not None and journal.frame_stamp(tmp_path / "never.fits") is None
+    journal.record_solution(stamp, path=frame, session="s1", result=None, reason="only 6 stars detected")
+    journal.record_solution(stamp, path=frame, session="s1", result={"ra": 1.5, "cards": []}, reason=None)
+    journal.close()
+    again = Journal(tmp_path / "j.sqlite")
+    record = again.solution(stamp)
+    assert record is not None and record.result == {"ra": 1.5, "cards": []} and record.reason is None
+    assert record.path == str(frame) and record.session == "s1"
+    frame.write_bytes(b"y" * 120)
+    again.record_seen(frame, size=120, mtime=2.0, hash=quick_hash(frame, size=120))
+    assert again.frame_stamp(frame) != stamp and again.solution(str(again.frame_stamp(frame))) is None
+    again.close()

@@ -18,7 +18,7 @@ from astropy.io import fits
 from astrod.config import Config
 from astrod.core.quality_gates import GateThresholds
 from astrod.core.register import Registration, register
-from astrod.errors import AstrodError, FrameRejected
+from astrod.errors import AstrodError, FrameRejected, RegistrationError
 from astrod.io.checkpoint import load_checkpoint, save_checkpoint
 from astrod.model import Frame, FrameKind, FrameMeta, Transform
 from astrod.pipeline import registration
@@ -27,6 +27,7 @@ from astrod.pipeline.live import (
     Calibrated,
     FrameResult,
     LiveStack,
+    Measured,
     PipelineSettings,
     write_outputs,
 )
@@ -570,3 +571,59 @@ def test_a_checkpoint_without_repick_state_keeps_its_reference(repick_frames: li
     for f in repick_frames[3:]:
         assert resumed.process(f).status == "stacked"
     assert resumed.reference_path == "f00.fits"
+
+
+# ------------------------------------------------------------------------------------------ registration by WCS
+
+
+def test_frame_refused_by_star_matching_is_registered_by_the_wcs_registrar(session: synth.Session) -> None:
+    """A frame 12 % larger in scale (other optics) fails star matching, which allows 5 %: without a WCS registrar
+    it is rejected with that reason; with one (here returning the truth, as two plate solutions give it) it is
+    stacked, its row says ``wcs`` and how many of its stars land on reference stars; a registrar that cannot
+    either adds its reason to the rejection."""
+    truth = Transform.similarity(dx=30.0, dy=-20.0, rotation_deg=40.0, scale=1.12)
+    odd = _light(session.sensor, _scene(session, transform=truth), seed=21, name="odd.fits")
+    first = _frames(session)[0]
+    plain = LiveStack(PipelineSettings())
+    plain.process(first)
+    refused = plain.process(odd)
+    assert refused.status == "rejected" and "registration failed" in str(refused.reason)
+
+    asked: list[str] = []
+
+    def registrar(measured: Measured, why: str) -> Registration:
+        asked.append(why)
+        assert measured.path == Path("odd.fits") and measured.stars is not None
+        return Registration(transform=truth, matched=0, residual_px=0.1, method="wcs")
+
+    stack = LiveStack(PipelineSettings(), wcs_registrar=registrar)
+    assert stack.process(first).status == "stacked" and asked == []  # the reference needs no registrar
+    result = stack.process(odd)
+    assert result.status == "stacked", result.reason
+    assert asked == [refused.reason] and result.metrics["registration"] == "wcs"
+    assert result.metrics["scale"] == pytest.approx(1.12)
+    assert stack.rows[0]["registration"] == "stars"
+
+    def cannot(measured: Measured, why: str) -> Registration:
+        raise RegistrationError("the frame is not solved (no solution)")
+
+    failing = LiveStack(PipelineSettings(), wcs_registrar=cannot)
+    failing.process(first)
+    rejected = failing.process(odd)
+    assert rejected.status == "rejected" and str(rejected.reason) == f"{refused.reason}; the frame is not solved " \
+        "(no solution)"
+
+
+def test_a_rejection_cut_short_can_be_taken_back(session: synth.Session) -> None:
+    """The last frame's rejection is taken back (no row, not counted) so that it can be judged again; a
+    stacked frame's, or another frame's, is not."""
+    stack = LiveStack(PipelineSettings())
+    first = _frames(session)[0]
+    stack.process(first)
+    assert not stack.forget_rejected(first.path)  # stacked: stays
+    blank = Frame(meta=FrameMeta(kind=FrameKind.LIGHT, exposure=60.0), data=np.zeros((SIZE, SIZE), np.float32),
+                  path=Path("blank.fits"))
+    assert stack.process(blank).status == "rejected" and stack.n_rejected == 1
+    assert not stack.forget_rejected(Path("other.fits"))
+    assert stack.forget_rejected(blank.path) and stack.n_rejected == 0 and len(stack.rows) == 1
+    assert not stack.forget_rejected(blank.path)

@@ -8,7 +8,15 @@ from datetime import UTC, date, datetime
 import pytest
 
 from astrod.model import FrameKind, FrameMeta
-from astrod.pipeline.sessions import Pointing, angular_distance_deg, pointing_name, session_key, slug, target_of
+from astrod.pipeline.sessions import (
+    Pointing,
+    angular_distance_deg,
+    is_pointing_name,
+    pointing_name,
+    session_key,
+    slug,
+    target_of,
+)
 
 LIGHT = FrameMeta(kind=FrameKind.LIGHT, exposure=60.0, camera="ASI2600MM", gain=100.0, offset=50.0, filter="L",
                   object="M 31", ra=10.68, dec=41.27, date_obs=datetime(2026, 11, 22, 3, 0, tzinfo=UTC),
@@ -45,3 +53,9 @@ def test_angular_distance_and_slug() -> None:
     assert angular_distance_deg(0.0, 89.9, 180.0, 89.9) == pytest.approx(0.2)
     assert slug("NGC 7000 / North America") == "NGC_7000_North_America"
     assert slug("../..") == "unnamed"
+
+
+def test_a_name_made_from_a_pointing_is_told_apart() -> None:
+    """The names `pointing_name` makes (any hemisphere) are recognised as such; an object's name is not."""
+    assert is_pointing_name(pointing_name(315.5, 68.2)) and is_pointing_name(pointing_name(83.8, -5.39))
+    assert not is_pointing_name("NGC 7023") and not is_pointing_name("RA 21h01m Dec +68°12' (mosaic 2)")

@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from astrod.demo.sky import tan_header
+from astrod.io.catalogue import CatalogueObject
 from astrod.io.fits import Header, read_fits_header
-from astrod.model import FrameMeta
+from astrod.model import FrameMeta, Transform
 from astrod.pipeline.outputs import StackProduct, write_outputs, write_preview
 from astrod.pipeline.solving import (
     SCALE_TOLERANCE,
     SolveResult,
     describe_wcs,
+    field_name,
+    frame_hints,
+    frame_sky,
     is_wcs_key,
     nominal_scale_range,
     product_wcs_cards,
+    rows_with_sky,
     solve_hints,
     solve_result,
     stack_with_wcs,
     wcs_from_cards,
+    wcs_transform,
     without_wcs,
 )
 
@@ -168,3 +175,105 @@ def test_preview_fits_carries_its_wcs(tmp_path: Path) -> None:
                   stretched=np.zeros((960, 540), dtype=np.uint8), wcs=cards)
     header = read_fits_header(tmp_path / "preview.fits")
     assert header["IMAGETYP"] == "Preview" and header["CRPIX1"] == pytest.approx((540.5 + 0.5) / 2)
+
+
+# ------------------------------------------------------------------------------------------ journal, registration, sky
+
+
+def _solution(*, ra: float = 315.44, dec: float = 68.13, scale: float = 2.376, rotation: float = 57.9,
+              width: int = 1080, height: int = 1920, mirrored: bool = False) -> SolveResult:
+    h = tan_header(ra=ra, dec=dec, scale_arcsec=scale, rotation_deg=rotation, mirrored=mirrored, width=width,
+                   height=height)
+    return solve_result(h, width=width, height=height, index="index-4107.fits", stars=200, seconds=2.0)
+
+
+def test_a_solution_record_reads_back_equal() -> None:
+    """What the journal stores of a solution (plain JSON values) reads back as the same solution."""
+    import json
+
+    result = _solution()
+    assert SolveResult.from_record(json.loads(json.dumps(result.record()))) == result
+    with pytest.raises(KeyError):
+        SolveResult.from_record({"ra": 1.0})
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_two_solutions_give_the_transform_between_their_frames(mirrored: bool) -> None:
+    """A frame whose pixels see the reference's sky through a known similarity (here 10 % coarser, turned 20°,
+    shifted) gets that transform back from the two solutions, to 0.01 px over the frame; a mirrored pair is
+    fitted as an affine map that mirrors."""
+    ref = _solution(mirrored=mirrored)
+    truth = Transform.similarity(dx=35.0, dy=-50.0, rotation_deg=20.0, scale=1.0 / 0.9)
+    # the frame's WCS: a frame pixel goes through the truth onto the reference's pixels, then to the sky
+    h, w = 1920, 1080
+    frame_ra, frame_dec, frame_rot, frame_scale = frame_sky(truth, ref, frame_shape=(h, w))
+    frame = _solution(ra=frame_ra, dec=frame_dec, scale=frame_scale, rotation=frame_rot, mirrored=mirrored)
+    found, rms = wcs_transform(frame, ref, frame_shape=(h, w))
+    assert rms < 0.05
+    corners = np.array([[0.0, 0.0], [w - 1.0, 0.0], [0.0, h - 1.0], [w - 1.0, h - 1.0], [w / 2, h / 2]])
+    assert np.max(np.abs(found.apply(corners) - truth.apply(corners))) < 0.05
+    assert frame_scale == pytest.approx(2.376 / 0.9, rel=1e-4)
+
+
+def test_frames_table_gets_each_stacked_frames_sky() -> None:
+    """A stacked row gets its centre RA/Dec, rotation (° east of north) and scale from its transform and the
+    reference's solution: the reference's own row its solution's figures; a rejected row nothing."""
+    ref = _solution()
+    rows = [{"path": "ref.fits", "status": "stacked", "dx": 0.0, "dy": 0.0, "rotation_deg": 0.0, "scale": 1.0},
+            {"path": "turned.fits", "status": "stacked", "dx": 12.0, "dy": 3.0, "rotation_deg": 10.0, "scale": 1.0},
+            {"path": "bad.fits", "status": "rejected", "dx": None, "dy": None, "rotation_deg": None, "scale": None}]
+    out = rows_with_sky(rows, ref, frame_shape=(1920, 1080))
+    assert out[0]["ra"] == pytest.approx(ref.ra, abs=1e-6) and out[0]["dec"] == pytest.approx(ref.dec, abs=1e-6)
+    assert out[0]["scale_arcsec"] == pytest.approx(ref.scale_arcsec, rel=1e-4)
+    assert out[0]["sky_rotation_deg"] == pytest.approx(ref.rotation_deg, abs=1e-3)
+    turned = (float(out[1]["sky_rotation_deg"]) - ref.rotation_deg + 180.0) % 360.0 - 180.0  # type: ignore[arg-type]
+    # turned about the corner, its centre moves 0.1° on the sky, where north points 0.26° otherwise at +68°
+    assert abs(abs(turned) - 10.0) < 0.3 and out[1]["ra"] != out[0]["ra"]
+    assert "ra" not in out[2] and rows[0].get("ra") is None  # the input rows are left as they were
+
+
+def test_a_frame_without_pointing_is_hinted_by_the_reference() -> None:
+    """Solving a frame of a solved session: its header's hints when it has them; else the reference's centre
+    (within a few fields) and its scale."""
+    ref = _solution()
+    hinted = frame_hints(FrameMeta(ra=315.5, dec=68.2), _seestar_header(), ref)
+    assert (hinted.ra, hinted.dec) == (315.5, 68.2) and hinted.radius_deg == 5.0
+    bare = frame_hints(FrameMeta(), {}, ref)
+    assert (bare.ra, bare.dec) == (ref.ra, ref.dec) and bare.radius_deg >= 5.0
+    assert bare.scale_low == pytest.approx(ref.scale_arcsec / SCALE_TOLERANCE)
+
+
+def test_a_field_is_named_after_the_object_nearest_its_centre_inside_it() -> None:
+    """The object nearest the centre among those inside the image names the field; one outside the image does
+    not, however near; without any, the centre's coordinates do."""
+    ref = _solution(rotation=0.0)  # north up: 1080 px × 2.376″ = 0.71° wide, 1.27° high
+    inside_far = CatalogueObject(name="IC 1", ra=ref.ra, dec=ref.dec + 0.5, kind="Galaxy", major_arcmin=1.0)
+    inside_near = CatalogueObject(name="NGC 7023", ra=ref.ra, dec=ref.dec + 0.05, kind="RfN", major_arcmin=10.0)
+    outside = CatalogueObject(name="NGC 1", ra=ref.ra + 0.4 / math.cos(math.radians(ref.dec)), dec=ref.dec,
+                              kind="Galaxy", major_arcmin=1.0)
+    assert field_name(ref, [inside_far, outside, inside_near]) == "NGC 7023"
+    assert field_name(ref, [outside]) == "RA 21h01m Dec +68°07'"
+    assert field_name(ref, []) == "RA 21h01m Dec +68°07'"
+
+
+def test_the_annotation_layer_of_a_binned_preview() -> None:
+    """On a 2×2-binned preview of the reference's grid the field's object sits where the binned WCS puts it,
+    objects outside are left out, and the grid has lines of both kinds labelled at round values; a picture on
+    another grid gets no layer."""
+    from astrod.pipeline.annotation import annotation_layer
+
+    ref = _solution(rotation=0.0)  # 1080 × 1920 px at 2.376″, north up
+    inside = CatalogueObject(name="NGC 7023", ra=ref.ra, dec=ref.dec + 0.1, kind="RfN", major_arcmin=10.0)
+    outside = CatalogueObject(name="far", ra=ref.ra + 5.0, dec=ref.dec, kind="Galaxy", major_arcmin=3.0)
+    layer = annotation_layer(ref, [outside, inside], frame_shape=(1920, 1080), image_shape=(960, 540, 3))
+    assert layer is not None
+    markers, grid = layer
+    (marker,) = markers
+    centre_y = (959) / 2.0
+    assert marker.label == "NGC 7023" and abs(marker.x - 269.5) < 1.0
+    assert abs(abs(marker.y - centre_y) - 0.1 * 3600 / (2 * 2.376)) < 1.0  # 0.1° from the centre, 2× binned
+    assert marker.radius == pytest.approx(10.0 * 30.0 / (2 * 2.376), rel=1e-3)
+    labels = [g.label for g in grid]
+    assert any(label.endswith("'") and "d" in label for label in labels)  # declinations
+    assert any("h" in label for label in labels)  # right ascensions
+    assert annotation_layer(ref, [inside], frame_shape=(1920, 1080), image_shape=(700, 500)) is None

@@ -21,6 +21,9 @@ from astrod.io.journal import FileRecord, Journal
 from tests import synth
 
 W, H = 160, 120  # small frames: the daemon tests are about files and threads, not pixels
+# Plate solving is on by default; the synthetic skies of the tests that are not about it cannot be solved, and a
+# blind solve of one would take its whole time limit of CPU.
+NO_SOLVING = "[solve]\nenabled = false\n"
 START = datetime(2026, 11, 21, 20, 0, tzinfo=UTC)
 
 
@@ -71,6 +74,7 @@ checkpoint_seconds = {checkpoint_seconds}
 preview_every_frames = {preview_every_frames}
 preview_every_seconds = {preview_every_seconds}
 {extra}
+{NO_SOLVING if "[solve]" not in extra else ""}
 """, encoding="utf-8")
         return self.config
 

@@ -98,7 +98,7 @@ def _config(tmp_path: Path, steps: tuple[CaptureStepConfig, ...], *, retries: in
     paths = replace(base.paths, watch=(tmp_path / "capture",), output=tmp_path / "stacks", state=tmp_path / "state",
                     library=tmp_path / "library")
     return replace(base, paths=paths, indi=replace(base.indi, enabled=True, exposure_retries=retries),
-                   capture=CaptureConfig(name="test", steps=steps))
+                   capture=CaptureConfig(name="test", steps=steps), solve=replace(base.solve, enabled=False))
 
 
 FAST = Backoff(first=0.01, factor=2.0, cap=0.05)

@@ -113,6 +113,8 @@ checkpoint_every = 1
 [stack]
 preview_every_frames = 1
 preview_every_seconds = 1.0
+[solve]
+enabled = false
 """, encoding="utf-8")
     return target
 

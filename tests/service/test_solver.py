@@ -93,7 +93,7 @@ def test_time_limit_is_reported(seestar: list[Path]) -> None:
     frame = read_frame(seestar[0])
     stars = detect_for_solving(frame.data, frame.meta, max_stars=300)
     with pytest.raises(SolveError, match=r"time limit \(1 s\) reached"):
-        solve_stars(stars, SolveHints(), settings=SolverSettings(timeout_s=1), name="f.fits")
+        solve_stars(stars, SolveHints(), settings=SolverSettings(timeout_s=1, blind_timeout_s=1), name="f.fits")
 
 
 def _star_list(n: int, *, width: int = 1000, height: int = 800) -> StarList:

@@ -45,6 +45,8 @@ preview_every_seconds = 1.0
 [web]
 enabled = true
 token = "{token}"
+[solve]
+enabled = false
 """
     (root / "capture").mkdir(parents=True, exist_ok=True)
     return parse_config(text, base=root)
