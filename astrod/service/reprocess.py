@@ -41,8 +41,9 @@ from astrod.io.reprocess_journal import JOURNAL_NAME, STATE_FOLDER, ReprocessJou
 from astrod.library.build import BuildOptions, build_library
 from astrod.library.match import MatchRules
 from astrod.library.progress import NoProgress, Progress
+from astrod.pipeline.finishing import finish_session
 from astrod.pipeline.ingest import ReadOptions
-from astrod.pipeline.outputs import FRAMES, SESSION, write_session_outputs
+from astrod.pipeline.outputs import FRAMES, SESSION
 from astrod.pipeline.repick import one_line
 from astrod.pipeline.reprocess import ArchivePlan, SessionPlan, plan_archive, session_digest
 from astrod.pipeline.reprocess_stack import DecidedStack, FrameMeasure, assemble, session_summary
@@ -301,8 +302,11 @@ class _Run:
         if bands:
             image, count = assemble(stack.integration().shape, parts)
             product = stack.product(image, count)
-            write_session_outputs(product, plan.output, formats=self.request.config.output.formats)
             summary["masters"] = list(product.masters)
+            # the daemon's products of a closed session: the stack, the finished picture and the report
+            written = finish_session(product, self.job.settings.finish, plan.output, frames=stack.n_stacked,
+                                     formats=self.request.config.output.formats, summary=summary)
+            summary["products"] = [p.name for p in written]
         else:
             write_frames_table(plan.output / FRAMES, stack.rows, TABLE_COLUMNS)
         summary["timings_ms"] = {"finalize": round((time.perf_counter() - t0) * 1e3, 1)}

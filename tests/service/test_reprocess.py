@@ -95,6 +95,10 @@ def test_products_equal_astrod_stack(local_run: LocalRun, tmp_path: Path) -> Non
         rejected += sum(status == "rejected" for _, status, _ in rows)
     assert rejected == 3  # one cloudy frame a night
     assert local_run.report.tasks == 39 + 36 + 4 * 12  # a measure per light, a warp per stacked, 4 bands each
+    for session in plan.sessions:  # and the finished products a closed session of the daemon has
+        summary = json.loads((session.output / SESSION).read_text(encoding="utf-8"))
+        assert {"final.fits", "report.html"} <= set(summary["products"])
+        assert (session.output / "final.fits").is_file() and (session.output / "report.html").is_file()
 
 
 def test_second_run_submits_no_task(local_run: LocalRun) -> None:
