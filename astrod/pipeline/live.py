@@ -68,7 +68,6 @@ from astrod.core.stretch import downsample
 from astrod.core.warp import check_grid, warp_bands
 from astrod.errors import AstrodError, RegistrationError
 from astrod.io.files import ensure_folder
-from astrod.io.fits import is_fits_name
 from astrod.io.frame_cache import CachedFrameWriter, read_cached_rows, remove_cached_frames
 from astrod.model import Frame, FrameMeta, Transform
 from astrod.pipeline.outputs import StackProduct, preview_picture, product_header, stack_cards, write_outputs
@@ -366,8 +365,7 @@ class LiveStack:
         assert data is not None
         self._deferred.add(DeferredFrame(
             path=measured.path, transform=reg.transform, offset=offset, scale=scale, weight=weight,
-            rows=data.ndim == 2 and (self._calibrator is None or measured.recipe is not None)
-            and is_fits_name(measured.path),
+            rows=data.ndim == 2 and (self._calibrator is None or measured.recipe is not None),
             recipe=measured.recipe, pattern=measured.pattern, shape=(int(data.shape[-2]), int(data.shape[-1]))))
         metrics["weight"] = weight
         return None

@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from astrod.core.calibrate import CalibrationRecipe, apply_rows
 from astrod.core.debayer import debayer
-from astrod.core.stack import StackResult, integrate_bands
+from astrod.core.stack import Rejection, StackResult, integrate_bands
 from astrod.core.warp import Interpolation, warp_rows
 from astrod.model import Transform
 
@@ -39,8 +39,9 @@ FloatArray = npt.NDArray[np.float32]
 @dataclass(frozen=True, slots=True)
 class DeferredFrame:
     """A frame stacked in pass one: where its pixels are, how they map onto the reference grid, and its
-    additive normalisation ``value * scale + offset`` and weight. ``rows``: its rows can be read and
-    calibrated again by themselves (a FITS frame, with the ``recipe`` it was calibrated by, or uncalibrated);
+    additive normalisation ``value * scale + offset`` and weight. ``rows``: its rows can be
+    calibrated again by themselves (a single-plane frame, with the ``recipe`` it was calibrated by, or
+    uncalibrated; ``read_rows`` reads a file that cannot be read by rows whole);
     ``pattern``: its CFA pattern when it is demosaiced; ``shape``: its own (H, W)."""
 
     path: Path
@@ -85,7 +86,7 @@ class DeferredFrames:
         rows = max(1, memory_bytes // row_bytes) // self._sub * self._sub
         return min(stack_shape[-2], max(self._sub, rows))
 
-    def integrate(self, *, stack_shape: tuple[int, ...], interpolation: Interpolation, method: str,
+    def integrate(self, *, stack_shape: tuple[int, ...], interpolation: Interpolation, method: Rejection,
                   kappa: float, weighted: bool, memory_bytes: int) -> StackResult:
         """The full-rejection integration of the frames (``method``, κ both sides) onto a reference grid of
         ``stack_shape``, in bands of `band_rows` rows."""
@@ -95,12 +96,12 @@ class DeferredFrames:
         rows = self.band_rows(stack_shape, memory_bytes)
         grid = (int(stack_shape[-2]), int(stack_shape[-1]))
         lead = tuple(stack_shape[:-2])
-        buffer = np.empty(len(frames) * math.prod(lead) * rows * grid[1], dtype=np.float32)
+        row_size = len(frames) * math.prod(lead) * grid[1]  # one row of every frame, float32 samples
+        buffer = np.empty(row_size * rows, dtype=np.float32)
         scratch: list[FloatArray] = []  # the frame rows read, grown to the most asked for and reused
 
         def read_band(row0: int, row1: int) -> FloatArray:
-            band = buffer[: len(frames) * math.prod(lead) * (row1 - row0) * grid[1]].reshape(
-                len(frames), *lead, row1 - row0, grid[1])
+            band = buffer[: row_size * (row1 - row0)].reshape(len(frames), *lead, row1 - row0, grid[1])
             for i, frame in enumerate(frames):
                 if frame.rows and self._read_rows is not None:
                     _warp_band_from_rows(frame, self._read_rows, grid, row0, band[i], interpolation, scratch)
@@ -109,12 +110,9 @@ class DeferredFrames:
                                interpolation)
             return band
 
-        planes = 1 if not lead else lead[0]
-        return integrate_bands(read_band, len(frames), stack_shape, method=method,  # type: ignore[arg-type]
-                               kappa_low=kappa, kappa_high=kappa,
-                               weights=[f.weight for f in frames] if weighted else None,
-                               norms=[(f.offset, f.scale) for f in frames],
-                               memory_cap_bytes=len(frames) * planes * grid[1] * 4 * rows)
+        return integrate_bands(read_band, len(frames), stack_shape, method=method, kappa_low=kappa,
+                               kappa_high=kappa, weights=[f.weight for f in frames] if weighted else None,
+                               norms=[(f.offset, f.scale) for f in frames], memory_cap_bytes=row_size * 4 * rows)
 
 
 def _warp_band(pixels: FloatArray, transform: Transform, grid: tuple[int, int], row0: int, out: FloatArray,
