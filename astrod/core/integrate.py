@@ -231,10 +231,16 @@ def _trim(s: npt.NDArray[np.float64], a: int, b: int, lo: float,
 def _reject(s: npt.NDArray[np.float64], k: int, method: int, kl: float, kh: float, p1: npt.NDArray[np.float64],
             p2: npt.NDArray[np.float64]) -> tuple[int, int]:  # pragma: no cover - compiled
     """Keep range [a, b) of the sorted samples s[:k] after iterative rejection."""
-    a = 0
-    b = k
     if method == 0 or k < 3:
-        return a, b
+        return 0, k
+    return _reject_from(s, 0, k, method, kl, kh, p1, p2)
+
+
+@numba.njit(cache=True)
+def _reject_from(s: npt.NDArray[np.float64], a: int, b: int, method: int, kl: float, kh: float,
+                 p1: npt.NDArray[np.float64], p2: npt.NDArray[np.float64]) -> tuple[int, int]:  # pragma: no cover
+    """`_reject`'s passes over the kept range [a, b) of the sorted samples, until one trims nothing: from the
+    start, or from where a pass that trimmed has left the range."""
     changed = True
     while changed and b - a > 3:
         changed = False
@@ -402,12 +408,13 @@ def _load_chunk(band: FloatArray, r: int, c0: int, m: int, scales: npt.NDArray[n
 @numba.njit(cache=True)
 def _first_pass_lockstep(s: npt.NDArray[np.float64], full: npt.NDArray[np.bool_], m: int, n: int, method: int,
                          kl: float, kh: float, w: npt.NDArray[np.float64], a: npt.NDArray[np.int64],
-                         b: npt.NDArray[np.int64]) -> None:  # pragma: no cover - compiled
+                         b: npt.NDArray[np.int64], more: npt.NDArray[np.bool_]) -> None:  # pragma: no cover
     """`_reject`'s first pass (median, σ, winsorized σ, trim) for the columns ``j < m`` of the sorted chunk ``s``
     that are ``full`` (``n`` > 3 finite samples each), all at once: the sums that are chains of dependent
     additions within one pixel run across the chunk's pixels instead (vector instructions, no waiting), in
     the same order and so with the same roundings as `_reject`. ``a``/``b`` get (0, n) where the pass trims
-    nothing, which is `_reject`'s answer; elsewhere ``b`` gets -1: the pixel needs `_reject` itself.
+    nothing, which is `_reject`'s answer, or the range it trims to with ``more`` set: `_reject_from` goes on
+    from there; ``b`` gets -1 where the pixel is not ``full``: it needs `_reject` itself.
     ``w``: work space, (2·(n + 1) + 6) × `_CHUNK`."""
     mid = n // 2
     med, mean, ss, sig = w[0], w[1], w[2], w[3]
@@ -455,8 +462,10 @@ def _first_pass_lockstep(s: npt.NDArray[np.float64], full: npt.NDArray[np.bool_]
             n_lo[j] += s[i, j] < med[j] - kl * sig[j]
             n_hi[j] += s[i, j] > med[j] + kh * sig[j]
     for j in range(m):
-        a[j] = 0
-        b[j] = n if (full[j] and n_lo[j] == 0.0 and n_hi[j] == 0.0) else -1
+        # a trim by value of sorted samples: the counts below and above are `_trim`'s range
+        a[j] = int(n_lo[j]) if full[j] else 0
+        b[j] = n - int(n_hi[j]) if full[j] else -1
+        more[j] = full[j] and (n_lo[j] != 0.0 or n_hi[j] != 0.0)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
@@ -490,6 +499,7 @@ def _integrate_band_network(band: FloatArray, weights: npt.NDArray[np.float64],
         lo = np.empty(_CHUNK, dtype=np.float64)
         hi = np.empty(_CHUNK, dtype=np.float64)
         full = np.empty(_CHUNK, dtype=np.bool_)
+        more = np.empty(_CHUNK, dtype=np.bool_)
         work = np.empty((2 * (n + 1) + 6, _CHUNK), dtype=np.float64)
         for c0 in range(0, cols, _CHUNK):
             m = min(_CHUNK, cols - c0)
@@ -498,17 +508,21 @@ def _integrate_band_network(band: FloatArray, weights: npt.NDArray[np.float64],
             if (method == 1 or method == 2) and n > 3:
                 for j in range(m):
                     full[j] = k[j] == n
-                _first_pass_lockstep(s, full, m, n, method, kl, kh, work, a, b)
+                _first_pass_lockstep(s, full, m, n, method, kl, kh, work, a, b, more)
             else:
                 for j in range(m):
                     b[j] = -1
+                    more[j] = False
             for j in range(m):
-                if b[j] >= 0:
-                    continue  # nothing to trim: kept whole
+                if b[j] >= 0 and not more[j]:
+                    continue  # the first pass trimmed nothing: kept whole
                 kj = k[j]
                 for i in range(kj):
                     col[i] = s[i, j]
-                a[j], b[j] = _reject(col, kj, method, kl, kh, p1, p2)
+                if more[j]:
+                    a[j], b[j] = _reject_from(col, a[j], b[j], method, kl, kh, p1, p2)
+                else:
+                    a[j], b[j] = _reject(col, kj, method, kl, kh, p1, p2)
             for j in range(m):
                 kept = b[j] > a[j]  # none kept (all trimmed): the mean is 0/0, NaN, as `_integrate_band` gives
                 lo[j] = s[a[j], j] if kept else np.inf
