@@ -7,11 +7,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 from astropy.utils.exceptions import AstropyWarning
-from astropy.wcs import WCS
+
+if TYPE_CHECKING:
+    from astropy.wcs import WCS
 
 from astrod.core.annotate import GridLine, Marker
 from astrod.io.catalogue import CatalogueObject
