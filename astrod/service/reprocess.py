@@ -49,7 +49,22 @@ from astrod.pipeline.reprocess import ArchivePlan, SessionPlan, plan_archive, se
 from astrod.pipeline.reprocess_stack import DecidedStack, FrameMeasure, assemble, session_summary
 from astrod.pipeline.settings import PipelineSettings
 from astrod.pipeline.state import TABLE_COLUMNS
-from astrod.service.reprocess_tasks import LibraryPlugin, ReprocessJob, band_task, measure_task, warp_task
+from astrod.service.reprocess_products import (
+    PhotometryOrders,
+    gather_series,
+    rebuild_combined,
+    submit_photometry,
+    write_curves,
+)
+from astrod.service.reprocess_tasks import (
+    LibraryPlugin,
+    PhotometryOrder,
+    ReprocessJob,
+    band_task,
+    measure_task,
+    warp_task,
+)
+from astrod.service.session_photometry import photometry_for
 
 log = structlog.get_logger()
 
@@ -86,6 +101,7 @@ class ReprocessReport:
     startup_seconds: float = 0.0  # planning, the library and the cluster's start (of ``seconds``)
     decide_seconds: float = 0.0  # the client's decisions on measured frames (gates, registration, re-pick)
     dashboard: str | None = None
+    combined: list[Path] = field(default_factory=list)  # composites and projects rebuilt after the sessions
 
 
 class RunProgress:
@@ -145,8 +161,10 @@ def run_reprocess(request: ReprocessRequest, *, progress: Progress | None = None
     masters = folder_stamp(library)
     options = _read_options(request.config)
     stamps = {p: content_stamp(p) for s in plan.sessions for p in s.frames}
+    photometry = photometry_for(request.config)
     digests = {s.id: session_digest(s, stamps=stamps, masters=masters, settings=request.settings, options=options,
-                                    formats=request.config.output.formats) for s in plan.sessions}
+                                    formats=request.config.output.formats, photometry=photometry)
+               for s in plan.sessions}
     state = request.output / STATE_FOLDER
     journal = ReprocessJournal(state / JOURNAL_NAME) if not request.dry_run or state.is_dir() else None
     try:
@@ -159,7 +177,7 @@ def run_reprocess(request: ReprocessRequest, *, progress: Progress | None = None
             _say_plan(plan, todo, say)
             return report
         job = ReprocessJob(settings=request.settings, options=options, now=now,
-                           band_bytes=request.band_bytes or request.settings.final_memory_bytes)
+                           band_bytes=request.band_bytes or request.settings.final_memory_bytes, photometry=photometry)
         with _client(request) as client:
             report.startup_seconds = time.perf_counter() - started
             report.dashboard = _dashboard(client)
@@ -221,6 +239,18 @@ def _dashboard(client: Client) -> str | None:
     return str(link) if link else None
 
 
+@dataclass(slots=True)
+class _Pending:
+    """A session decided, its integration and photometry tasks in flight."""
+
+    plan: SessionPlan
+    stack: DecidedStack
+    bands: list[Future[Any]]
+    failed: bool
+    orders: list[PhotometryOrder]
+    photometry: list[Future[Any]]
+
+
 class _Run:
     """One run's sessions through the cluster, at most ``window`` in flight."""
 
@@ -236,13 +266,14 @@ class _Run:
 
     def sessions(self, todo: list[SessionPlan], bar: RunProgress) -> None:
         measures: dict[str, list[Future[Any]]] = {}
-        pending: deque[tuple[SessionPlan, DecidedStack, list[Future[Any]], bool]] = deque()
+        pending: deque[_Pending] = deque()
         for i, plan in enumerate(todo):
             for ahead in todo[i:i + self.window]:  # the next sessions' frames are measured meanwhile
                 if ahead.id not in measures:
                     measures[ahead.id] = [self._submit(measure_task, p, self.job, key=f"measure-{ahead.id}-{j}")
                                           for j, p in enumerate(ahead.frames)]
-            stack, failed = DecidedStack(self.job.settings), False
+            orders = PhotometryOrders() if self.job.photometry is not None else None
+            stack, failed = DecidedStack(self.job.settings, observer=orders), False
             for path, future in zip(plan.frames, measures.pop(plan.id), strict=True):
                 try:
                     measure: FrameMeasure = future.result()
@@ -259,16 +290,39 @@ class _Run:
                 log.debug("frame_decided", session=plan.id, frame=str(measure.path), status=result.status,
                           reason=result.reason)
                 bar.frame(measure.path.name)
-            pending.append((plan, stack, self._integrate(plan, stack), failed))
+            photometry = [] if orders is None else submit_photometry(self._submit, orders.orders, self.job,
+                                                                     key=f"photometry-{plan.id}")
+            pending.append(_Pending(plan, stack, self._integrate(plan, stack), failed,
+                                    [] if orders is None else orders.orders, photometry))
             while len(pending) >= self.window:
-                self._finish(*pending.popleft(), bar)
+                self._finish(pending.popleft(), bar)
         while pending:
-            self._finish(*pending.popleft(), bar)
+            self._finish(pending.popleft(), bar)
         bar.finish()
+        if self.report.written:
+            self.report.combined = rebuild_combined((p.output for p in todo if p.id in self.report.written),
+                                                    self.job.settings.finish,
+                                                    formats=self.request.config.output.formats)
 
     def _submit(self, fn: Callable[..., Any], *args: Any, key: str) -> Future[Any]:
         self.report.tasks += 1
         return self.client.submit(fn, *args, key=f"{key}-{self.token}", pure=False)
+
+    def _curves(self, pending: _Pending) -> bool:
+        """The session's light curves (when targets are configured), written before its stack as the daemon
+        writes them on close; False when a frame's photometry failed."""
+        job = self.job
+        if job.photometry is None or not pending.orders:
+            return True
+        try:
+            series, failed = gather_series(self._submit, pending.orders, pending.photometry, job,
+                                           key=f"photometry-{pending.plan.id}", session=pending.plan.id)
+        except Exception as err:  # tasks lost: the stack is written, the session done again next run
+            log.error("photometry_failed", session=pending.plan.id, reason=one_line(err))
+            return False
+        written = write_curves(job.photometry, series, pending.plan.output)
+        log.info("lightcurves_written", session=pending.plan.id, frames=series.frames, files=len(written))
+        return not failed
 
     def _integrate(self, plan: SessionPlan, stack: DecidedStack) -> list[Future[Any]]:
         """The warp tasks of the session's stacked frames and the band tasks that wait for them."""
@@ -281,11 +335,11 @@ class _Run:
         return [self._submit(band_task, integration, cache, r0, r1, self.job, *warped, key=f"band-{plan.id}-{r0}")
                 for r0, r1 in integration.bands(self.job.band_bytes)]
 
-    def _finish(self, plan: SessionPlan, stack: DecidedStack, bands: list[Future[Any]], failed: bool,
-                bar: RunProgress) -> None:
-        """Gather the session's bands and write its products (stack, frames table, summary). A session whose
-        warp or band tasks failed is not written; one with a frame that failed is written but not journaled:
-        the next run does both again."""
+    def _finish(self, pending: _Pending, bar: RunProgress) -> None:
+        """Gather the session's bands and write its products (stack, frames table, summary, light curves). A
+        session whose warp or band tasks failed is not written; one with a frame that failed (measuring it, or
+        its photometry) is written but not journaled: the next run does both again."""
+        plan, stack, bands, failed = pending.plan, pending.stack, pending.bands, pending.failed
         t0 = time.perf_counter()
         summary = session_summary(plan, stack)
         try:
@@ -294,6 +348,8 @@ class _Run:
             log.error("session_failed", session=plan.id, reason=one_line(err))
             self.report.failed.append(plan.id)
             remove_folder(self.cache_root / plan.id)
+            for f in pending.photometry:
+                f.release()
             return
         finally:
             for f in bands:
@@ -303,6 +359,7 @@ class _Run:
             image, count = assemble(stack.integration().shape, parts)
             product = stack.product(image, count)
             summary["masters"] = list(product.masters)
+            failed = not self._curves(pending) or failed
             # the daemon's products of a closed session: the stack, the finished picture and the report
             written = finish_session(product, self.job.settings.finish, plan.output, frames=stack.n_stacked,
                                      formats=self.request.config.output.formats, summary=summary)
