@@ -29,8 +29,8 @@ from astrod.library.match import MatchRules
 from astrod.pipeline.calibration import library_calibrator
 from astrod.pipeline.commands import settings_for
 from astrod.pipeline.oneshot import stack_files
-from astrod.pipeline.photometry import CSV_COLUMNS, PhotometrySeries, header_locate
 from astrod.pipeline.outputs import FRAMES, SESSION, STACK
+from astrod.pipeline.photometry import CSV_COLUMNS, PhotometrySeries, header_locate
 from astrod.service.reprocess import ReprocessReport, ReprocessRequest, run_reprocess
 from astrod.service.session_photometry import photometry_for
 from tests.pipeline.conftest import run_cli
@@ -132,8 +132,8 @@ def test_second_run_submits_no_task(local_run: LocalRun) -> None:
 def test_light_curves_equal_the_live_stacks(local_run: LocalRun) -> None:
     """Each session's lightcurve_T_1.csv is, to the character, the curve the daemon's `PhotometrySeries` gives
     as the observer of a live stack of the session's frames with the same library and settings (the same rows
-    of the same frames, the same sums), and its plot is written beside it; in the first session the target's
-    rows follow the field's dither onto the star's true place and it is never saturated or clipped."""
+    of the same frames, the same sums), and its plot is written beside it; in the first session the target is
+    measured on its three stacked frames, never saturated or clipped."""
     request, plan = local_run.request, local_run.report.plan
     psettings = photometry_for(request.config)
     assert psettings is not None
@@ -154,8 +154,9 @@ def test_light_curves_equal_the_live_stacks(local_run: LocalRun) -> None:
     first = plan.sessions[0]
     _, rows = read_lightcurve(first.output / "lightcurve_T_1.csv")
     assert [r["frame"] for r in rows] == [p.name for p in first.frames[:3]]  # the cloudy fourth is rejected
-    assert all(r["flags"] in ("", "comparison_missing") for r in rows)
-    assert float(rows[0]["rel_flux"]) > 0
+    # the field is too crowded for an isolated comparison (tests/service/test_reprocess_products.py has an
+    # ensemble): the target's own sums, neither saturated nor clipped
+    assert all(r["flags"] == "no_comparisons" and float(r["flux"]) > 0 for r in rows)
 
 
 def test_dry_run_plans_without_writing(local_run: LocalRun, tmp_path: Path) -> None:
@@ -296,15 +297,6 @@ def test_one_changed_frame_redoes_its_session_only(local_run: LocalRun, dask_clu
     assert [s.id for s in plan.sessions
             if (s.output / "lightcurve_T_1.csv").stat().st_mtime_ns != curves[s.id]] == [session.id]
 
-
-
-@pytest.fixture(scope="module")
-def dask_offload_thread() -> None:
-    """Dask's process-wide offload thread, which an in-process cluster starts and Dask never stops: started
-    here, before the test's own threads are counted."""
-    from distributed.utils import _offload_executor
-
-    _offload_executor.submit(lambda: None).result()
 
 
 @pytest.mark.usefixtures("dask_offload_thread")
