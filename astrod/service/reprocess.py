@@ -52,7 +52,7 @@ from astrod.pipeline.state import TABLE_COLUMNS
 from astrod.service.reprocess_products import (
     PhotometryOrders,
     gather_series,
-    rebuild_combined,
+    rebuild_owed,
     submit_photometry,
     write_curves,
 )
@@ -175,18 +175,23 @@ def run_reprocess(request: ReprocessRequest, *, progress: Progress | None = None
             log.info("session_skipped", session=s, reason="products written from the same frames and settings")
         if request.dry_run or not todo or journal is None:
             _say_plan(plan, todo, say)
+        if request.dry_run or journal is None:
             return report
-        job = ReprocessJob(settings=request.settings, options=options, now=now,
-                           band_bytes=request.band_bytes or request.settings.final_memory_bytes, photometry=photometry)
-        with _client(request) as client:
-            report.startup_seconds = time.perf_counter() - started
-            report.dashboard = _dashboard(client)
-            if report.dashboard:
-                say(f"Dask dashboard: {report.dashboard}")
-            client.register_plugin(LibraryPlugin(None if library is None else str(library),
-                                                 MatchRules.from_config(request.config)))
-            run = _Run(client, job, journal, request, digests, report)
-            run.sessions(todo, RunProgress(bar, frames=sum(len(s.frames) for s in todo), sessions=len(todo)))
+        if todo:
+            job = ReprocessJob(settings=request.settings, options=options, now=now, photometry=photometry,
+                               band_bytes=request.band_bytes or request.settings.final_memory_bytes)
+            with _client(request) as client:
+                report.startup_seconds = time.perf_counter() - started
+                report.dashboard = _dashboard(client)
+                if report.dashboard:
+                    say(f"Dask dashboard: {report.dashboard}")
+                client.register_plugin(LibraryPlugin(None if library is None else str(library),
+                                                     MatchRules.from_config(request.config)))
+                run = _Run(client, job, journal, request, digests, report)
+                run.sessions(todo, RunProgress(bar, frames=sum(len(s.frames) for s in todo), sessions=len(todo)))
+        # after every session, and in a run with none to do when an interrupted one had not come this far
+        report.combined = rebuild_owed(plan.sessions, journal, digests, request.settings.finish,
+                                       formats=request.config.output.formats)
     finally:
         if journal is not None:
             journal.close()
@@ -299,10 +304,6 @@ class _Run:
         while pending:
             self._finish(pending.popleft(), bar)
         bar.finish()
-        if self.report.written:
-            self.report.combined = rebuild_combined((p.output for p in todo if p.id in self.report.written),
-                                                    self.job.settings.finish,
-                                                    formats=self.request.config.output.formats)
 
     def _submit(self, fn: Callable[..., Any], *args: Any, key: str) -> Future[Any]:
         self.report.tasks += 1

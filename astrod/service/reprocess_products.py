@@ -1,6 +1,7 @@
 """What ``astrod reprocess`` writes beside a session's stack, as the daemon writes it when a session closes: the
 light curves of the configured targets (``lightcurve_<target>.csv`` and ``.png``), and once every session of a
-run is written, the composites of each target's night and the projects of each target's filter.
+run is written, the composites of each target's night and the projects of each target's filter (journaled, so
+that a run after an interrupted one rebuilds those it owes, and a run with nothing new rebuilds none).
 
 Light curves as Dask work, one photometry task per stacked frame: the client's decisions on the session's
 frames (`DecidedStack`) hand each stacked frame to `PhotometryOrders`, the observer the daemon's
@@ -18,21 +19,26 @@ would on each, and those measured after the frame whose set-up the series takes 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
 from distributed import Future
 
+from astrod.io.reprocess_journal import ReprocessJournal
 from astrod.pipeline.composite import update_composites
 from astrod.pipeline.photometry import FrameMeasurement, PhotometrySeries, PhotometrySettings, header_locate
 from astrod.pipeline.project import update_project
+from astrod.pipeline.reprocess import SessionPlan
 from astrod.pipeline.settings import FinishSettings, StackedFrame
 from astrod.service.reprocess_tasks import PhotometryOrder, ReprocessJob, photometry_task
 from astrod.service.session_photometry import SessionPhotometry
 
 log = structlog.get_logger()
+COMPOSITES, PROJECT = "composites", "project"  # the kinds of products made of several sessions (journal keys)
 Submit = Callable[..., Future[Any]]  # (fn, *args, key=...) -> its future, as the run submits every task
 
 
@@ -99,18 +105,40 @@ def write_curves(settings: PhotometrySettings, series: PhotometrySeries, output:
     return [files.path(name, suffix) for name in series.target_names for suffix in (".csv", ".png")]
 
 
-def rebuild_combined(outputs: Iterable[Path], settings: FinishSettings, *, formats: tuple[str, ...]) -> list[Path]:
-    """Once the run's sessions are written (their folders ``<output>/<night>/<target>/<filter>``): the
-    composites of each target's night and the project of each target's filter they belong to, each rebuilt
-    once (the daemon rebuilds both whenever a session closes). A failure is logged by the rebuilding
+def rebuild_owed(sessions: Sequence[SessionPlan], journal: ReprocessJournal, digests: Mapping[str, str],
+                 settings: FinishSettings, *, formats: tuple[str, ...]) -> list[Path]:
+    """The composites of each target's night and the project of each target's filter (`combined_groups`) that
+    are owed: rebuilt once after a run's sessions, as the daemon rebuilds them whenever a session closes,
+    unless the journal says they were rebuilt from these very sessions. Recorded only once all their sessions
+    are (a session that failed has them rebuilt again when it is done). A failure is logged by the rebuilding
     functions, never raised."""
-    folders = sorted(set(outputs))
     written: list[Path] = []
-    for night_target in sorted({f.parent for f in folders}):
-        written += update_composites(night_target, settings, formats=formats)
-    projects: dict[tuple[str, str], Path] = {}
-    for folder in folders:  # one session folder names its target's project in that filter
-        projects.setdefault((folder.parent.name, folder.name), folder)
-    for folder in projects.values():
-        written += update_project(folder, settings, formats=formats)
+    for key, members in combined_groups(sessions).items():
+        digest = _group_digest(members, digests)
+        done = all((r := journal.session(s.id)) is not None and r.digest == digests[s.id] for s in members)
+        if done and journal.combined(key) == digest:
+            continue
+        if key.startswith(COMPOSITES):
+            written += update_composites(members[0].output.parent, settings, formats=formats)
+        else:
+            written += update_project(members[0].output, settings, formats=formats)
+        if done:
+            journal.record_combined(key, digest=digest, now=datetime.now(UTC))
     return written
+
+
+def combined_groups(sessions: Sequence[SessionPlan]) -> dict[str, list[SessionPlan]]:
+    """The products made of several sessions, by key: ``composites <output>/<night>/<target>`` (the night's
+    sessions of a target, in any filter) and ``project <output>/<target>/<filter>`` (a target's sessions in one
+    filter folder, any night), each with its sessions."""
+    groups: dict[str, list[SessionPlan]] = {}
+    for s in sessions:
+        folder = s.output  # <output>/<night>/<target>/<filter>
+        groups.setdefault(f"{COMPOSITES} {folder.parent}", []).append(s)
+        groups.setdefault(f"{PROJECT} {folder.parents[2] / folder.parent.name / folder.name}", []).append(s)
+    return groups
+
+
+def _group_digest(members: Iterable[SessionPlan], digests: Mapping[str, str]) -> str:
+    text = "\n".join(sorted(f"{s.id} {digests[s.id]}" for s in members))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()

@@ -24,6 +24,26 @@ from astrod.service.session_photometry import photometry_for
 NIGHT = datetime(2024, 10, 5, 21, 0, tzinfo=UTC)
 
 
+class _StopAfter:
+    """A progress that interrupts the run (as Ctrl-C would) once ``sessions`` sessions are written."""
+
+    def __init__(self, sessions: int) -> None:
+        self.sessions, self.written = sessions, 0
+
+    def start(self, stage: str, total: int) -> None:
+        del stage, total
+
+    def advance(self, item: str = "", n: int = 1) -> None:
+        del n
+        if item.endswith(" written"):
+            self.written += 1
+            if self.written >= self.sessions:
+                raise KeyboardInterrupt
+
+    def finish(self) -> None:
+        pass
+
+
 def _config(x: float, y: float) -> Config:
     """A target at 1-based x, y; an annulus small enough for isolated comparisons in a 128 px field."""
     config = Config()
@@ -37,7 +57,8 @@ def test_light_curves_composites_and_projects(tmp_path: Path) -> None:
     """One field in Ha and OIII on a night and in Ha the next: each session's lightcurve_V1.csv is, to the
     character, the daemon series' curve of a live stack of its frames (with a comparison ensemble) and its plot
     is written; the night's HOO composite and the Ha project (two nights) are built once the sessions are
-    written; a second run submits nothing and rebuilds nothing; another target redoes every session."""
+    written (by the next run when a run is interrupted before); a run after that submits nothing and rebuilds
+    nothing; another target redoes every session."""
     from distributed import LocalCluster
 
     field = synth.make_session(n_frames=4, width=128, height=128, seed=4, max_shift=5.0, n_stars=15,
@@ -55,8 +76,11 @@ def test_light_curves_composites_and_projects(tmp_path: Path) -> None:
         request = ReprocessRequest(archives=(archive,), output=out, library=tmp_path / "lib", config=config,
                                    settings=settings_for(config, method=None, kappa=None),
                                    scheduler=cluster.scheduler_address)
-        report = run_reprocess(request, say=lambda _: None)
-        assert len(report.written) == 3 and report.failed == []
+        with pytest.raises(KeyboardInterrupt):  # once the last session is written: before its composites
+            run_reprocess(request, progress=_StopAfter(3), say=lambda _: None)
+        assert not list(out.rglob("composite_*")) and not (out / PROJECTS).exists()
+        report = run_reprocess(request, say=lambda _: None)  # no session to do: the composites owed only
+        assert report.tasks == 0 and report.written == []
         psettings = photometry_for(config)
         assert psettings is not None
         for session in report.plan.sessions:
