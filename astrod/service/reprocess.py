@@ -2,8 +2,10 @@
 
 The client plans (`astrod.pipeline.reprocess`), builds or refreshes the masters, then for each session still to
 do: submits one measure task per frame, decides the session's frames in their order as the live stack does
-(`DecidedStack`), submits one warp task per stacked frame and one integration task per band of rows, gathers
-the bands and writes the products through `astrod.io` — the only writer of products. Workers write only the
+(`DecidedStack`), submits one warp task per stacked frame and one integration task per band of rows (and with
+photometry targets one photometry task per stacked frame: `astrod.service.reprocess_products`), gathers the
+bands and writes the products through `astrod.io` — the only writer of products; once the sessions are
+written, the composites and projects they are part of. Workers write only the
 registered frames into a scratch folder under the output (``.astrod-reprocess/cache/<session>``), removed once
 the session's products are written.
 
