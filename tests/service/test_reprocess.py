@@ -260,23 +260,26 @@ class _KillAfter:
 def test_worker_killed_mid_run_gives_the_same_products(local_run: LocalRun, dask_cluster: tuple[str, list[Any]],
                                                        tmp_path: Path) -> None:
     """One of the two workers SIGKILLed after the first frames: Dask reruns its lost tasks on the other, and the
-    products are the same."""
+    products are the same, light curves included."""
     address, procs = dask_cluster
     _wait_for_workers(address, 2)
     killer = _KillAfter(procs[1], after=2)
-    report = run_reprocess(_request(local_run.archive, tmp_path / "out", scheduler=address), progress=killer,
-                           say=lambda _: None)
+    request = _request(local_run.archive, tmp_path / "out", local_run.request.config, scheduler=address)
+    report = run_reprocess(request, progress=killer, say=lambda _: None)
     assert procs[1].poll() == -signal.SIGKILL
     assert len(report.written) == 12
-    _compare_outputs(tmp_path / "out", local_run.request.output)
+    _compare_outputs(tmp_path / "out", local_run.request.output, curves=True)
 
 
-def _compare_outputs(mine: Path, theirs: Path) -> None:
+def _compare_outputs(mine: Path, theirs: Path, *, curves: bool = False) -> None:
     a, b = _products(mine), _products(theirs)
     assert sorted(a) == sorted(b)
     for name, (image, rows) in a.items():
         assert rows == b[name][1]
         _same_stack(image, b[name][0])
+        if curves:
+            assert (mine / name / "lightcurve_T_1.csv").read_text(encoding="utf-8") == (
+                theirs / name / "lightcurve_T_1.csv").read_text(encoding="utf-8")
 
 
 def test_one_changed_frame_redoes_its_session_only(local_run: LocalRun, dask_cluster: tuple[str, list[Any]]) -> None:
