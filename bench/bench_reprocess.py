@@ -4,8 +4,9 @@ A synthetic archive (3 nights × 2 targets × 2 filters, with calibration frames
 run reprocesses it into a fresh output folder. Reported: the run's wall time, the time before the first task
 (planning, checking the masters built beforehand, the cluster's start: worker processes importing astrod), and
 frames per second over the whole run and over the part after the start.
-Run: `.venv/bin/python bench/bench_reprocess.py [--size 512 --frames 6 --workers 1 2]` (``--workers 2 1 2 1``
-alternates; the first run also pays for the client's first use of the kernels).
+Run: `.venv/bin/python bench/bench_reprocess.py [--size 512 --frames 6 --workers 1 2] [--photometry]`
+(``--workers 2 1 2 1`` alternates; the first run also pays for the client's first use of the kernels;
+``--photometry``: a light-curve target in the middle of every session's field, one more task per stacked frame).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import structlog
 
-from astrod.config import Config
+from astrod.config import Config, PhotometryTargetConfig
 from astrod.demo.archive import make_archive
 from astrod.library.build import BuildOptions, build_library
 from astrod.pipeline.commands import settings_for
@@ -29,9 +31,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="frame width and height, px")
     parser.add_argument("--frames", type=int, default=6, help="lights per session (12 sessions)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--photometry", action="store_true", help="with a light-curve target")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     config = Config()
+    if args.photometry:
+        middle = PhotometryTargetConfig(name="T", x=args.size / 2, y=args.size / 2)
+        config = replace(config, photometry=replace(config.photometry, targets=(middle,)))
     settings = settings_for(config, method=None, kappa=None)
     with tempfile.TemporaryDirectory(prefix="bench-reprocess-") as tmp:
         root = Path(tmp)

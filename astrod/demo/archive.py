@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,6 +20,8 @@ class Archive:
     root: Path
     lights: dict[tuple[str, str, str], list[Path]]  # (night, target, filter) -> lights in order
     calibration: Path
+    # (night, target, filter) -> the session's stars on its first frame (the truth), 0-based pixels
+    catalogues: dict[tuple[str, str, str], synth.Catalogue] = field(default_factory=dict)
 
 
 def make_archive(root: Path, *, frames: int = 6, size: int = 128, seed: int = 190) -> Archive:
@@ -28,6 +30,7 @@ def make_archive(root: Path, *, frames: int = 6, size: int = 128, seed: int = 19
     flats per filter, dark flats) under ``root/calib``."""
     sensor = synth.Sensor(width=size, height=size, seed=seed)
     lights: dict[tuple[str, str, str], list[Path]] = {}
+    catalogues: dict[tuple[str, str, str], synth.Catalogue] = {}
     for n, start in enumerate(NIGHTS):
         for t, target in enumerate(TARGETS):
             for f, band in enumerate(FILTERS):
@@ -46,7 +49,8 @@ def make_archive(root: Path, *, frames: int = 6, size: int = 128, seed: int = 19
                     paths.append(synth.write_fits(folder / f"zz_cloudy_{band}.fits", cloudy, object=target,
                                                   filter=band, date_obs=when))
                 lights[(start.date().isoformat(), target, band)] = paths
+                catalogues[(start.date().isoformat(), target, band)] = session.catalogue
     calib = root / "calib"
     for band in FILTERS:
         synth.write_calibration_set(calib / band, sensor, seed=seed + ord(band), n=3, filter=band)
-    return Archive(root=root, lights=lights, calibration=calib)
+    return Archive(root=root, lights=lights, calibration=calib, catalogues=catalogues)

@@ -5,6 +5,9 @@ A session is recorded after its products are written, with the digest of what ma
 stamp, the masters, the settings: `astrod.pipeline.reprocess.session_digest`). A run skips a session whose
 digest is recorded and whose products are there; an interrupted run therefore continues with the sessions it
 had not finished, and a changed frame makes only its own session's digest differ.
+
+A product made of several sessions (a target's composites of a night, a target's project in a filter) is
+recorded under its key with the digest of its sessions' digests once they are all recorded and it is rebuilt.
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ CREATE TABLE IF NOT EXISTS sessions (
     output TEXT NOT NULL,
     stacked INTEGER NOT NULL,
     rejected INTEGER NOT NULL,
+    finished_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS combined (
+    key TEXT PRIMARY KEY,
+    digest TEXT NOT NULL,
     finished_at TEXT NOT NULL
 );
 """
@@ -62,6 +70,19 @@ class ReprocessJournal(SqliteStore):
                        "output = excluded.output, stacked = excluded.stacked, rejected = excluded.rejected, "
                        "finished_at = excluded.finished_at",
                        (sid, digest, str(output), stacked, rejected, now.isoformat()))
+
+    def combined(self, key: str) -> str | None:
+        """The digest a product of several sessions was last rebuilt from (None: never)."""
+        with self._lock:
+            row = self._db.execute("SELECT digest FROM combined WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def record_combined(self, key: str, *, digest: str, now: datetime) -> None:
+        """The product ``key`` is rebuilt from the sessions ``digest`` says."""
+        with self._tx() as db:
+            db.execute("INSERT INTO combined(key, digest, finished_at) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE "
+                       "SET digest = excluded.digest, finished_at = excluded.finished_at",
+                       (key, digest, now.isoformat()))
 
 
 def content_stamp(path: Path) -> str:

@@ -16,6 +16,10 @@ Set up on the first frame (the session's first reference):
   frame's stars (`astrod.core.photometry.pick_comparisons`); the ensemble is the best ``max_comparisons`` of
   those that stay.
 
+A frame may also be measured apart (`measure_apart`, where its pixels are: a Dask worker of ``astrod
+reprocess``) with the series' set-up, and the small result taken up by the series in the frames' order
+(`PhotometrySeries.add`): the same rows as `observe`.
+
 The state (`state`, `restore`) is JSON-able and rides in the session's checkpoint, so a restart measures each
 frame once: frames after the checkpoint are stacked again, and measured again, from their files.
 """
@@ -156,6 +160,18 @@ class LightCurve:
     comparisons: tuple[str, ...] = field(default=())
 
 
+@dataclass(frozen=True, slots=True)
+class FrameMeasurement:
+    """One stacked frame's photometry measured apart from its series (`measure_apart`, in a Dask worker): the
+    set-up it was measured with (made on this frame when none was given; None: none could be), its record
+    (None: not measured) and the notes measuring it gave. Small: a few numbers per star."""
+
+    setup: dict[str, Any] | None
+    record: dict[str, Any] | None
+    notes: tuple[str, ...] = ()
+    error: str | None = None  # why measuring failed (the frame is left out of the curves, as the daemon leaves it)
+
+
 class PhotometrySeries:
     """The photometry of one session (see the module docstring). ``locate`` turns a target's RA/Dec into its
     0-based position on the first reference frame (a plate solution's WCS); targets with coordinates only are
@@ -181,6 +197,11 @@ class PhotometrySeries:
     def target_names(self) -> tuple[str, ...]:
         return () if self._setup is None else tuple(self._setup["targets"])
 
+    @property
+    def setup(self) -> dict[str, Any] | None:
+        """The aperture, annulus, saturation level and stars measured, set up on the first frame (None yet)."""
+        return self._setup
+
     def observe(self, frame: StackedFrame) -> None:
         """Measure the targets and comparison candidates on one stacked frame."""
         data = np.asarray(frame.data, dtype=np.float32)
@@ -190,7 +211,21 @@ class PhotometrySeries:
             self._setup = self._set_up(frame, data)
             if self._setup is None:
                 return
-        s = self._setup
+        self._records.append(self._measure(frame, data, self._setup))
+
+    def add(self, measured: FrameMeasurement) -> None:
+        """Take up a frame measured apart (`measure_apart`), in the frames' order, as `observe` would have
+        measured it: its set-up when the series has none yet (made on that frame), its record and notes."""
+        if self._setup is None:
+            self._setup = measured.setup
+        elif measured.record is not None and measured.setup != self._setup:
+            raise ValueError(f"{measured.record.get('frame')}: measured with another set-up than the series'")
+        if measured.record is not None:
+            self._records.append(dict(measured.record))
+        self.notes.extend(n for n in measured.notes if n not in self.notes)
+
+    def _measure(self, frame: StackedFrame, data: npt.NDArray[np.float32], s: dict[str, Any]) -> dict[str, Any]:
+        """One frame's record: the fluxes at the set-up's positions carried onto the frame, and its times."""
         first_xy = np.asarray(s["xy"], dtype=np.float64)
         xy = frame.to_first.inverse().apply(first_xy)
         gain = self._gain(frame)
@@ -204,13 +239,13 @@ class PhotometrySeries:
                                   elevation_m=self.settings.site.elevation if self.settings.site else 0.0)
         m = measure_apertures(data, xy, radius=s["radius"], annulus=tuple(s["annulus"]), gain=gain,
                               read_noise=self.settings.read_noise, saturation=s["saturation"], scint=scint)
-        self._records.append({
+        return {
             "frame": "" if frame.path is None else Path(frame.path).name,
             "jd": [t.jd_utc_mid for t in times], "bjd": [t.bjd_tdb for t in times],
             "airmass": [t.airmass for t in times], "fwhm": _finite(frame.quality.fwhm),
             "x": xy[:, 0].tolist(), "y": xy[:, 1].tolist(), "flux": m.flux.tolist(), "err": m.flux_err.tolist(),
             "sky": m.sky.tolist(), "sat": m.saturated.tolist(), "clip": m.clipped.tolist(),
-        })
+        }
 
     def _set_up(self, frame: StackedFrame, data: npt.NDArray[np.float32]) -> dict[str, Any] | None:
         """Aperture, annulus, saturation level, and the stars to measure, from the first frame."""
@@ -367,6 +402,22 @@ class PhotometrySeries:
                 f"sky annulus {a_in:.2f}-{a_out:.2f} px; {how} comparisons ({len(names)} of "
                 f"{len(s['xy']) - s['n_targets']} candidates, {dropped} dropped: saturated, clipped or scattering): "
                 f"{' '.join(names) or 'none'}")
+
+
+def measure_apart(settings: PhotometrySettings, setup: dict[str, Any] | None, frame: StackedFrame, *,
+                  locate: Locate | None = None) -> FrameMeasurement:
+    """`PhotometrySeries.observe` of one frame alone, with the series' ``setup`` (None: set up on this frame, as
+    a series sets up on its first): what `PhotometrySeries.add` takes, where the series is. A failure is
+    returned (``error``), not raised: the daemon's observer leaves such a frame out of the curves, never out of
+    the stack."""
+    series = PhotometrySeries.restore(settings, {"version": STATE_VERSION, "setup": setup}, locate=locate)
+    try:
+        series.observe(frame)
+    except Exception as err:  # any failure of one frame's measuring leaves that frame out
+        return FrameMeasurement(setup=series.setup, record=None, notes=tuple(series.notes),
+                                error=f"{type(err).__name__}: {err}".splitlines()[0])
+    return FrameMeasurement(setup=series.setup, record=series._records[-1] if series._records else None,
+                            notes=tuple(series.notes))
 
 
 def header_locate(path: str, ra: float, dec: float) -> tuple[float, float] | None:

@@ -10,6 +10,7 @@ split a key when a session closed on idle time in the middle of a night; an arch
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,6 +21,7 @@ from pathlib import Path
 from astrod import __version__
 from astrod.library.keys import night_of
 from astrod.pipeline.ingest import Calibration, Ignored, Light, ReadOptions, Rejected, ingest
+from astrod.pipeline.photometry import PhotometrySettings
 from astrod.pipeline.router import route
 from astrod.pipeline.sessions import Pointing, SessionKey, slug
 from astrod.pipeline.settings import PipelineSettings
@@ -128,12 +130,14 @@ def _named(opened: list[_Open], output: Path) -> list[SessionPlan]:
 
 
 def session_digest(plan: SessionPlan, *, stamps: Mapping[Path, str], masters: str,
-                   settings: PipelineSettings, options: ReadOptions, formats: Iterable[str]) -> str:
+                   settings: PipelineSettings, options: ReadOptions, formats: Iterable[str],
+                   photometry: PhotometrySettings | None = None) -> str:
     """What a session's products are made of: astrod's version, the settings, the read options, the masters
-    (``masters``: a digest of the library) and each frame's path and content stamp in order. Equal digests:
-    the products already written are those a new run would write."""
+    (``masters``: a digest of the library), the light curves' targets and settings, and each frame's path and
+    content stamp in order. Equal digests: the products already written are those a new run would write."""
     text = json.dumps({
         "version": __version__, "settings": settings.as_dict(), "rename": dict(options.rename),
+        "photometry": None if photometry is None else dataclasses.asdict(photometry),
         "rules": [repr(r) for r in options.rules], "masters": masters, "formats": list(formats),
         "key": plan.key.as_dict(), "output": str(plan.output),
         "frames": [[str(p), stamps[p]] for p in plan.frames],

@@ -48,7 +48,7 @@ from astrod.pipeline.outputs import StackProduct, stack_cards
 from astrod.pipeline.repick import area_ratio, one_line
 from astrod.pipeline.reprocess import SessionPlan
 from astrod.pipeline.sessions import plausible_date
-from astrod.pipeline.settings import BAND_ROWS, PipelineSettings
+from astrod.pipeline.settings import BAND_ROWS, FrameObserver, PipelineSettings
 from astrod.pipeline.state import FrameResult, Metric
 
 FloatArray = npt.NDArray[np.float32]
@@ -118,10 +118,12 @@ class DecidedStack(LiveStack):
     """The live stack's decisions on measured frames, in their order, without their pixels (see the module
     docstring). ``orders``: one `WarpOrder` per stacked frame, in the order of the session's cached frames."""
 
-    def __init__(self, settings: PipelineSettings) -> None:
+    def __init__(self, settings: PipelineSettings, *, observer: FrameObserver | None = None) -> None:
+        """``observer`` sees each frame stacked as the live stack's does, but with no pixels: its ``data`` is
+        a zero-strided stand-in of their shape (photometry is measured where the pixels are read again)."""
         if settings.final_rejection == "none":
             raise ValueError("a decided stack is integrated from its registered frames: final_rejection is needed")
-        super().__init__(settings)
+        super().__init__(settings, observer=observer)
         self.orders: list[WarpOrder] = []
 
     def offer(self, measure: FrameMeasure) -> FrameResult:
@@ -235,12 +237,17 @@ class Integration:
         return [(r, min(height, r + rows)) for r in range(0, height, rows)]
 
 
+def calibrated_pixels(path: Path, *, options: ReadOptions, calibrator: Calibrator | None) -> FloatArray:
+    """A light read and calibrated again, as `measure_frame` had its pixels (not demosaiced)."""
+    frame = read_frame(path, rename=options.rename, rules=options.rules)
+    out = calibrator(frame) if calibrator is not None else frame
+    return np.asarray((out.frame if isinstance(out, Calibrated) else out).data, dtype=np.float32)
+
+
 def warp_frame(order: WarpOrder, cache: Path, settings: PipelineSettings, *, options: ReadOptions,
                calibrator: Calibrator | None) -> str:
     """Read, calibrate and warp one stacked frame into ``cache`` as its order says; the file's name."""
-    frame = read_frame(order.path, rename=options.rename, rules=options.rules)
-    out = calibrator(frame) if calibrator is not None else frame
-    data = np.asarray((out.frame if isinstance(out, Calibrated) else out).data, dtype=np.float32)
+    data = calibrated_pixels(order.path, options=options, calibrator=calibrator)
     pixels = debayer(data, pattern=order.pattern) if order.pattern is not None else data
     planes = order.stack_shape[0] if len(order.stack_shape) == 3 else 1
     buffer = np.empty(planes * BAND_ROWS * order.frame_shape[1], dtype=np.float32)

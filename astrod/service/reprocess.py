@@ -2,8 +2,10 @@
 
 The client plans (`astrod.pipeline.reprocess`), builds or refreshes the masters, then for each session still to
 do: submits one measure task per frame, decides the session's frames in their order as the live stack does
-(`DecidedStack`), submits one warp task per stacked frame and one integration task per band of rows, gathers
-the bands and writes the products through `astrod.io` — the only writer of products. Workers write only the
+(`DecidedStack`), submits one warp task per stacked frame and one integration task per band of rows (and with
+photometry targets one photometry task per stacked frame: `astrod.service.reprocess_products`), gathers the
+bands and writes the products through `astrod.io` — the only writer of products; once the sessions are
+written, the composites and projects they are part of. Workers write only the
 registered frames into a scratch folder under the output (``.astrod-reprocess/cache/<session>``), removed once
 the session's products are written.
 
@@ -49,7 +51,22 @@ from astrod.pipeline.reprocess import ArchivePlan, SessionPlan, plan_archive, se
 from astrod.pipeline.reprocess_stack import DecidedStack, FrameMeasure, assemble, session_summary
 from astrod.pipeline.settings import PipelineSettings
 from astrod.pipeline.state import TABLE_COLUMNS
-from astrod.service.reprocess_tasks import LibraryPlugin, ReprocessJob, band_task, measure_task, warp_task
+from astrod.service.reprocess_products import (
+    PhotometryOrders,
+    gather_series,
+    rebuild_owed,
+    submit_photometry,
+    write_curves,
+)
+from astrod.service.reprocess_tasks import (
+    LibraryPlugin,
+    PhotometryOrder,
+    ReprocessJob,
+    band_task,
+    measure_task,
+    warp_task,
+)
+from astrod.service.session_photometry import photometry_for
 
 log = structlog.get_logger()
 
@@ -86,6 +103,7 @@ class ReprocessReport:
     startup_seconds: float = 0.0  # planning, the library and the cluster's start (of ``seconds``)
     decide_seconds: float = 0.0  # the client's decisions on measured frames (gates, registration, re-pick)
     dashboard: str | None = None
+    combined: list[Path] = field(default_factory=list)  # composites and projects rebuilt after the sessions
 
 
 class RunProgress:
@@ -145,8 +163,10 @@ def run_reprocess(request: ReprocessRequest, *, progress: Progress | None = None
     masters = folder_stamp(library)
     options = _read_options(request.config)
     stamps = {p: content_stamp(p) for s in plan.sessions for p in s.frames}
+    photometry = photometry_for(request.config)
     digests = {s.id: session_digest(s, stamps=stamps, masters=masters, settings=request.settings, options=options,
-                                    formats=request.config.output.formats) for s in plan.sessions}
+                                    formats=request.config.output.formats, photometry=photometry)
+               for s in plan.sessions}
     state = request.output / STATE_FOLDER
     journal = ReprocessJournal(state / JOURNAL_NAME) if not request.dry_run or state.is_dir() else None
     try:
@@ -157,18 +177,23 @@ def run_reprocess(request: ReprocessRequest, *, progress: Progress | None = None
             log.info("session_skipped", session=s, reason="products written from the same frames and settings")
         if request.dry_run or not todo or journal is None:
             _say_plan(plan, todo, say)
+        if request.dry_run or journal is None:
             return report
-        job = ReprocessJob(settings=request.settings, options=options, now=now,
-                           band_bytes=request.band_bytes or request.settings.final_memory_bytes)
-        with _client(request) as client:
-            report.startup_seconds = time.perf_counter() - started
-            report.dashboard = _dashboard(client)
-            if report.dashboard:
-                say(f"Dask dashboard: {report.dashboard}")
-            client.register_plugin(LibraryPlugin(None if library is None else str(library),
-                                                 MatchRules.from_config(request.config)))
-            run = _Run(client, job, journal, request, digests, report)
-            run.sessions(todo, RunProgress(bar, frames=sum(len(s.frames) for s in todo), sessions=len(todo)))
+        if todo:
+            job = ReprocessJob(settings=request.settings, options=options, now=now, photometry=photometry,
+                               band_bytes=request.band_bytes or request.settings.final_memory_bytes)
+            with _client(request) as client:
+                report.startup_seconds = time.perf_counter() - started
+                report.dashboard = _dashboard(client)
+                if report.dashboard:
+                    say(f"Dask dashboard: {report.dashboard}")
+                client.register_plugin(LibraryPlugin(None if library is None else str(library),
+                                                     MatchRules.from_config(request.config)))
+                run = _Run(client, job, journal, request, digests, report)
+                run.sessions(todo, RunProgress(bar, frames=sum(len(s.frames) for s in todo), sessions=len(todo)))
+        # after every session, and in a run with none to do when an interrupted one had not come this far
+        report.combined = rebuild_owed(plan.sessions, journal, digests, request.settings.finish,
+                                       formats=request.config.output.formats)
     finally:
         if journal is not None:
             journal.close()
@@ -221,6 +246,18 @@ def _dashboard(client: Client) -> str | None:
     return str(link) if link else None
 
 
+@dataclass(slots=True)
+class _Pending:
+    """A session decided, its integration and photometry tasks in flight."""
+
+    plan: SessionPlan
+    stack: DecidedStack
+    bands: list[Future[Any]]
+    failed: bool
+    orders: list[PhotometryOrder]
+    photometry: list[Future[Any]]
+
+
 class _Run:
     """One run's sessions through the cluster, at most ``window`` in flight."""
 
@@ -236,13 +273,14 @@ class _Run:
 
     def sessions(self, todo: list[SessionPlan], bar: RunProgress) -> None:
         measures: dict[str, list[Future[Any]]] = {}
-        pending: deque[tuple[SessionPlan, DecidedStack, list[Future[Any]], bool]] = deque()
+        pending: deque[_Pending] = deque()
         for i, plan in enumerate(todo):
             for ahead in todo[i:i + self.window]:  # the next sessions' frames are measured meanwhile
                 if ahead.id not in measures:
                     measures[ahead.id] = [self._submit(measure_task, p, self.job, key=f"measure-{ahead.id}-{j}")
                                           for j, p in enumerate(ahead.frames)]
-            stack, failed = DecidedStack(self.job.settings), False
+            orders = PhotometryOrders() if self.job.photometry is not None else None
+            stack, failed = DecidedStack(self.job.settings, observer=orders), False
             for path, future in zip(plan.frames, measures.pop(plan.id), strict=True):
                 try:
                     measure: FrameMeasure = future.result()
@@ -259,16 +297,35 @@ class _Run:
                 log.debug("frame_decided", session=plan.id, frame=str(measure.path), status=result.status,
                           reason=result.reason)
                 bar.frame(measure.path.name)
-            pending.append((plan, stack, self._integrate(plan, stack), failed))
+            photometry = [] if orders is None else submit_photometry(self._submit, orders.orders, self.job,
+                                                                     key=f"photometry-{plan.id}")
+            pending.append(_Pending(plan, stack, self._integrate(plan, stack), failed,
+                                    [] if orders is None else orders.orders, photometry))
             while len(pending) >= self.window:
-                self._finish(*pending.popleft(), bar)
+                self._finish(pending.popleft(), bar)
         while pending:
-            self._finish(*pending.popleft(), bar)
+            self._finish(pending.popleft(), bar)
         bar.finish()
 
     def _submit(self, fn: Callable[..., Any], *args: Any, key: str) -> Future[Any]:
         self.report.tasks += 1
         return self.client.submit(fn, *args, key=f"{key}-{self.token}", pure=False)
+
+    def _curves(self, pending: _Pending) -> bool:
+        """The session's light curves (when targets are configured), written before its stack as the daemon
+        writes them on close; False when a frame's photometry failed."""
+        job = self.job
+        if job.photometry is None or not pending.orders:
+            return True
+        try:
+            series, failed = gather_series(self._submit, pending.orders, pending.photometry, job,
+                                           key=f"photometry-{pending.plan.id}", session=pending.plan.id)
+        except Exception as err:  # tasks lost: the stack is written, the session done again next run
+            log.error("photometry_failed", session=pending.plan.id, reason=one_line(err))
+            return False
+        written = write_curves(job.photometry, series, pending.plan.output)
+        log.info("lightcurves_written", session=pending.plan.id, frames=series.frames, files=len(written))
+        return not failed
 
     def _integrate(self, plan: SessionPlan, stack: DecidedStack) -> list[Future[Any]]:
         """The warp tasks of the session's stacked frames and the band tasks that wait for them."""
@@ -281,11 +338,11 @@ class _Run:
         return [self._submit(band_task, integration, cache, r0, r1, self.job, *warped, key=f"band-{plan.id}-{r0}")
                 for r0, r1 in integration.bands(self.job.band_bytes)]
 
-    def _finish(self, plan: SessionPlan, stack: DecidedStack, bands: list[Future[Any]], failed: bool,
-                bar: RunProgress) -> None:
-        """Gather the session's bands and write its products (stack, frames table, summary). A session whose
-        warp or band tasks failed is not written; one with a frame that failed is written but not journaled:
-        the next run does both again."""
+    def _finish(self, pending: _Pending, bar: RunProgress) -> None:
+        """Gather the session's bands and write its products (stack, frames table, summary, light curves). A
+        session whose warp or band tasks failed is not written; one with a frame that failed (measuring it, or
+        its photometry) is written but not journaled: the next run does both again."""
+        plan, stack, bands, failed = pending.plan, pending.stack, pending.bands, pending.failed
         t0 = time.perf_counter()
         summary = session_summary(plan, stack)
         try:
@@ -294,6 +351,8 @@ class _Run:
             log.error("session_failed", session=plan.id, reason=one_line(err))
             self.report.failed.append(plan.id)
             remove_folder(self.cache_root / plan.id)
+            for f in pending.photometry:
+                f.release()
             return
         finally:
             for f in bands:
@@ -303,6 +362,7 @@ class _Run:
             image, count = assemble(stack.integration().shape, parts)
             product = stack.product(image, count)
             summary["masters"] = list(product.masters)
+            failed = not self._curves(pending) or failed
             # the daemon's products of a closed session: the stack, the finished picture and the report
             written = finish_session(product, self.job.settings.finish, plan.output, frames=stack.n_stacked,
                                      formats=self.request.config.output.formats, summary=summary)

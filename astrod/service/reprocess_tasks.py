@@ -16,20 +16,27 @@ import numpy as np
 import numpy.typing as npt
 from distributed import WorkerPlugin, get_worker
 
+from astrod.core.quality import FrameQuality
+from astrod.core.stars import StarList
+from astrod.errors import AstrodError
 from astrod.library.masters import MasterLibrary
 from astrod.library.match import MatchRules
+from astrod.model import FrameMeta, Transform
 from astrod.pipeline.calibration import library_calibrator
 from astrod.pipeline.ingest import ReadOptions
 from astrod.pipeline.live import Calibrator
+from astrod.pipeline.photometry import FrameMeasurement, PhotometrySettings, header_locate, measure_apart
+from astrod.pipeline.repick import one_line
 from astrod.pipeline.reprocess_stack import (
     FrameMeasure,
     Integration,
     WarpOrder,
+    calibrated_pixels,
     integrate_rows,
     measure_frame,
     warp_frame,
 )
-from astrod.pipeline.settings import PipelineSettings
+from astrod.pipeline.settings import PipelineSettings, StackedFrame
 
 PLUGIN = "astrod-library"
 
@@ -37,12 +44,27 @@ PLUGIN = "astrod-library"
 @dataclass(frozen=True, slots=True)
 class ReprocessJob:
     """What every task of a run needs: the pipeline settings, how frames are read, the run's time (which
-    judges a DATE-OBS plausible) and the memory one band of an integration may take."""
+    judges a DATE-OBS plausible), the memory one band of an integration may take, and the light curves'
+    settings (None: no target configured)."""
 
     settings: PipelineSettings
     options: ReadOptions
     now: datetime
     band_bytes: int
+    photometry: PhotometrySettings | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PhotometryOrder:
+    """A stacked frame to measure for the light curves: what the live stack's observer sees of it, without
+    the pixels (``to_first``: its pixels onto the session's first reference, decided by the client)."""
+
+    path: Path
+    meta: FrameMeta
+    stars: StarList
+    quality: FrameQuality
+    to_first: Transform
+    pattern: str | None
 
 
 class LibraryPlugin(WorkerPlugin):
@@ -93,3 +115,18 @@ def band_task(integration: Integration, cache: Path, row0: int, row1: int, job: 
         raise RuntimeError(f"warped files {warped} are not the integration's {integration.files}")
     image, count = integrate_rows(integration, cache, row0, row1, memory_bytes=job.band_bytes)
     return row0, row1, image, count
+
+
+def photometry_task(order: PhotometryOrder, given: FrameMeasurement | None, job: ReprocessJob) -> FrameMeasurement:
+    """Read and calibrate one stacked frame again and measure the light curves' stars on it, with the set-up
+    of ``given`` (the session's first stacked frame's measurement; None: this frame is the first, set up on
+    it). Small results only: the sums, the set-up, notes."""
+    assert job.photometry is not None
+    setup = None if given is None else given.setup
+    try:
+        data = calibrated_pixels(order.path, options=job.options, calibrator=_calibrator())
+    except (AstrodError, OSError) as err:  # left out of the curves, as a frame the daemon could not measure
+        return FrameMeasurement(setup=setup, record=None, error=one_line(err))
+    frame = StackedFrame(path=order.path, meta=order.meta, data=data, stars=order.stars, quality=order.quality,
+                         to_first=order.to_first, pattern=order.pattern)
+    return measure_apart(job.photometry, setup, frame, locate=header_locate)

@@ -27,6 +27,20 @@ def test_journal_records_and_replaces_sessions(tmp_path: Path) -> None:
     journal.close()
 
 
+def test_journal_records_combined_products(tmp_path: Path) -> None:
+    """A product of several sessions is unknown until recorded, found again after reopening, and replaced."""
+    path = tmp_path / "j.sqlite"
+    journal = ReprocessJournal(path)
+    assert journal.combined("composites /o/n/t") is None
+    journal.record_combined("composites /o/n/t", digest="g1", now=datetime(2026, 1, 1, tzinfo=UTC))
+    journal.close()
+    journal = ReprocessJournal(path)
+    assert journal.combined("composites /o/n/t") == "g1" and journal.combined("project /o/t/L") is None
+    journal.record_combined("composites /o/n/t", digest="g2", now=datetime(2026, 1, 2, tzinfo=UTC))
+    assert journal.combined("composites /o/n/t") == "g2"
+    journal.close()
+
+
 def test_stamps_change_with_content(tmp_path: Path) -> None:
     """Another content (same size) changes a frame's stamp; a new master file changes the library's stamp."""
     frame = tmp_path / "f.fits"

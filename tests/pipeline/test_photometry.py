@@ -1,5 +1,6 @@
 """Light curves (`astrod.pipeline.photometry`): a synthetic transit through the live pipeline, the state a
-checkpoint carries, and the real ST-10 TrES-1 sequence (skipped where ../shared/data is absent)."""
+checkpoint carries, frames measured apart (as reprocess's tasks do), and the real ST-10 TrES-1 sequence
+(skipped where ../shared/data is absent)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,16 @@ from astrod.io.fits import read_fits_header
 from astrod.io.frames import read_frame
 from astrod.model import Frame, FrameKind, FrameMeta
 from astrod.pipeline.live import LiveStack, PipelineSettings
-from astrod.pipeline.photometry import LightCurve, PhotometrySeries, PhotometrySettings, Target, parse_coords
+from astrod.pipeline.photometry import (
+    LightCurve,
+    PhotometrySeries,
+    PhotometrySettings,
+    Target,
+    measure_apart,
+    parse_coords,
+)
 from astrod.pipeline.photometry_times import Site
+from astrod.pipeline.settings import StackedFrame
 
 TRES1 = "19:04:09.8,+36:37:57"
 UMO = Site(38.99, -76.96, 50.0)
@@ -189,3 +198,33 @@ def test_positions_stay_right_when_the_reference_is_repicked() -> None:
     truth = np.array([t.inverse().apply([seq.target_xy])[0] for t in seq.transforms]) + 1.0
     xy = np.column_stack([_column(curve, "x"), _column(curve, "y")])
     assert np.abs(xy - truth).max() < 0.15
+
+
+def test_frames_measured_apart_give_the_observed_curve() -> None:
+    """Each stacked frame measured on its own (`measure_apart`: the first sets the series up, the others use
+    its set-up) and taken up in order (`PhotometrySeries.add`): the curve, comment and notes are those of the
+    series that observed the live stack; a measurement made with another set-up is refused."""
+    seq = make_transit_sequence(seed=9, n_frames=6, width=256, height=256, n_field=40)
+    x, y = seq.target_xy
+    settings = PhotometrySettings(targets=(Target("T", x=x + 1.0, y=y + 1.0),))
+    observed = PhotometrySeries(settings)
+    seen: list[StackedFrame] = []
+
+    def observer(frame: StackedFrame) -> None:
+        observed.observe(frame)
+        seen.append(replace(frame, data=np.array(frame.data, copy=True)))  # the live stack reuses its buffer
+
+    stack = LiveStack(PipelineSettings(), calibrator=lambda f: replace(f, data=seq.calibrate(f.data)),
+                      observer=observer)
+    assert all(stack.process(f).status == "stacked" for f in _frames(seq))
+    first = measure_apart(settings, None, seen[0])
+    assert first.setup is not None and first.record is not None and first.error is None
+    apart = PhotometrySeries(settings)
+    apart.add(first)
+    for frame in seen[1:]:
+        apart.add(measure_apart(settings, first.setup, frame))
+    assert apart.curve("T") == observed.curve("T") and apart.notes == observed.notes
+    other = measure_apart(settings, None, seen[1])  # set up on the second frame: other aperture positions
+    assert other.setup != first.setup
+    with pytest.raises(ValueError, match="another set-up"):
+        apart.add(other)

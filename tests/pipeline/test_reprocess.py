@@ -3,6 +3,7 @@ as the daemon names and places them) and the rejected, with the daemon's own ing
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from astrod.demo import synth
 from astrod.pipeline.ingest import ReadOptions
+from astrod.pipeline.photometry import PhotometrySettings, Target
 from astrod.pipeline.reprocess import ArchivePlan, plan_archive, session_digest
 from astrod.pipeline.settings import PipelineSettings
 
@@ -58,8 +60,8 @@ def test_plan_sorts_an_archive_as_the_daemon_routes_it(tmp_path: Path) -> None:
 
 
 def test_session_digest_follows_its_frames_masters_and_settings(tmp_path: Path) -> None:
-    """A session's digest changes with one of its frames' stamps, the masters or the settings, and not with
-    another session's frames."""
+    """A session's digest changes with one of its frames' stamps, the masters, the settings or the light
+    curves' targets and settings, and not with another session's frames."""
     paths = [_light(tmp_path, "a.fits", 1, object="A"), _light(tmp_path, "b.fits", 2, object="B")]
     plan = _plan(paths, tmp_path / "out")
     a, b = plan.sessions
@@ -77,3 +79,10 @@ def test_session_digest_follows_its_frames_masters_and_settings(tmp_path: Path) 
     assert digest(b, stamps=changed) == digest(b)
     assert digest(a, masters="n") != digest(a)
     assert digest(a, settings=PipelineSettings(final_rejection="sigma")) != digest(a)
+    target = PhotometrySettings(targets=(Target("T", x=10.0, y=12.0),))
+    assert digest(a, photometry=target) != digest(a)
+    assert digest(a, photometry=PhotometrySettings(targets=(Target("T", x=10.0, y=13.0),))) != digest(
+        a, photometry=target)
+    assert digest(a, photometry=replace(target, aperture_fwhm=2.0)) != digest(a, photometry=target)
+    assert digest(a, photometry=target) == digest(a, photometry=PhotometrySettings(targets=(Target("T", x=10.0,
+                                                                                                    y=12.0),)))

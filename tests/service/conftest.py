@@ -28,3 +28,12 @@ def obs(tmp_path: Path) -> Observatory:
     o = Observatory(tmp_path / "obs")
     o.root.mkdir()
     return o
+
+
+@pytest.fixture(scope="module")
+def dask_offload_thread() -> None:
+    """Dask's process-wide offload thread, which an in-process cluster starts and Dask never stops: started
+    here, before the test's own threads are counted."""
+    from distributed.utils import _offload_executor
+
+    _offload_executor.submit(lambda: None).result()

@@ -20,11 +20,19 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from astrod.config import Config
-from astrod.demo.archive import Archive, make_archive
+from astrod.config import Config, PhotometryTargetConfig
+from astrod.demo.archive import FILTERS, NIGHTS, TARGETS, Archive, make_archive
+from astrod.io.headers import rules_from_config
+from astrod.io.lightcurves import lightcurve_text, read_lightcurve
+from astrod.library.masters import MasterLibrary
+from astrod.library.match import MatchRules
+from astrod.pipeline.calibration import library_calibrator
 from astrod.pipeline.commands import settings_for
+from astrod.pipeline.oneshot import stack_files
 from astrod.pipeline.outputs import FRAMES, SESSION, STACK
+from astrod.pipeline.photometry import CSV_COLUMNS, PhotometrySeries, header_locate
 from astrod.service.reprocess import ReprocessReport, ReprocessRequest, run_reprocess
+from astrod.service.session_photometry import photometry_for
 from tests.pipeline.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,8 +46,8 @@ class LocalRun:
     report: ReprocessReport
 
 
-def _request(archive: Archive, output: Path, **kw: object) -> ReprocessRequest:
-    config = Config()
+def _request(archive: Archive, output: Path, config: Config | None = None, **kw: object) -> ReprocessRequest:
+    config = config or Config()
     return ReprocessRequest(archives=(archive.root / "lights", archive.calibration), output=output,
                             library=archive.root / "lib", config=config,
                             settings=settings_for(config, method=None, kappa=None), **kw)  # type: ignore[arg-type]
@@ -48,12 +56,25 @@ def _request(archive: Archive, output: Path, **kw: object) -> ReprocessRequest:
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory: pytest.TempPathFactory, dask_cluster: tuple[str, list[Any]]) -> LocalRun:
     """The archive reprocessed on a local cluster of 2 processes (the external cluster of `dask_cluster` is
-    started first: its workers import astrod while the archive is written and processed)."""
+    started first: its workers import astrod while the archive is written and processed), with a light curve
+    target: a bright star near the middle of the first session's field."""
     del dask_cluster
     archive = make_archive(tmp_path_factory.mktemp("archive"), frames=3)
     # bands of 64 KiB of samples: 4 band tasks per session of 3 frames, assembled by the client
-    request = _request(archive, archive.root / "out", workers=2, band_bytes=2**16)
+    request = _request(archive, archive.root / "out", _target_config(archive), workers=2, band_bytes=2**16)
     return LocalRun(archive, request, run_reprocess(request, say=lambda _: None))
+
+
+def _target_config(archive: Archive) -> Config:
+    """The default config with one ``[[photometry.targets]]``: the brightest unsaturated star near the middle of
+    the first session's field (its truth, 1-based); in the other sessions' fields it is wherever it falls."""
+    cat = archive.catalogues[(NIGHTS[0].date().isoformat(), TARGETS[0], FILTERS[0])]
+    size = 128
+    central = (np.abs(cat.x - size / 2) < 30) & (np.abs(cat.y - size / 2) < 30) & (cat.flux < 3e5)
+    star = int(np.flatnonzero(central)[np.argmax(cat.flux[central])])
+    target = PhotometryTargetConfig(name="T 1", x=float(cat.x[star]) + 1.0, y=float(cat.y[star]) + 1.0)
+    config = Config()
+    return replace(config, photometry=replace(config.photometry, targets=(target,)))
 
 
 def _table(path: Path) -> list[tuple[str, str, str]]:
@@ -94,7 +115,8 @@ def test_products_equal_astrod_stack(local_run: LocalRun, tmp_path: Path) -> Non
         _same_stack(image, fits.getdata(stack))
         rejected += sum(status == "rejected" for _, status, _ in rows)
     assert rejected == 3  # one cloudy frame a night
-    assert local_run.report.tasks == 39 + 36 + 4 * 12  # a measure per light, a warp per stacked, 4 bands each
+    # a measure per light, a warp and a photometry task per stacked frame, 4 bands each
+    assert local_run.report.tasks == 39 + 36 + 36 + 4 * 12
     for session in plan.sessions:  # and the finished products a closed session of the daemon has
         summary = json.loads((session.output / SESSION).read_text(encoding="utf-8"))
         assert {"final.fits", "report.html"} <= set(summary["products"])
@@ -105,6 +127,36 @@ def test_second_run_submits_no_task(local_run: LocalRun) -> None:
     """Nothing changed: every session is skipped before any cluster is started."""
     report = run_reprocess(local_run.request, say=lambda _: None)
     assert report.tasks == 0 and report.written == [] and len(report.skipped) == 12
+
+
+def test_light_curves_equal_the_live_stacks(local_run: LocalRun) -> None:
+    """Each session's lightcurve_T_1.csv is, to the character, the curve the daemon's `PhotometrySeries` gives
+    as the observer of a live stack of the session's frames with the same library and settings (the same rows
+    of the same frames, the same sums), and its plot is written beside it; in the first session the target is
+    measured on its three stacked frames, never saturated or clipped."""
+    request, plan = local_run.request, local_run.report.plan
+    psettings = photometry_for(request.config)
+    assert psettings is not None
+    library = MasterLibrary.open(local_run.archive.root / "lib", rules=MatchRules.from_config(request.config))
+    try:
+        for session in plan.sessions:
+            series = PhotometrySeries(psettings, locate=header_locate)
+            stack_files(session.frames, request.settings, calibrator=library_calibrator(library, in_place=True),
+                        rename=request.config.headers.rename, rules=rules_from_config(request.config.headers),
+                        observer=series)
+            curve = series.curve("T 1")
+            text = (session.output / "lightcurve_T_1.csv").read_text(encoding="utf-8")
+            assert text == lightcurve_text(curve.comment, curve.rows, CSV_COLUMNS)
+            assert len(curve.rows) == sum(s == "stacked" for _, s, _ in _table(session.output / FRAMES))
+            assert (session.output / "lightcurve_T_1.png").read_bytes()[:4] == b"\x89PNG"
+    finally:
+        library.close()
+    first = plan.sessions[0]
+    _, rows = read_lightcurve(first.output / "lightcurve_T_1.csv")
+    assert [r["frame"] for r in rows] == [p.name for p in first.frames[:3]]  # the cloudy fourth is rejected
+    # the field is too crowded for an isolated comparison (tests/service/test_reprocess_products.py has an
+    # ensemble): the target's own sums, neither saturated nor clipped
+    assert all(r["flags"] == "no_comparisons" and float(r["flux"]) > 0 for r in rows)
 
 
 def test_dry_run_plans_without_writing(local_run: LocalRun, tmp_path: Path) -> None:
@@ -208,46 +260,46 @@ class _KillAfter:
 def test_worker_killed_mid_run_gives_the_same_products(local_run: LocalRun, dask_cluster: tuple[str, list[Any]],
                                                        tmp_path: Path) -> None:
     """One of the two workers SIGKILLed after the first frames: Dask reruns its lost tasks on the other, and the
-    products are the same."""
+    products are the same, light curves included."""
     address, procs = dask_cluster
     _wait_for_workers(address, 2)
     killer = _KillAfter(procs[1], after=2)
-    report = run_reprocess(_request(local_run.archive, tmp_path / "out", scheduler=address), progress=killer,
-                           say=lambda _: None)
+    request = _request(local_run.archive, tmp_path / "out", local_run.request.config, scheduler=address)
+    report = run_reprocess(request, progress=killer, say=lambda _: None)
     assert procs[1].poll() == -signal.SIGKILL
     assert len(report.written) == 12
-    _compare_outputs(tmp_path / "out", local_run.request.output)
+    _compare_outputs(tmp_path / "out", local_run.request.output, curves=True)
 
 
-def _compare_outputs(mine: Path, theirs: Path) -> None:
+def _compare_outputs(mine: Path, theirs: Path, *, curves: bool = False) -> None:
     a, b = _products(mine), _products(theirs)
     assert sorted(a) == sorted(b)
     for name, (image, rows) in a.items():
         assert rows == b[name][1]
         _same_stack(image, b[name][0])
+        if curves:
+            assert (mine / name / "lightcurve_T_1.csv").read_text(encoding="utf-8") == (
+                theirs / name / "lightcurve_T_1.csv").read_text(encoding="utf-8")
 
 
 def test_one_changed_frame_redoes_its_session_only(local_run: LocalRun, dask_cluster: tuple[str, list[Any]]) -> None:
-    """A light rewritten with other content: its session alone is stacked again (the others are skipped; on the
-    external cluster, already running, whichever of its workers is left)."""
+    """A light rewritten with other content: its session alone is stacked again and its light curve measured
+    again (the others are skipped; on the external cluster, already running, whichever of its workers is
+    left)."""
     address, _ = dask_cluster
     _wait_for_workers(address, 1)
-    session = local_run.report.plan.sessions[5]
+    plan = local_run.report.plan
+    session = plan.sessions[5]
+    curves = {s.id: (s.output / "lightcurve_T_1.csv").stat().st_mtime_ns for s in plan.sessions}
     with fits.open(session.frames[1], mode="update") as hdul:  # a few pixels brighter: other content
         hdul[0].data[10:20, 10:20] += 50
     report = run_reprocess(replace(local_run.request, scheduler=address), say=lambda _: None)
     assert report.written == [session.id] and report.frames == len(session.frames)
     assert len(report.skipped) == 11
+    # its light curve with it, the others' left as they were
+    assert [s.id for s in plan.sessions
+            if (s.output / "lightcurve_T_1.csv").stat().st_mtime_ns != curves[s.id]] == [session.id]
 
-
-
-@pytest.fixture(scope="module")
-def dask_offload_thread() -> None:
-    """Dask's process-wide offload thread, which an in-process cluster starts and Dask never stops: started
-    here, before the test's own threads are counted."""
-    from distributed.utils import _offload_executor
-
-    _offload_executor.submit(lambda: None).result()
 
 
 @pytest.mark.usefixtures("dask_offload_thread")
