@@ -22,6 +22,15 @@ def ensure_folder(path: Path) -> Path:
     return path
 
 
+def writable_folder(path: Path) -> bool:
+    """Make ``path`` (and its parents) unless it is there; whether this process can write into it."""
+    try:
+        ensure_folder(path)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK | os.X_OK)
+
+
 def remove_folder(path: Path) -> None:
     """Remove an astrod-owned folder and what is in it (gone already: nothing to do)."""
     shutil.rmtree(path, ignore_errors=True)

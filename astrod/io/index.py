@@ -23,6 +23,11 @@ from typing import Any
 
 from astrod.errors import LibraryError
 
+# A library's own folder of prepared masters, for commands run now and then (`astrod stack`): a set made once
+# is mapped by every later run with the same masters (`astrod.io.mapped_masters`, named by the masters'
+# content and astrod's version).
+PREPARED_FOLDER = ".prepared"
+
 INDEX_NAME = "index.sqlite"
 LOCK_NAME = ".build.lock"
 SCHEMA_VERSION = 1
@@ -232,7 +237,8 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     if not root.is_dir():
         return removed
     for tmp in sorted(root.rglob(".*.tmp")):
-        if tmp.is_file():
+        # the prepared masters' folder is not the build's: a stack may be writing its set there right now
+        if tmp.is_file() and PREPARED_FOLDER not in tmp.relative_to(root).parts:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
                 removed.append(tmp)

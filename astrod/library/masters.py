@@ -18,12 +18,14 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from astrod import __version__
 from astrod.config import Config
 from astrod.core.calibrate import PreparedMasters, prepare
 from astrod.errors import AstrodError, LibraryError
 from astrod.io.fits import read_fits
+from astrod.io.index import PREPARED_FOLDER as PREPARED_FOLDER
 from astrod.io.index import MasterIndex
-from astrod.io.mapped_masters import map_prepared, remove_stale, scratch_name
+from astrod.io.mapped_masters import map_prepared, open_prepared, remove_stale, scratch_name
 from astrod.library.keys import MasterKind
 from astrod.library.match import MatchResult, MatchRules, match_frame
 from astrod.library.records import MasterRecord
@@ -32,6 +34,8 @@ from astrod.model import FrameMeta
 FloatArray = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]
 T = TypeVar("T")
+
+SHARED_SCRATCH_IDLE_S = 3600.0
 
 
 class _LRU:
@@ -80,11 +84,13 @@ class MasterLibrary:
     """
 
     def __init__(self, folder: Path, index: MasterIndex, rules: MatchRules, *, cache_bytes: int,
-                 scratch: Path | None = None) -> None:
+                 scratch: Path | None = None, scratch_shared: bool = False) -> None:
         self.folder = folder
         self.index = index
         self.rules = rules
         self.scratch = scratch
+        # a scratch folder other processes use too keeps the sets they may be using (made or opened lately)
+        self.scratch_idle_s = SHARED_SCRATCH_IDLE_S if scratch_shared else 0.0
         self._lock = threading.RLock()
         self._arrays = _LRU(cache_bytes)
         self._prepared = _LRU(8)
@@ -93,7 +99,8 @@ class MasterLibrary:
 
     @classmethod
     def open(cls, folder: str | os.PathLike[str], *, rules: MatchRules | None = None, config: Config | None = None,
-             cache_bytes: int = 1 << 30, scratch: str | os.PathLike[str] | None = None) -> MasterLibrary:
+             cache_bytes: int = 1 << 30, scratch: str | os.PathLike[str] | None = None,
+             scratch_shared: bool = False) -> MasterLibrary:
         """Open the library in ``folder`` (LibraryError if it has no index). Rules come from ``rules``, else
         from ``config``, else the defaults. ``cache_bytes`` bounds the master arrays kept in memory.
 
@@ -101,12 +108,14 @@ class MasterLibrary:
         masters of :meth:`prepared` in memory-mapped scratch files instead of memory, their pages resident
         only while a band of a frame is calibrated (`astrod.io.mapped_masters`); the master files are then
         read for preparing without being cached either. For a long-running process calibrating large
-        frames: 26 MP masters are 100 MB each."""
+        frames: 26 MP masters are 100 MB each. A later process given the same ``scratch`` maps the sets it finds
+        there without reading the masters again; ``scratch_shared``: other processes may use it at the same
+        time (the library's own `PREPARED_FOLDER`), so sets others made or opened in the last hour stay."""
         root = Path(folder)
         if rules is None:
             rules = MatchRules.from_config(config) if config is not None else MatchRules()
         return cls(root, MasterIndex.open(root, create=False), rules, cache_bytes=cache_bytes,
-                   scratch=None if scratch is None else Path(scratch))
+                   scratch=None if scratch is None else Path(scratch), scratch_shared=scratch_shared)
 
     def close(self) -> None:
         with self._lock:
@@ -197,6 +206,13 @@ class MasterLibrary:
                (meta.height, meta.width))
 
         def make() -> PreparedMasters:
+            name = scratch_name(__version__, key)
+            if self.scratch is not None:
+                # other sets are unlinked: the ones still cached stay mapped (and valid) until they are evicted
+                remove_stale(self.scratch, keep={name}, idle_s=self.scratch_idle_s)
+                found = open_prepared(self.scratch / name)
+                if found is not None:
+                    return found
             # with an exact dark the bias is already in it: subtracting the bias too would remove it twice
             use_bias = bias is not None and (dark is None or mode != "exact")
             load = self.load if self.scratch is None else self._read
@@ -208,9 +224,6 @@ class MasterLibrary:
                                bayer=meta.bayer, bayer_offset=meta.bayer_offset, shape=(meta.height, meta.width))
             if self.scratch is None:
                 return prepared
-            name = scratch_name(key)
-            # other sets are unlinked: the ones still cached stay mapped (and valid) until they are evicted
-            remove_stale(self.scratch, keep={name})
             return map_prepared(prepared, self.scratch / name)
 
         with self._lock:

@@ -15,11 +15,11 @@ from pathlib import Path
 from astrod.config import Config, report_config_error
 from astrod.errors import AstrodError, ConfigError
 from astrod.io.config_file import load_config
-from astrod.io.files import ensure_folder, scratch_folder
+from astrod.io.files import ensure_folder, scratch_folder, writable_folder
 from astrod.io.frames import expand_frame_paths
 from astrod.io.headers import rules_from_config
 from astrod.io.kernel_cache import notice_if_cold
-from astrod.library.masters import MasterLibrary
+from astrod.library.masters import PREPARED_FOLDER, MasterLibrary
 from astrod.library.progress import progress_for
 from astrod.pipeline.calibration import library_calibrator
 from astrod.pipeline.finishing import plan_finish, write_finished
@@ -61,6 +61,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--cache-dir", metavar="DIR",
                    help="scratch folder for registered frames (default: a temporary folder beside OUT)")
     p.set_defaults(func=cmd_stack)
+
+
+def _prepared_folder(library: Path, cache: Path) -> tuple[Path, bool]:
+    """Where a stack keeps its prepared masters, and whether other processes share it: the library's own
+    `PREPARED_FOLDER`, or the run's scratch folder when the library's cannot be made (a read-only share)."""
+    folder = library / PREPARED_FOLDER
+    return (folder, True) if writable_folder(folder) else (cache / "masters", False)
 
 
 def _positive_float(text: str) -> float:
@@ -118,9 +125,11 @@ def cmd_stack(args: argparse.Namespace) -> int:
             calibrator: Calibrator | None = None
             if args.library:
                 try:
-                    # prepared masters mapped from the scratch folder: a band of rows resident while a frame
-                    # is calibrated, and the master files read for preparing without being cached
-                    library = MasterLibrary.open(args.library, config=config, scratch=cache / "masters")
+                    # prepared masters mapped from scratch files: a band of rows resident while a frame is
+                    # calibrated; kept in the library for the next run, or this run's own when it cannot be
+                    prepared, shared = _prepared_folder(Path(args.library), cache)
+                    library = MasterLibrary.open(args.library, config=config, scratch=prepared,
+                                                 scratch_shared=shared)
                 except AstrodError as err:
                     print(f"error: {err}", file=sys.stderr)
                     return EXIT_UNUSABLE

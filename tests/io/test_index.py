@@ -11,6 +11,7 @@ import pytest
 from astrod.errors import LibraryError
 from astrod.io.index import (
     INDEX_NAME,
+    PREPARED_FOLDER,
     IndexRow,
     MasterIndex,
     file_digest,
@@ -99,8 +100,11 @@ def test_stale_temporaries_are_removed(tmp_path: Path) -> None:
     stale.write_bytes(b"partial")
     keep = tmp_path / "masters" / "dark" / "m.fits"
     keep.write_bytes(b"whole")
+    writing = tmp_path / PREPARED_FOLDER / "prepared-abc" / ".offset.f32.def456.tmp"  # a stack's, in progress
+    writing.parent.mkdir(parents=True)
+    writing.write_bytes(b"partial")
     assert remove_stale_temporaries(tmp_path) == [stale]
-    assert keep.exists() and not stale.exists()
+    assert keep.exists() and not stale.exists() and writing.exists()
 
 
 def test_file_digest_is_sha256(tmp_path: Path) -> None:

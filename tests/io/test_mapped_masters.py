@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from astrod.core.calibrate import apply, prepare
-from astrod.io.mapped_masters import map_prepared, remove_stale, scratch_name
+from astrod.io.mapped_masters import map_prepared, open_prepared, remove_stale, scratch_name
 
 SHAPE = (1024, 1024)  # 4 MiB per master: large enough that a band (256 rows, 1 MiB) is well below it
 
@@ -62,7 +65,7 @@ def test_only_a_band_of_the_masters_stays_resident(tmp_path: Path) -> None:
     the rest of the master lives in the page cache, not in this process."""
     m = masters(1)
     mapped = map_prepared(prepare(dark=m["dark"], flat=m["flat"]), tmp_path / "set")
-    files = sorted((tmp_path / "set").iterdir())
+    files = sorted((tmp_path / "set").glob("*.f32"))
     assert [p.name for p in files] == ["inverse_flat.f32", "offset.f32"]
     full_kib = SHAPE[0] * SHAPE[1] * 4 // 1024
     assert all(resident_kib(p) == 0 for p in files)
@@ -83,3 +86,65 @@ def test_stale_sets_are_removed_and_names_follow_content(tmp_path: Path) -> None
     (tmp_path / "other").mkdir()
     remove_stale(tmp_path, keep={scratch_name("new")})
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["other", scratch_name("new")])
+
+
+def _same_set(a: object, b: object) -> None:
+    for f in fields(a):  # type: ignore[arg-type]
+        if f.name == "release_rows":
+            continue
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+            np.testing.assert_array_equal(x, y, err_msg=f.name)
+        else:
+            assert x == y, f.name
+
+
+@pytest.mark.parametrize("mode", ["exact", "optimised"])
+def test_a_complete_set_is_opened_again_without_the_masters(tmp_path: Path, mode: str) -> None:
+    """What `map_prepared` leaves is a whole set: `open_prepared` gives every field back, and calibrates the same."""
+    m = masters(5)
+    bad = np.zeros(SHAPE, dtype=np.bool_)
+    bad[10, 20] = bad[500, 501] = True
+    in_memory = prepare(bias=m["bias"], dark=m["dark"], flat=m["flat"], bad_pixels=bad, bayer="RGGB",
+                        dark_mode=mode, dark_exposure=300.0)  # type: ignore[arg-type]
+    map_prepared(in_memory, tmp_path / "set")
+    opened = open_prepared(tmp_path / "set")
+    assert opened is not None and opened.release_rows is not None
+    _same_set(in_memory, opened)
+    light = (m["dark"] + 900.0).astype(np.float32)
+    expected = apply(in_memory, light, light_exposure=300.0)
+    got = apply(opened, light, light_exposure=300.0)
+    np.testing.assert_array_equal(got.data, expected.data)
+    assert got.steps == expected.steps
+
+
+def test_a_set_that_is_not_whole_is_not_opened(tmp_path: Path) -> None:
+    """No `prepared.npz` (an interrupted run), a damaged one, or a master file of the wrong size: made again."""
+    m = masters(6)
+    prepared = prepare(dark=m["dark"], flat=m["flat"])
+    assert open_prepared(tmp_path / "none") is None
+    folder = tmp_path / "set"
+    map_prepared(prepared, folder)
+    assert open_prepared(folder) is not None
+    meta = (folder / "prepared.npz").read_bytes()
+    (folder / "prepared.npz").unlink()
+    assert open_prepared(folder) is None
+    (folder / "prepared.npz").write_bytes(meta[: len(meta) // 2])
+    assert open_prepared(folder) is None
+    (folder / "prepared.npz").write_bytes(meta)
+    with (folder / "offset.f32").open("r+b") as handle:
+        handle.truncate(1000)
+    assert open_prepared(folder) is None
+
+
+def test_a_shared_folder_keeps_the_sets_used_lately(tmp_path: Path) -> None:
+    """With ``idle_s`` a set another process made or opened lately stays; one idle longer goes."""
+    m = masters(7)
+    for name in ("prepared-lately", "prepared-long-ago"):
+        map_prepared(prepare(dark=m["dark"]), tmp_path / name)
+    past = time.time() - 7200
+    os.utime(tmp_path / "prepared-long-ago", (past, past))
+    os.utime(tmp_path / "prepared-lately", (past, past))
+    assert open_prepared(tmp_path / "prepared-lately") is not None  # opening it is using it
+    remove_stale(tmp_path, keep={"prepared-mine"}, idle_s=3600.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared-lately"]

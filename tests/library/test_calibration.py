@@ -206,4 +206,23 @@ def test_masters_mapped_from_scratch_calibrate_identically(night: Night, exposur
         assert mapped.cache_stats().misses == 0, "the mapped library cached master pixels"
         sets = list(scratch.iterdir())
         assert len(sets) == 1 and {p.name for p in sets[0].iterdir()} <= {"offset.f32", "dark_current.f32",
-                                                                         "inverse_flat.f32"}
+                                                                         "inverse_flat.f32", "prepared.npz"}
+
+
+def test_a_later_library_maps_the_prepared_set_without_reading_the_masters(night: Night, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The set a library left in its scratch folder is whole: another library (a later `astrod stack`) given the
+    same folder calibrates bit for bit without opening a master file."""
+    scratch = tmp_path / "prepared"
+    frame = read_frame(night.lights[300.0])
+    with MasterLibrary.open(night.library, rules=MatchRules(longitude=0.0), scratch=scratch) as first:
+        expected = calibrate_frame(first, frame).data
+
+    def no_master(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a master file was read")
+
+    monkeypatch.setattr(MasterLibrary, "_read", no_master)
+    monkeypatch.setattr(MasterLibrary, "load", no_master)
+    with MasterLibrary.open(night.library, rules=MatchRules(longitude=0.0), scratch=scratch,
+                            scratch_shared=True) as later:
+        np.testing.assert_array_equal(calibrate_frame(later, frame).data, expected)

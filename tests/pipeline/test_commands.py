@@ -14,6 +14,7 @@ from scipy.spatial import cKDTree
 from astrod import __version__
 from astrod.config import Config
 from astrod.model import Transform
+from astrod.pipeline import commands
 from astrod.pipeline.commands import settings_for
 from astrod.pipeline.live import TABLE_COLUMNS
 from tests import synth
@@ -287,3 +288,26 @@ def test_method_option_maps_onto_settings() -> None:
     assert settings_for(config, method=None, kappa=None).final_rejection == "winsorized"
     s = settings_for(config, method="sigma", kappa=2.5)
     assert (s.final_rejection, s.kappa) == ("sigma", 2.5)
+
+
+def test_the_prepared_masters_stay_in_the_library_for_the_next_stack(calibrated_night: CalibratedNight,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stack leaves its prepared masters whole in the library's `.prepared` folder; the next stack with the same
+    masters maps them (not written again) and stacks the same; a library it cannot write to is not needed."""
+    root = calibrated_night.root
+    (prepared,) = (root / "lib" / ".prepared").iterdir()
+    assert (prepared / "prepared.npz").is_file()
+    stamps = {p.name: p.stat().st_mtime_ns for p in prepared.glob("*.f32")}
+    assert stamps
+    again = root / "out" / "again.fits"
+    assert run_cli("stack", root / "clean", "--library", root / "lib", "-o", again) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in prepared.glob("*.f32")} == stamps
+    clean, _ = read_stack(calibrated_night.clean_stack)
+    np.testing.assert_array_equal(read_stack(again)[0], clean)
+
+    monkeypatch.setattr(commands, "writable_folder", lambda folder: False)  # a read-only shared library
+    elsewhere = root / "out" / "elsewhere.fits"
+    assert run_cli("stack", root / "clean", "--library", root / "lib", "-o", elsewhere) == 0
+    np.testing.assert_array_equal(read_stack(elsewhere)[0], clean)
+    assert list((root / "lib" / ".prepared").iterdir()) == [prepared]
+    assert not list((root / "out").glob(".astrod-stack-*")), "the run's own scratch folder was left behind"
