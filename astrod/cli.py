@@ -378,11 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from astrod.service.logging import configure_logging
-    from astrod.service.memory import prefer_small_pages
 
     args = build_parser().parse_args(argv)
     configure_logging()
-    prefer_small_pages()
+    if getattr(args, "small_pages", False):
+        from astrod.service.memory import prefer_small_pages
+
+        prefer_small_pages()
     func: Command = args.func
     try:
         code = func(args)

@@ -154,9 +154,6 @@ def run_astrod(folder: Path, *, n_frames: int, preview_every: int) -> dict[str, 
     from astrod.io.previews import write_preview
     from astrod.model import Frame
     from astrod.pipeline.live import LiveStack, PipelineSettings
-    from astrod.service.memory import prefer_small_pages
-
-    prefer_small_pages()  # as every astrod command does
     dark, _ = read_fits(folder / "masters" / "master_dark.fit")
     flat, _ = read_fits(folder / "masters" / "master_flat.fit")
     # as the daemon keeps them: mapped from scratch files, a band of rows resident while a frame is calibrated

@@ -60,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--config", metavar="FILE", help="config file ([stack], [quality], [headers], [library])")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="scratch folder for registered frames (default: a temporary folder beside OUT)")
-    p.set_defaults(func=cmd_stack)
+    # its many short-lived frame-sized arrays are cheaper in small pages (`astrod.service.memory`)
+    p.set_defaults(func=cmd_stack, small_pages=True)
 
 
 def _prepared_folder(library: Path, cache: Path) -> tuple[Path, bool]:

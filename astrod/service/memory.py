@@ -1,13 +1,18 @@
-"""How astrod's processes take fresh memory from the operating system.
+"""How an astrod process takes fresh memory from the operating system.
 
-numpy asks Linux for transparent huge pages (``madvise(MADV_HUGEPAGE)``) for every array of 4 MB and more.
-astrod's large arrays are short-lived (a 26 MP frame, a band of rows), so each one is fresh memory the kernel
-must zero, and on the virtual machines observatory PCs and clusters often are, a fresh 2 MB page is much dearer
-than 512 small ones that the guest has just freed: measured on this project's 2-core VM, `astrod stack` of 12
-frames of 26 MP spent 6.4–7.0 s of system time zeroing pages with huge pages and 3.5–4.0 s without, and its
-wall time went from 13.6–14.8 s to 10.3–11.2 s in alternating runs. numpy's documented switch for this is the
-environment variable ``NUMPY_MADVISE_HUGEPAGE``, read when numpy is imported, which is before any astrod code
-runs; a user who sets it has the last word.
+numpy asks Linux for transparent huge pages (``madvise(MADV_HUGEPAGE)``) for every array of 4 MB and more;
+with the usual ``defrag = madvise`` setting the kernel then zeroes, and may compact memory for, a 2 MB page
+at each first touch. Which is cheaper depends on how a process uses memory, so a command says which it
+wants (``small_pages`` in its parser defaults). Measured on this project's 2-core VM:
+
+- `astrod stack` makes frame-sized arrays and bands of rows over and over: of 12 frames of 26 MP, with huge
+  pages 8.3–9.0 s wall and 3.8–4.6 s of system time, without 7.2–7.8 s and 1.8–2.1 s (alternating runs).
+- The daemon keeps its stack state for the night and reuses its frame buffers: without huge pages the first
+  frame's accumulation touched 313 MB of fresh state in 4 KB pages, 1.0–1.1 s instead of 0.11 s, and the
+  median per frame did not change. It keeps numpy's default.
+
+numpy's documented switch is the environment variable ``NUMPY_MADVISE_HUGEPAGE``, read when numpy is
+imported, before any astrod code runs; a user who sets it has the last word.
 """
 
 from __future__ import annotations

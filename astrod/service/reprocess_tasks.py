@@ -37,7 +37,6 @@ from astrod.pipeline.reprocess_stack import (
     warp_frame,
 )
 from astrod.pipeline.settings import PipelineSettings, StackedFrame
-from astrod.service.memory import prefer_small_pages
 
 PLUGIN = "astrod-library"
 
@@ -69,8 +68,7 @@ class PhotometryOrder:
 
 
 class LibraryPlugin(WorkerPlugin):
-    """Opens the master library in each worker (None: frames are stacked uncalibrated), and sets the worker's
-    process up for frames as every astrod command is (`prefer_small_pages`)."""
+    """Opens the master library in each worker (None: frames are stacked uncalibrated)."""
 
     name = PLUGIN
 
@@ -82,7 +80,6 @@ class LibraryPlugin(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         del worker
-        prefer_small_pages()
         if self.folder is not None:
             # masters in memory: a worker calibrates many frames of the same few masters
             self.library = MasterLibrary.open(self.folder, rules=self.rules)

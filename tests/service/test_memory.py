@@ -29,12 +29,20 @@ def test_leaves_it_to_the_users_environment_variable(switch: Callable[[bool], bo
     assert switch(True) is True  # untouched
 
 
-def test_every_command_turns_it_off(switch: Callable[[bool], bool], monkeypatch: pytest.MonkeyPatch,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("argv", "small"), [(["stack", "x.fits", "-o", "y.fits"], True), (["run"], False),
+                                             (["demo"], False)])
+def test_a_command_says_which_pages_it_wants(argv: list[str], small: bool) -> None:
+    """`astrod stack` asks for small pages; the daemon keeps numpy's default (see the module's measurements)."""
+    from astrod.cli import build_parser
+
+    assert getattr(build_parser().parse_args(argv), "small_pages", False) is small
+
+
+def test_the_stack_command_turns_it_off(switch: Callable[[bool], bool], monkeypatch: pytest.MonkeyPatch,
+                                        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from astrod.cli import main
 
     monkeypatch.delenv(memory.ENV, raising=False)
-    example = Path(__file__).resolve().parents[2] / "config" / "astrod.example.toml"
-    assert main(["config", "check", "--config", str(example)]) == 0
+    assert main(["stack", str(tmp_path / "none.fits"), "-o", str(tmp_path / "out.fits")]) != 0  # nothing to stack
     capsys.readouterr()
     assert switch(True) is False
