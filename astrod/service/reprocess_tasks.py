@@ -37,8 +37,11 @@ from astrod.pipeline.reprocess_stack import (
     warp_frame,
 )
 from astrod.pipeline.settings import PipelineSettings, StackedFrame
+from astrod.pipeline.solving import SolveResult
+from astrod.service.solver import SolverSettings, solve_path
 
 PLUGIN = "astrod-library"
+SolveAnswer = tuple[SolveResult | None, str | None]  # the solution, or None and why not
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,7 @@ class ReprocessJob:
     now: datetime
     band_bytes: int
     photometry: PhotometrySettings | None = None
+    solver: SolverSettings | None = None  # None: the sessions' reference frames are not plate-solved
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -130,3 +134,13 @@ def photometry_task(order: PhotometryOrder, given: FrameMeasurement | None, job:
     frame = StackedFrame(path=order.path, meta=order.meta, data=data, stars=order.stars, quality=order.quality,
                          to_first=order.to_first, pattern=order.pattern)
     return measure_apart(job.photometry, setup, frame, locate=header_locate)
+
+
+def solve_task(path: Path, job: ReprocessJob) -> SolveAnswer:
+    """Plate-solve a session's final reference frame as the daemon's background solver does (`solve_path`: the
+    frame as it is on disk, the hints its header gives, the solver's time limits); small results only."""
+    assert job.solver is not None
+    try:
+        return solve_path(path, settings=job.solver, rename=job.options.rename), None
+    except AstrodError as err:  # no solution, or the frame unreadable: the products carry no WCS
+        return None, one_line(err)
