@@ -124,9 +124,9 @@ def test_without_a_solution_products_carry_no_wcs_and_the_log_says_why(tmp_path:
     frames table without WCS or sky columns (the digest as with solving off: turning it off redoes nothing).
     Then with a solver that finds no solution: the session is redone (the solver's settings are in its digest),
     one solve task, the reason logged once, the products again without WCS, and the next run does nothing."""
-    import astrod.service.solver as solver_module
     from distributed import LocalCluster
 
+    import astrod.service.solver as solver_module
     from astrod.service import reference_solver, reprocess_tasks
 
     field = synth.make_session(n_frames=3, width=96, height=96, seed=7, max_shift=4.0, n_stars=40,
