@@ -235,8 +235,10 @@ def test_external_scheduler_interrupted_run_continues(local_run: LocalRun, dask_
     archive, out = local_run.archive, tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         run_reprocess(_request(archive, out, scheduler=address), progress=_StopAfter(3), say=lambda _: None)
+    config = tmp_path / "astrod.toml"
+    config.write_text("[solve]\nenabled = false\n", encoding="utf-8")  # as the first run's (NO_SOLVING)
     assert run_cli("reprocess", archive.root / "lights", archive.calibration, "-o", out, "--library",
-                   archive.root / "lib", "--scheduler", address) == 0
+                   archive.root / "lib", "--scheduler", address, "--config", config) == 0
     assert "9 sessions written, 3 already done" in capsys.readouterr().out
     _compare_outputs(out, local_run.request.output)
 
