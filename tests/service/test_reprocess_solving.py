@@ -122,8 +122,10 @@ def test_without_a_solution_products_carry_no_wcs_and_the_log_says_why(tmp_path:
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """``[solve]`` on but solve-field missing: one notice in the log, no solve task, a stack, final picture and
     frames table without WCS or sky columns (the digest as with solving off: turning it off redoes nothing).
-    Then with a solver that finds no solution: the session is redone (the solver's settings are in its digest),
-    one solve task, the reason logged once, the products again without WCS, and the next run does nothing."""
+    Then with the solver there: a solve task that fails leaves the products without WCS and the session not
+    journaled (the error logged); one that finds no solution redoes it (the solver's settings are in its digest)
+    with one solve task, the reason logged once, the products again without WCS, and the next run does
+    nothing."""
     from distributed import LocalCluster
 
     import astrod.service.solver as solver_module
@@ -147,12 +149,22 @@ def test_without_a_solution_products_carry_no_wcs_and_the_log_says_why(tmp_path:
         off = _run(archive, tmp_path, replace(config, solve=SolveConfig(enabled=False)), address)
         assert off.tasks == 0 and off.written == []
 
+        def crashed(path: Path, **_: Any) -> Any:
+            raise RuntimeError("the solver went wrong")
+
         def no_solution(path: Path, **_: Any) -> Any:
             raise SolveError(f"{path}: no solution (40 stars, no hints)")
 
         monkeypatch.setattr(reference_solver, "missing_solver", lambda _settings: None)
+        monkeypatch.setattr(reprocess_tasks, "solve_path", crashed)
+        with capture_logs() as logs:  # a task that failed: written without WCS, not journaled
+            broken = _run(archive, tmp_path, config, address)
+        assert broken.written == [session.id] and broken.failed == [session.id]
+        (error,) = _events(logs, "reference_not_solved")
+        assert error["log_level"] == "error" and "the solver went wrong" in error["reason"]
+        _assert_unsolved(session.output)
         monkeypatch.setattr(reprocess_tasks, "solve_path", no_solution)
-        with capture_logs() as logs:
+        with capture_logs() as logs:  # an answer without a solution: as the daemon's, and journaled
             failed = _run(archive, tmp_path, config, address)
         assert failed.written == [session.id] and failed.failed == []
         assert failed.tasks == missing.tasks + 1  # the solve task
