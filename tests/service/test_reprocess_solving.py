@@ -184,3 +184,25 @@ def _assert_unsolved(output: Path) -> None:
     assert all(r["ra"] == "" and r["dec"] == "" for r in rows)
     summary = json.loads((output / SESSION).read_text(encoding="utf-8"))
     assert "wcs" not in summary and "name" not in summary
+
+
+def test_a_closing_worker_kills_its_running_solve() -> None:
+    """A worker's library plugin keeps the solves under way (solve-field in a process group of its own) and kills
+    them when the worker closes: no solver process outlives a run."""
+    import subprocess
+
+    from astrod.library.match import MatchRules
+    from astrod.service.reprocess_tasks import LibraryPlugin
+
+    plugin = LibraryPlugin(None, MatchRules())
+    plugin.setup(None)
+    assert plugin.solves is not None
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)  # a stand-in for solve-field
+    try:
+        plugin.solves.started(proc)
+        plugin.teardown(None)
+        assert proc.wait(timeout=10) == -9
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
