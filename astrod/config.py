@@ -240,7 +240,8 @@ class SolveConfig:
     enabled: bool = _opt(True, "plate-solve each session's reference frame in the background (astrometry.net's "
                                      "solve-field, never over the network) and put its WCS into the stacks (without "
                                      "solve-field or index files: said once in the log, stacks carry no WCS); "
-                                     "`astrod solve` works either way")
+                                     "`astrod reprocess` solves its sessions' references too; `astrod solve` works "
+                                     "either way")
     timeout_s: float = _opt(30.0, "time limit of one solve with an RA/Dec hint from the header, seconds", min=1,
                             max=3600)
     annotate: bool = _opt(False, "once a session's reference is solved, draw the catalogued objects in its field "

@@ -19,11 +19,15 @@ from pathlib import Path
 
 import structlog
 
-from astrod.config import Config, PhotometryTargetConfig
+from astrod.config import Config, PhotometryTargetConfig, SolveConfig
 from astrod.demo.archive import make_archive
 from astrod.library.build import BuildOptions, build_library
 from astrod.pipeline.commands import settings_for
 from astrod.service.reprocess import ReprocessRequest, run_reprocess
+
+# Plate solving is on by default; the synthetic skies cannot be solved, and a blind solve of one would take its
+# whole time limit of CPU.
+NO_SOLVING = SolveConfig(enabled=False)
 
 
 def main() -> None:
@@ -34,7 +38,7 @@ def main() -> None:
     parser.add_argument("--photometry", action="store_true", help="with a light-curve target")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    config = Config()
+    config = Config(solve=NO_SOLVING)
     if args.photometry:
         middle = PhotometryTargetConfig(name="T", x=args.size / 2, y=args.size / 2)
         config = replace(config, photometry=replace(config.photometry, targets=(middle,)))

@@ -131,13 +131,16 @@ def _named(opened: list[_Open], output: Path) -> list[SessionPlan]:
 
 def session_digest(plan: SessionPlan, *, stamps: Mapping[Path, str], masters: str,
                    settings: PipelineSettings, options: ReadOptions, formats: Iterable[str],
-                   photometry: PhotometrySettings | None = None) -> str:
+                   photometry: PhotometrySettings | None = None, solve: Mapping[str, object] | None = None) -> str:
     """What a session's products are made of: astrod's version, the settings, the read options, the masters
-    (``masters``: a digest of the library), the light curves' targets and settings, and each frame's path and
-    content stamp in order. Equal digests: the products already written are those a new run would write."""
+    (``masters``: a digest of the library), the light curves' targets and settings, the plate solver's settings
+    (``solve``; None: the reference is not solved, solving being off or the solver missing), and each frame's
+    path and content stamp in order. Equal digests: the products already written are those a new run would
+    write."""
     text = json.dumps({
         "version": __version__, "settings": settings.as_dict(), "rename": dict(options.rename),
         "photometry": None if photometry is None else dataclasses.asdict(photometry),
+        "solve": None if solve is None else dict(solve),
         "rules": [repr(r) for r in options.rules], "masters": masters, "formats": list(formats),
         "key": plan.key.as_dict(), "output": str(plan.output),
         "frames": [[str(p), stamps[p]] for p in plan.frames],

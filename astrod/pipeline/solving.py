@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import structlog
 from astropy.utils.exceptions import AstropyWarning
 
 if TYPE_CHECKING:
@@ -23,12 +24,14 @@ if TYPE_CHECKING:
     from astropy.wcs import WCS
 
 from astrod.core.register import Model, fit_transform
-from astrod.io.catalogue import CatalogueObject
+from astrod.io.catalogue import CatalogueObject, objects_near
 from astrod.io.fits import Header
 from astrod.model import FrameMeta, Transform
 from astrod.pipeline.outputs import StackProduct
-from astrod.pipeline.sessions import pointing_name
+from astrod.pipeline.sessions import is_pointing_name, pointing_name
 from astrod.pipeline.state import SKY_COLUMNS
+
+log = structlog.get_logger()
 
 ARCSEC_PER_RADIAN = 206_264.806
 # A header's nominal scale (focal length, pixel size) is trusted within this factor either way: reducers, Barlows
@@ -382,3 +385,39 @@ def field_name(result: SolveResult, objects: Sequence[CatalogueObject]) -> str:
         if inside:
             return objects[min(inside)[1]].name
     return pointing_name(result.ra, result.dec)
+
+
+def field_objects(result: SolveResult) -> list[CatalogueObject]:
+    """The catalogued objects of a solved field (OpenNGC, within its half-diagonal of the centre); none when the
+    catalogue cannot be read (said in the log: the coordinates name the field, no object is drawn)."""
+    radius = 0.5 * math.hypot(result.width_deg, result.height_deg)
+    try:
+        return objects_near(result.ra, result.dec, radius)
+    except Exception as err:  # a damaged catalogue
+        log.warning("catalogue_unreadable", reason=str(err).splitlines()[0])
+        return []
+
+
+def session_field_name(result: SolveResult, target: str) -> str | None:
+    """The name of a session of lights without OBJECT (``target``: the name made from their pointing) from its
+    reference's solution (`field_name` over `field_objects`); None for a session whose frames name their
+    object."""
+    return field_name(result, field_objects(result)) if is_pointing_name(target) else None
+
+
+def solved_product(product: StackProduct, result: SolveResult, *, frame_shape: tuple[int, int],
+                   name: str | None) -> tuple[StackProduct, dict[str, Any]]:
+    """A closing session's stack with its reference frame's solution (``frame_shape``: that frame's height,
+    width): the WCS among its cards (`stack_with_wcs`), the stacked frames' sky columns in its rows
+    (`rows_with_sky`) and, for a session named from its field (``name``), that name as OBJECT; with what the
+    session's summary gains (``name`` when named, ``wcs``). What the daemon and ``astrod reprocess`` do on close."""
+    product = stack_with_wcs(product, result, frame_shape=frame_shape)
+    product = dataclasses.replace(product, rows=rows_with_sky(product.rows, result, frame_shape=frame_shape))
+    summary: dict[str, Any] = {}
+    if name is not None:
+        product = dataclasses.replace(product, header={**product.header,
+                                                       "OBJECT": (name, "named from the plate-solved field")})
+        summary["name"] = name
+    summary["wcs"] = {"ra": result.ra, "dec": result.dec, "scale_arcsec": result.scale_arcsec,
+                      "rotation_deg": result.rotation_deg, "index": result.index}
+    return product, summary

@@ -161,6 +161,15 @@ class ReferenceSolver(QueueThread[SolveRequest]):
 def reference_solver(config: Config, *, journal: Journal | None = None) -> ReferenceSolver | None:
     """The daemon's solver thread, or None when ``[solve] enabled`` is off or the solver is not installed (then
     said once in the log: the stacks simply carry no WCS)."""
+    settings = available_solver(config)
+    if settings is None:
+        return None
+    return ReferenceSolver(settings, rename=config.headers.rename, journal=journal, annotate=config.solve.annotate)
+
+
+def available_solver(config: Config) -> SolverSettings | None:
+    """The solver's settings when ``[solve] enabled`` is on and the solver is installed here; else None (a missing
+    solver said in the log, once per call: the stacks simply carry no WCS)."""
     if not config.solve.enabled:
         return None
     settings = SolverSettings.from_config(config.solve)
@@ -168,4 +177,4 @@ def reference_solver(config: Config, *, journal: Journal | None = None) -> Refer
     if missing is not None:
         log.warning("solver_unavailable", reason=missing)
         return None
-    return ReferenceSolver(settings, rename=config.headers.rename, journal=journal, annotate=config.solve.annotate)
+    return settings

@@ -3,7 +3,8 @@
 The client plans (`astrod.pipeline.reprocess`), builds or refreshes the masters, then for each session still to
 do: submits one measure task per frame, decides the session's frames in their order as the live stack does
 (`DecidedStack`), submits one warp task per stacked frame and one integration task per band of rows (and with
-photometry targets one photometry task per stacked frame: `astrod.service.reprocess_products`), gathers the
+photometry targets one photometry task per stacked frame, and with ``[solve]`` on and the solver installed one
+plate-solve task of its final reference frame: `astrod.service.reprocess_products`), gathers the
 bands and writes the products through `astrod.io` — the only writer of products; once the sessions are
 written, the composites and projects they are part of. Workers write only the
 registered frames into a scratch folder under the output (``.astrod-reprocess/cache/<session>``), removed once
@@ -18,6 +19,7 @@ At most `window` sessions are in flight: their measures and bands are what the c
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -51,11 +53,14 @@ from astrod.pipeline.reprocess import ArchivePlan, SessionPlan, plan_archive, se
 from astrod.pipeline.reprocess_stack import DecidedStack, FrameMeasure, assemble, session_summary
 from astrod.pipeline.settings import PipelineSettings
 from astrod.pipeline.state import TABLE_COLUMNS
+from astrod.service.reference_solver import available_solver
 from astrod.service.reprocess_products import (
     PhotometryOrders,
     gather_series,
     rebuild_owed,
+    solved,
     submit_photometry,
+    submit_solve,
     write_curves,
 )
 from astrod.service.reprocess_tasks import (
@@ -164,8 +169,10 @@ def run_reprocess(request: ReprocessRequest, *, progress: Progress | None = None
     options = _read_options(request.config)
     stamps = {p: content_stamp(p) for s in plan.sessions for p in s.frames}
     photometry = photometry_for(request.config)
+    solver = available_solver(request.config)  # the daemon's: [solve] enabled and solve-field installed here
+    solve = None if solver is None else dataclasses.asdict(solver)
     digests = {s.id: session_digest(s, stamps=stamps, masters=masters, settings=request.settings, options=options,
-                                    formats=request.config.output.formats, photometry=photometry)
+                                    formats=request.config.output.formats, photometry=photometry, solve=solve)
                for s in plan.sessions}
     state = request.output / STATE_FOLDER
     journal = ReprocessJournal(state / JOURNAL_NAME) if not request.dry_run or state.is_dir() else None
@@ -181,7 +188,7 @@ def run_reprocess(request: ReprocessRequest, *, progress: Progress | None = None
             return report
         if todo:
             job = ReprocessJob(settings=request.settings, options=options, now=now, photometry=photometry,
-                               band_bytes=request.band_bytes or request.settings.final_memory_bytes)
+                               band_bytes=request.band_bytes or request.settings.final_memory_bytes, solver=solver)
             with _client(request) as client:
                 report.startup_seconds = time.perf_counter() - started
                 report.dashboard = _dashboard(client)
@@ -256,6 +263,7 @@ class _Pending:
     failed: bool
     orders: list[PhotometryOrder]
     photometry: list[Future[Any]]
+    solve: Future[Any] | None = None  # the plate solve of its final reference frame
 
 
 class _Run:
@@ -299,8 +307,9 @@ class _Run:
                 bar.frame(measure.path.name)
             photometry = [] if orders is None else submit_photometry(self._submit, orders.orders, self.job,
                                                                      key=f"photometry-{plan.id}")
+            solve = submit_solve(self._submit, stack, self.job, key=f"solve-{plan.id}")
             pending.append(_Pending(plan, stack, self._integrate(plan, stack), failed,
-                                    [] if orders is None else orders.orders, photometry))
+                                    [] if orders is None else orders.orders, photometry, solve))
             while len(pending) >= self.window:
                 self._finish(pending.popleft(), bar)
         while pending:
@@ -351,7 +360,7 @@ class _Run:
             log.error("session_failed", session=plan.id, reason=one_line(err))
             self.report.failed.append(plan.id)
             remove_folder(self.cache_root / plan.id)
-            for f in pending.photometry:
+            for f in [*pending.photometry, *([pending.solve] if pending.solve is not None else [])]:
                 f.release()
             return
         finally:
@@ -362,7 +371,8 @@ class _Run:
             image, count = assemble(stack.integration().shape, parts)
             product = stack.product(image, count)
             summary["masters"] = list(product.masters)
-            failed = not self._curves(pending) or failed
+            product, unsolved = solved(pending.solve, plan, stack, product, summary)
+            failed = not self._curves(pending) or unsolved or failed
             # the daemon's products of a closed session: the stack, the finished picture and the report
             written = finish_session(product, self.job.settings.finish, plan.output, frames=stack.n_stacked,
                                      formats=self.request.config.output.formats, summary=summary)

@@ -28,8 +28,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "reprocess", help="stack an archive of nights again, as Dask tasks on this PC or a cluster",
         description="Walk archive folders (read-only), classify every frame as the daemon does, build or "
                     "refresh the masters, group the lights into the daemon's sessions and write each session's "
-                    "products (stack, frames.csv, session.json, finished picture, report, and light curves "
-                    "when [[photometry.targets]] are configured) under the daemon's folder layout, then the "
+                    "products (stack, frames.csv, session.json, finished picture, report, the reference frame's "
+                    "plate solution with [solve] enabled, and light curves when [[photometry.targets]] are "
+                    "configured) under the daemon's folder layout, then the "
                     "targets' composites and projects. Sessions whose frames, masters and settings have not "
                     "changed since the last run are skipped.")
     p.add_argument("archives", nargs="+", metavar="ARCHIVE_DIR", help="folders of frames (searched recursively)")

@@ -1,7 +1,15 @@
 """What ``astrod reprocess`` writes beside a session's stack, as the daemon writes it when a session closes: the
-light curves of the configured targets (``lightcurve_<target>.csv`` and ``.png``), and once every session of a
-run is written, the composites of each target's night and the projects of each target's filter (journaled, so
-that a run after an interrupted one rebuilds those it owes, and a run with nothing new rebuilds none).
+plate solution of its reference frame in the stack and the products made from it (one solve task per session,
+`solve_task`, taken up by `solved`), the light curves of the configured targets (``lightcurve_<target>.csv``
+and ``.png``), and once every session of a run is written, the composites of each target's night and the
+projects of each target's filter (journaled, so that a run after an interrupted one rebuilds those it owes,
+and a run with nothing new rebuilds none).
+
+The plate solve as Dask work: once a session's frames are decided, its final reference frame's path goes to a
+task that runs the daemon's background solve (`astrod.service.solver.solve_path`, the same hints and time
+limits) and returns the small `SolveResult` (or the reason there is none); the client puts it into the stack
+before the finished products are made of it, as the daemon's close does (`solved_product`). The daemon's
+fallback of registering frames that star matching refuses through their own solutions is not done here.
 
 Light curves as Dask work, one photometry task per stacked frame: the client's decisions on the session's
 frames (`DecidedStack`) hand each stacked frame to `PhotometryOrders`, the observer the daemon's
@@ -30,11 +38,15 @@ from distributed import Future
 
 from astrod.io.reprocess_journal import ReprocessJournal
 from astrod.pipeline.composite import update_composites
+from astrod.pipeline.outputs import StackProduct
 from astrod.pipeline.photometry import FrameMeasurement, PhotometrySeries, PhotometrySettings, header_locate
 from astrod.pipeline.project import update_project
+from astrod.pipeline.repick import one_line
 from astrod.pipeline.reprocess import SessionPlan
+from astrod.pipeline.reprocess_stack import DecidedStack
 from astrod.pipeline.settings import FinishSettings, StackedFrame
-from astrod.service.reprocess_tasks import PhotometryOrder, ReprocessJob, photometry_task
+from astrod.pipeline.solving import SolveResult, session_field_name, solved_product
+from astrod.service.reprocess_tasks import PhotometryOrder, ReprocessJob, photometry_task, solve_task
 from astrod.service.session_photometry import SessionPhotometry
 
 log = structlog.get_logger()
@@ -94,6 +106,47 @@ def gather_series(submit: Submit, orders: list[PhotometryOrder], futures: list[F
             failed = True
         series.add(measured)
     return series, failed
+
+
+def submit_solve(submit: Submit, stack: DecidedStack, job: ReprocessJob, *, key: str) -> Future[Any] | None:
+    """The solve task of a decided session's final reference frame (None: solving is off, or nothing stacked)."""
+    if job.solver is None or stack.n_stacked == 0 or stack.reference_path is None:
+        return None
+    return submit(solve_task, Path(stack.reference_path), job, key=key)
+
+
+def solved(future: Future[Any] | None, plan: SessionPlan, stack: DecidedStack, product: StackProduct,
+           summary: dict[str, Any]) -> tuple[StackProduct, bool]:
+    """The session's stack with its reference's solution as the daemon's close puts it there (`solved_product`:
+    the WCS, the frames' sky columns, the name of a session without OBJECT, into ``summary`` too), or as it is
+    when the solve found none (the reason logged); and whether the task itself failed (the session is then
+    done again next run)."""
+    if future is None:
+        return product, False
+    reference = stack.reference_path
+    try:
+        answer: tuple[SolveResult | None, str | None] = future.result()
+    except Exception as err:  # a worker lost more often than Dask allows: products without WCS this time
+        log.error("reference_not_solved", session=plan.id, frame=reference, reason=one_line(err))
+        return product, True
+    finally:
+        future.release()
+    result, reason = answer
+    if result is None:
+        log.warning("reference_not_solved", session=plan.id, frame=reference, reason=reason)
+        return product, False
+    log.info("reference_solved", session=plan.id, frame=reference, ra=round(result.ra, 5), dec=round(result.dec, 5),
+             scale_arcsec=round(result.scale_arcsec, 4), rotation_deg=round(result.rotation_deg, 3),
+             index=result.index, seconds=round(result.seconds, 2))
+    name = session_field_name(result, plan.key.target)
+    shape = stack.shape
+    assert shape is not None
+    product, more = solved_product(product, result, frame_shape=(int(shape[-2]), int(shape[-1])), name=name)
+    summary.update(more)
+    if name is not None:  # the label follows the name; the folder keeps the one made from the pointing
+        summary["label"] = f"{name}/{plan.key.filter or 'no filter'}"
+        log.info("session_named", session=plan.id, name=name, ra=round(result.ra, 5), dec=round(result.dec, 5))
+    return product, False
 
 
 def write_curves(settings: PhotometrySettings, series: PhotometrySeries, output: Path) -> list[Path]:

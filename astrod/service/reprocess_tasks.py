@@ -37,8 +37,11 @@ from astrod.pipeline.reprocess_stack import (
     warp_frame,
 )
 from astrod.pipeline.settings import PipelineSettings, StackedFrame
+from astrod.pipeline.solving import SolveResult
+from astrod.service.solver import RunningSolves, SolverSettings, solve_path
 
 PLUGIN = "astrod-library"
+SolveAnswer = tuple[SolveResult | None, str | None]  # the solution, or None and why not
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,7 @@ class ReprocessJob:
     now: datetime
     band_bytes: int
     photometry: PhotometrySettings | None = None
+    solver: SolverSettings | None = None  # None: the sessions' reference frames are not plate-solved
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -68,7 +72,9 @@ class PhotometryOrder:
 
 
 class LibraryPlugin(WorkerPlugin):
-    """Opens the master library in each worker (None: frames are stacked uncalibrated)."""
+    """Opens the master library in each worker (None: frames are stacked uncalibrated), and keeps the worker's
+    running plate solves, killed when the worker closes (solve-field runs in a process group of its own, which
+    the worker's end would not reach: none outlives a run, as none outlives the daemon)."""
 
     name = PLUGIN
 
@@ -77,9 +83,11 @@ class LibraryPlugin(WorkerPlugin):
         self.rules = rules
         self.library: MasterLibrary | None = None
         self.calibrator: Calibrator | None = None
+        self.solves: RunningSolves | None = None
 
     def setup(self, worker: Any) -> None:
         del worker
+        self.solves = RunningSolves()
         if self.folder is not None:
             # masters in memory: a worker calibrates many frames of the same few masters
             self.library = MasterLibrary.open(self.folder, rules=self.rules)
@@ -87,6 +95,8 @@ class LibraryPlugin(WorkerPlugin):
 
     def teardown(self, worker: Any) -> None:
         del worker
+        if self.solves is not None:
+            self.solves.kill_all()
         if self.library is not None:
             self.library.close()
             self.library, self.calibrator = None, None
@@ -95,6 +105,11 @@ class LibraryPlugin(WorkerPlugin):
 def _calibrator() -> Calibrator | None:
     plugin = get_worker().plugins.get(PLUGIN)
     return None if plugin is None else plugin.calibrator  # type: ignore[attr-defined,no-any-return]
+
+
+def _solves() -> RunningSolves | None:
+    plugin = get_worker().plugins.get(PLUGIN)
+    return None if plugin is None else plugin.solves  # type: ignore[attr-defined,no-any-return]
 
 
 def measure_task(path: Path, job: ReprocessJob) -> FrameMeasure:
@@ -130,3 +145,13 @@ def photometry_task(order: PhotometryOrder, given: FrameMeasurement | None, job:
     frame = StackedFrame(path=order.path, meta=order.meta, data=data, stars=order.stars, quality=order.quality,
                          to_first=order.to_first, pattern=order.pattern)
     return measure_apart(job.photometry, setup, frame, locate=header_locate)
+
+
+def solve_task(path: Path, job: ReprocessJob) -> SolveAnswer:
+    """Plate-solve a session's final reference frame as the daemon's background solver does (`solve_path`: the
+    frame as it is on disk, the hints its header gives, the solver's time limits); small results only."""
+    assert job.solver is not None
+    try:
+        return solve_path(path, settings=job.solver, rename=job.options.rename, running=_solves()), None
+    except AstrodError as err:  # no solution, or the frame unreadable: the products carry no WCS
+        return None, one_line(err)

@@ -20,13 +20,13 @@ import structlog
 from astrod.core.annotate import annotate
 from astrod.core.register import Model, Registration
 from astrod.errors import AstrodError, RegistrationError
-from astrod.io.catalogue import CatalogueObject, objects_near
+from astrod.io.catalogue import CatalogueObject
 from astrod.io.fits import is_fits_name, read_fits_header
 from astrod.io.journal import Journal
 from astrod.pipeline.annotation import annotation_layer
 from astrod.pipeline.live import Measured
 from astrod.pipeline.sessions import is_pointing_name
-from astrod.pipeline.solving import SolveResult, field_name, frame_hints, wcs_transform
+from astrod.pipeline.solving import SolveResult, field_name, field_objects, frame_hints, wcs_transform
 from astrod.service.reference_solver import ReferenceSolver, SolveRequest
 
 log = structlog.get_logger()
@@ -131,13 +131,7 @@ class SessionSolves:
     def _objects(self, reference: str, solution: SolveResult) -> list[CatalogueObject]:
         """The catalogued objects of the reference's field (looked up once per reference)."""
         if self._field is None or self._field[0] != reference:
-            radius = 0.5 * (solution.width_deg ** 2 + solution.height_deg ** 2) ** 0.5
-            try:
-                objects = objects_near(solution.ra, solution.dec, radius)
-            except Exception as err:  # a damaged catalogue: the coordinates name the field, no object is drawn
-                self._log.warning("catalogue_unreadable", reason=str(err).splitlines()[0])
-                objects = []
-            self._field = (reference, objects)
+            self._field = (reference, field_objects(solution))
         return self._field[1]
 
     def annotated(self, picture: npt.NDArray[np.uint8], *, reference: str | None,

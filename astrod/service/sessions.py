@@ -42,7 +42,7 @@ from astrod.pipeline.photometry import PhotometrySettings
 from astrod.pipeline.project import update_project
 from astrod.pipeline.sessions import Pointing, SessionKey, plausible_date
 from astrod.pipeline.settings import FrameObserver
-from astrod.pipeline.solving import SolveResult, product_wcs_cards, rows_with_sky, stack_with_wcs
+from astrod.pipeline.solving import SolveResult, product_wcs_cards, solved_product
 from astrod.service.queue_thread import QueueThread
 from astrod.service.reference_solver import ReferenceSolver
 from astrod.service.session_photometry import SessionPhotometry, photometry_for
@@ -609,15 +609,11 @@ class SessionWorker(QueueThread["QueuedFrame | _Control"]):
             summary["masters"] = list(product.masters)
             solution = self._reference_solution(wait=True)
             if solution is not None:
-                product = stack_with_wcs(product, solution, frame_shape=self._frame_shape())
-                product = replace(product, rows=rows_with_sky(product.rows, solution, frame_shape=self._frame_shape()))
                 name = self._field_name()
+                product, solved = solved_product(product, solution, frame_shape=self._frame_shape(), name=name)
+                summary.update(solved)
                 if name is not None:
-                    product = replace(product, header={**product.header,
-                                                       "OBJECT": (name, "named from the plate-solved field")})
-                    summary.update(name=name, label=self.label)
-                summary["wcs"] = {"ra": solution.ra, "dec": solution.dec, "scale_arcsec": solution.scale_arcsec,
-                                  "rotation_deg": solution.rotation_deg, "index": solution.index}
+                    summary["label"] = self.label  # it follows the name (`_field_name`)
             # the stack, then the finished picture made in its pixels, and the report
             written = finish_session(product, self._settings.finish, self.paths.output, frames=self.stats.stacked,
                                      formats=self._output_formats, summary=summary)

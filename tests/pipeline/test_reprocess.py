@@ -60,8 +60,9 @@ def test_plan_sorts_an_archive_as_the_daemon_routes_it(tmp_path: Path) -> None:
 
 
 def test_session_digest_follows_its_frames_masters_and_settings(tmp_path: Path) -> None:
-    """A session's digest changes with one of its frames' stamps, the masters, the settings or the light
-    curves' targets and settings, and not with another session's frames."""
+    """A session's digest changes with one of its frames' stamps, the masters, the settings, the light
+    curves' targets and settings or the plate solver's (solving turned on, a longer time limit), and not with
+    another session's frames."""
     paths = [_light(tmp_path, "a.fits", 1, object="A"), _light(tmp_path, "b.fits", 2, object="B")]
     plan = _plan(paths, tmp_path / "out")
     a, b = plan.sessions
@@ -86,3 +87,7 @@ def test_session_digest_follows_its_frames_masters_and_settings(tmp_path: Path) 
     assert digest(a, photometry=replace(target, aperture_fwhm=2.0)) != digest(a, photometry=target)
     assert digest(a, photometry=target) == digest(a, photometry=PhotometrySettings(targets=(Target("T", x=10.0,
                                                                                                     y=12.0),)))
+    solve = {"timeout_s": 30.0, "blind_timeout_s": 120.0, "index_dirs": ["/idx"]}
+    assert digest(a, solve=solve) != digest(a)
+    assert digest(a, solve={**solve, "timeout_s": 60.0}) != digest(a, solve=solve)
+    assert digest(a, solve=dict(solve)) == digest(a, solve=solve)

@@ -24,8 +24,10 @@ from astrod.pipeline.solving import (
     nominal_scale_range,
     product_wcs_cards,
     rows_with_sky,
+    session_field_name,
     solve_hints,
     solve_result,
+    solved_product,
     stack_with_wcs,
     wcs_from_cards,
     wcs_transform,
@@ -254,6 +256,34 @@ def test_a_field_is_named_after_the_object_nearest_its_centre_inside_it() -> Non
     assert field_name(ref, [inside_far, outside, inside_near]) == "NGC 7023"
     assert field_name(ref, [outside]) == "RA 21h01m Dec +68°07'"
     assert field_name(ref, []) == "RA 21h01m Dec +68°07'"
+
+
+def test_a_closing_session_takes_its_reference_solution(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the daemon's close and ``astrod reprocess`` put into a session's stack: the reference's WCS, each
+    stacked row's sky, OBJECT when the session is named from its field; the summary gains the name and the
+    solution's figures. Only a session named after its pointing is named from the field (the objects from the
+    catalogue near the solved centre)."""
+    import astrod.pipeline.solving as solving
+
+    ref = _solution(rotation=0.0)
+    nebula = CatalogueObject(name="NGC 7023", ra=ref.ra, dec=ref.dec + 0.05, kind="RfN", major_arcmin=10.0)
+    asked: list[tuple[float, float, float]] = []
+    monkeypatch.setattr(solving, "objects_near", lambda ra, dec, radius: asked.append((ra, dec, radius)) or [nebula])
+    assert session_field_name(ref, "M 42") is None and asked == []
+    assert session_field_name(ref, "RA 21h01m Dec +68°08'") == "NGC 7023"
+    assert asked == [(ref.ra, ref.dec, pytest.approx(0.5 * math.hypot(ref.width_deg, ref.height_deg)))]
+
+    rows = [{"path": "ref.fits", "status": "stacked", "dx": 0.0, "dy": 0.0, "rotation_deg": 0.0, "scale": 1.0}]
+    product = StackProduct(image=np.zeros((1920, 1080), dtype=np.float32), header={"EXPTIME": (60.0, "s")},
+                           rows=rows)
+    named, summary = solved_product(product, ref, frame_shape=(1920, 1080), name="NGC 7023")
+    assert named.header["OBJECT"][0] == "NGC 7023" and named.header["PLTSOLVD"][0] is True
+    assert named.header["EXPTIME"] == (60.0, "s") and named.header["CRVAL1"][0] == pytest.approx(ref.ra)
+    assert named.rows[0]["ra"] == pytest.approx(ref.ra, abs=1e-6) and "ra" not in rows[0]
+    assert summary == {"name": "NGC 7023", "wcs": {"ra": ref.ra, "dec": ref.dec, "scale_arcsec": ref.scale_arcsec,
+                                                   "rotation_deg": ref.rotation_deg, "index": ref.index}}
+    unnamed, summary = solved_product(product, ref, frame_shape=(1920, 1080), name=None)
+    assert "OBJECT" not in unnamed.header and set(summary) == {"wcs"} and "CRVAL1" in unnamed.header
 
 
 def test_the_annotation_layer_of_a_binned_preview() -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from astrod.config import Config, PhotometryTargetConfig
+from astrod.config import Config, PhotometryTargetConfig, SolveConfig
 from astrod.demo.archive import FILTERS, NIGHTS, TARGETS, Archive, make_archive
 from astrod.io.headers import rules_from_config
 from astrod.io.lightcurves import lightcurve_text, read_lightcurve
@@ -35,6 +35,10 @@ from astrod.service.reprocess import ReprocessReport, ReprocessRequest, run_repr
 from astrod.service.session_photometry import photometry_for
 from tests.pipeline.conftest import run_cli
 
+# Plate solving is on by default; the synthetic skies cannot be solved, and a blind solve of one would take its
+# whole time limit of CPU.
+NO_SOLVING = SolveConfig(enabled=False)
+
 REPO = Path(__file__).resolve().parents[2]
 DASK = Path(sys.executable).parent / "dask"
 
@@ -47,7 +51,7 @@ class LocalRun:
 
 
 def _request(archive: Archive, output: Path, config: Config | None = None, **kw: object) -> ReprocessRequest:
-    config = config or Config()
+    config = config or Config(solve=NO_SOLVING)
     return ReprocessRequest(archives=(archive.root / "lights", archive.calibration), output=output,
                             library=archive.root / "lib", config=config,
                             settings=settings_for(config, method=None, kappa=None), **kw)  # type: ignore[arg-type]
@@ -73,7 +77,7 @@ def _target_config(archive: Archive) -> Config:
     central = (np.abs(cat.x - size / 2) < 30) & (np.abs(cat.y - size / 2) < 30) & (cat.flux < 3e5)
     star = int(np.flatnonzero(central)[np.argmax(cat.flux[central])])
     target = PhotometryTargetConfig(name="T 1", x=float(cat.x[star]) + 1.0, y=float(cat.y[star]) + 1.0)
-    config = Config()
+    config = Config(solve=NO_SOLVING)
     return replace(config, photometry=replace(config.photometry, targets=(target,)))
 
 
@@ -231,8 +235,10 @@ def test_external_scheduler_interrupted_run_continues(local_run: LocalRun, dask_
     archive, out = local_run.archive, tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         run_reprocess(_request(archive, out, scheduler=address), progress=_StopAfter(3), say=lambda _: None)
+    config = tmp_path / "astrod.toml"
+    config.write_text("[solve]\nenabled = false\n", encoding="utf-8")  # as the first run's (NO_SOLVING)
     assert run_cli("reprocess", archive.root / "lights", archive.calibration, "-o", out, "--library",
-                   archive.root / "lib", "--scheduler", address) == 0
+                   archive.root / "lib", "--scheduler", address, "--config", config) == 0
     assert "9 sessions written, 3 already done" in capsys.readouterr().out
     _compare_outputs(out, local_run.request.output)
 
@@ -330,7 +336,7 @@ def test_failed_tasks_are_recorded_and_done_again(tmp_path: Path, monkeypatch: p
             raise RuntimeError("warp went wrong")
         return real_warp(order, *args, **kw)
 
-    config = Config()
+    config = Config(solve=NO_SOLVING)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
         request = ReprocessRequest(archives=(tmp_path / "arch",), output=tmp_path / "out", library=tmp_path / "lib",
                                    config=config, settings=settings_for(config, method=None, kappa=None),

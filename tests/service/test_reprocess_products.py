@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from astrod.config import Config, PhotometryTargetConfig
+from astrod.config import Config, PhotometryTargetConfig, SolveConfig
 from astrod.demo import synth
 from astrod.io.lightcurves import lightcurve_text
 from astrod.pipeline.commands import settings_for
@@ -20,6 +20,10 @@ from astrod.pipeline.photometry import CSV_COLUMNS, PhotometrySeries, header_loc
 from astrod.pipeline.project import PROJECTS
 from astrod.service.reprocess import ReprocessRequest, run_reprocess
 from astrod.service.session_photometry import photometry_for
+
+# Plate solving is on by default; the synthetic skies cannot be solved, and a blind solve of one would take its
+# whole time limit of CPU.
+NO_SOLVING = SolveConfig(enabled=False)
 
 NIGHT = datetime(2024, 10, 5, 21, 0, tzinfo=UTC)
 
@@ -46,7 +50,7 @@ class _StopAfter:
 
 def _config(x: float, y: float) -> Config:
     """A target at 1-based x, y; an annulus small enough for isolated comparisons in a 128 px field."""
-    config = Config()
+    config = Config(solve=NO_SOLVING)
     target = PhotometryTargetConfig(name="V1", x=x, y=y)
     return replace(config, photometry=replace(config.photometry, targets=(target,), annulus_inner_fwhm=2.0,
                                               annulus_outer_fwhm=3.5))
@@ -133,7 +137,7 @@ def test_a_first_frame_without_set_up_is_followed_as_the_daemon_follows_it(tmp_p
         return float(x), float(y)
 
     monkeypatch.setattr(reprocess_tasks, "header_locate", locate)
-    config = Config()
+    config = Config(solve=NO_SOLVING)
     config = replace(config, photometry=replace(config.photometry, targets=(
         PhotometryTargetConfig(name="V1", ra=84.0, dec=-5.4),), annulus_inner_fwhm=2.0, annulus_outer_fwhm=3.5))
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
